@@ -1,1 +1,124 @@
-//! stub
+//! Exit classifiers ("heads") for multi-exit networks.
+//!
+//! - [`ConvHead`]: the MSDNet / RANet classifier (`ClassifierModule`): two
+//!   3x3/2 ConvBasic units, a 2x2 average pool, and a linear layer. Its keys
+//!   are `m.0.net.*`, `m.1.net.*` and `linear.*`, as in the reference.
+//! - [`LinearHead`]: global average pooling and a linear layer, the head of
+//!   ResNet-, DenseNet- or MobileNet-style multi-exit baselines.
+//!
+//! A head's `count_flops` adds its cost and marks nothing: the model marks the
+//! exit once the head has run.
+//!
+//! ```
+//! use anytime_heads::ConvHead;
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::VarBuilder;
+//! # fn main() -> candle_core::Result<()> {
+//! let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+//! let head = ConvHead::new(vb, 48, 128, 100)?; // the CIFAR classifier
+//! let xs = Tensor::zeros((2, 48, 8, 8), DType::F32, &Device::Cpu)?;
+//! assert_eq!(head.forward_t(&xs, false)?.dims(), &[2, 100]);
+//! # Ok(()) }
+//! ```
+
+use anytime_blocks::layers::Linear;
+use anytime_blocks::units::ConvBasic;
+use anytime_flops::{CountFlops, Counter, Shape4};
+use anytime_ops::pool::avg_pool2d;
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// `ConvBasic(in, inner, 3, stride 2) → ConvBasic(inner, inner, 3, stride 2)
+/// → AvgPool2d(2) → Linear(inner, classes)`.
+///
+/// The pooled map must be 1x1, which bounds the valid input sizes: the map fed
+/// to the head must be 5 to 12 pixels on each side.
+#[derive(Debug, Clone)]
+pub struct ConvHead {
+    m: [ConvBasic; 2],
+    linear: Linear,
+}
+
+impl ConvHead {
+    /// `inner` is 128 in the CIFAR heads and `in_channels` in the ImageNet ones.
+    pub fn new(vb: VarBuilder, in_channels: usize, inner: usize, num_classes: usize) -> Result<Self> {
+        let m = vb.pp("m");
+        Ok(Self {
+            m: [ConvBasic::new(m.pp(0), in_channels, inner, 3, 2, 1)?, ConvBasic::new(m.pp(1), inner, inner, 3, 2, 1)?],
+            linear: Linear::new(vb.pp("linear"), inner, num_classes)?,
+        })
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.linear.out_features()
+    }
+
+    /// # Shapes
+    /// `[N, in, H, W]` (H, W in 5..=12) → logits `[N, classes]`.
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let ys = self.m[1].forward_t(&self.m[0].forward_t(xs, train)?, train)?;
+        let (_, _, h, w) = ys.dims4()?;
+        if h < 2 || w < 2 || h / 2 != 1 || w / 2 != 1 {
+            candle_core::bail!(
+                "exit head: the {}x{} map it reads pools to {}x{} instead of 1x1 (the map must be 5 to 12 pixels a side)",
+                xs.dim(2)?,
+                xs.dim(3)?,
+                h / 2,
+                w / 2
+            )
+        }
+        let ys = avg_pool2d(&ys, (2, 2), (2, 2), (0, 0), true)?;
+        self.linear.forward(&ys.flatten_from(1)?)
+    }
+}
+
+impl CountFlops for ConvHead {
+    /// Returns `[N, classes, 1, 1]`.
+    fn count_flops(&self, c: &mut Counter, x: Shape4) -> anytime_flops::Result<Shape4> {
+        let y = self.m[0].count_flops(c, x)?;
+        let y = self.m[1].count_flops(c, y)?;
+        let p = c.pool2d(y, 2, 2, 0)?;
+        if (p.h, p.w) != (1, 1) {
+            return Err(anytime_flops::Error::Shape(format!(
+                "exit head: a {}x{} input pools to {}x{} instead of 1x1 (the map must be 5 to 12 pixels a side)",
+                x.h, x.w, p.h, p.w
+            )));
+        }
+        self.linear.count_flops(c, p.n);
+        Ok(Shape4::new(p.n, self.num_classes(), 1, 1))
+    }
+}
+
+/// Global average pooling and a linear layer (`linear.*` keys under the given
+/// prefix).
+#[derive(Debug, Clone)]
+pub struct LinearHead {
+    linear: Linear,
+}
+
+impl LinearHead {
+    /// A head for `in_channels`-channel maps of any size.
+    pub fn new(vb: VarBuilder, in_channels: usize, num_classes: usize) -> Result<Self> {
+        Ok(Self { linear: Linear::new(vb, in_channels, num_classes)? })
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.linear.out_features()
+    }
+
+    /// # Shapes
+    /// `[N, C, H, W]` → logits `[N, classes]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.linear.forward(&xs.mean((2, 3))?)
+    }
+}
+
+impl CountFlops for LinearHead {
+    fn count_flops(&self, c: &mut Counter, x: Shape4) -> anytime_flops::Result<Shape4> {
+        let p = c.global_avg_pool(x);
+        self.linear.count_flops(c, p.n);
+        Ok(Shape4::new(p.n, self.num_classes(), 1, 1))
+    }
+}

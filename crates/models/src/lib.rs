@@ -1,1 +1,30 @@
-//! stub
+//! Multi-exit image classifiers assembled from `anytime` blocks: MSDNet (and,
+//! as they land, RANet and the ResNet-MC / DenseNet-MC baselines), with the
+//! [`MultiExit`] interface for lazy anytime evaluation and real early exit.
+//!
+//! ```
+//! use anytime_models::msdnet::{MsdNet, MsdNetConfig};
+//! use anytime_models::MultiExit;
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::VarBuilder;
+//! # fn main() -> anytime_models::Result<()> {
+//! let cfg = MsdNetConfig::cifar100_anytime();
+//! let model = MsdNet::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
+//! let costs = model.exit_costs(32, 32)?;
+//! assert_eq!(costs.len(), 7);
+//! let xs = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?;
+//! let logits = model.forward_exits(&xs, false)?;
+//! assert_eq!(logits[6].dims(), &[1, 100]);
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod exit;
+pub mod msdnet;
+mod refargs;
+#[cfg(test)]
+mod testutil;
+
+pub use error::{ConfigError, ModelError, Result};
+pub use exit::{Anytime, ExitDecision, ExitState, MultiExit, classify_early_exit};
+pub use refargs::Namespace;

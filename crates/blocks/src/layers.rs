@@ -1,0 +1,256 @@
+//! Primitive layers: [`Conv2d`], [`BatchNorm2d`] and [`Linear`].
+//!
+//! Each mirrors its `torch.nn` namesake, including the `state_dict` key names
+//! (`weight`, `bias`, `running_mean`, `running_var`), and counts its own cost.
+
+use anytime_flops::{CountFlops, Counter, Shape4};
+use anytime_ops::conv::{Conv2dParams, conv2d};
+use anytime_ops::norm::{batch_norm_eval, batch_norm_train};
+use candle_core::{Module, ModuleT, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+/// A 2-D convolution with a square kernel, as `torch.nn.Conv2d`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: Conv2dParams,
+    kernel: usize,
+    in_channels: usize,
+    out_channels: usize,
+}
+
+impl Conv2d {
+    /// Loads or creates `weight` `[out, in / groups, k, k]` (and `bias` `[out]`)
+    /// under `vb`. New weights are drawn from N(0, 2 / (k·k·out)), the He
+    /// initialisation MSDNet and RANet use; a new bias is zero.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        params: Conv2dParams,
+        bias: bool,
+    ) -> Result<Self> {
+        if params.groups == 0 || in_channels % params.groups != 0 || out_channels % params.groups != 0 {
+            candle_core::bail!(
+                "conv {}: {in_channels} -> {out_channels} channels do not divide into {} groups",
+                vb.prefix(),
+                params.groups
+            )
+        }
+        let stdev = (2.0 / (kernel * kernel * out_channels) as f64).sqrt();
+        let weight = vb.get_with_hints(
+            (out_channels, in_channels / params.groups, kernel, kernel),
+            "weight",
+            Init::Randn { mean: 0.0, stdev },
+        )?;
+        let bias = if bias { Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { weight, bias, params, kernel, in_channels, out_channels })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// The weight tensor `[out, in / groups, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    /// # Shapes
+    /// `[N, in, H, W]` → `[N, out, H', W']`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let c = xs.dim(1)?;
+        if c != self.in_channels {
+            candle_core::bail!("conv: expected {} input channels, got {c}", self.in_channels)
+        }
+        conv2d(xs, &self.weight, self.bias.as_ref(), self.params)
+    }
+}
+
+impl CountFlops for Conv2d {
+    fn count_flops(&self, counter: &mut Counter, x: Shape4) -> anytime_flops::Result<Shape4> {
+        if x.c != self.in_channels {
+            return Err(anytime_flops::Error::Channels { layer: "conv", expected: self.in_channels, got: x.c });
+        }
+        let p = self.params;
+        counter.conv2d(x, self.out_channels, self.kernel, p.stride, p.padding, p.dilation, p.groups, self.bias.is_some())
+    }
+}
+
+/// Batch normalisation over channels, as `torch.nn.BatchNorm2d` (eps 1e-5,
+/// momentum 0.1), optionally fused with a following ReLU.
+///
+/// In training mode the running statistics are updated in place (they are
+/// [`Var`]s shared with the `VarMap` the layer was built from).
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_features: usize,
+    eps: f64,
+    momentum: f64,
+}
+
+/// Names of the buffers a [`BatchNorm2d`] registers; training excludes them
+/// from the optimised parameters.
+pub const BN_BUFFERS: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+
+impl BatchNorm2d {
+    /// Loads or creates `weight` (1), `bias` (0), `running_mean` (0) and
+    /// `running_var` (1), each `[num_features]`, under `vb`.
+    pub fn new(vb: VarBuilder, num_features: usize) -> Result<Self> {
+        let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
+        let running_mean = Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
+        let running_var = Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
+        Ok(Self { weight, bias, running_mean, running_var, num_features, eps: 1e-5, momentum: 0.1 })
+    }
+
+    /// Normalises `xs` (training mode: batch statistics, updating the running
+    /// ones; eval mode: running statistics) and applies a ReLU when `relu`.
+    ///
+    /// # Shapes
+    /// `[N, C, H, W]` → `[N, C, H, W]`.
+    pub fn forward_act(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let (n, c, h, w) = xs.dims4()?;
+        if c != self.num_features {
+            candle_core::bail!("batch norm: expected {} channels, got {c}", self.num_features)
+        }
+        if !train {
+            return batch_norm_eval(
+                xs,
+                &self.weight,
+                &self.bias,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.eps,
+                relu,
+            );
+        }
+        let count = n * h * w;
+        if count < 2 {
+            candle_core::bail!("batch norm: training needs more than one value per channel, got input {:?}", xs.dims())
+        }
+        let out = batch_norm_train(xs, &self.weight, &self.bias, self.eps, relu)?;
+        let m = self.momentum;
+        let unbiased = out.var.affine(count as f64 / (count - 1) as f64, 0.0)?;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (out.mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+        Ok(out.ys)
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(xs, train, false)
+    }
+}
+
+impl CountFlops for BatchNorm2d {
+    fn count_flops(&self, counter: &mut Counter, x: Shape4) -> anytime_flops::Result<Shape4> {
+        if x.c != self.num_features {
+            return Err(anytime_flops::Error::Channels { layer: "batch norm", expected: self.num_features, got: x.c });
+        }
+        counter.batch_norm(x);
+        Ok(x)
+    }
+}
+
+/// A fully connected layer with bias, as `torch.nn.Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+    in_features: usize,
+    out_features: usize,
+}
+
+impl Linear {
+    /// Loads or creates `weight` `[out, in]` (U(±1/√in), torch's default) and
+    /// `bias` `[out]` (zero, as MSDNet and RANet initialise it).
+    pub fn new(vb: VarBuilder, in_features: usize, out_features: usize) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let weight =
+            vb.get_with_hints((out_features, in_features), "weight", Init::Uniform { lo: -bound, up: bound })?;
+        let bias = vb.get_with_hints(out_features, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, in_features, out_features })
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Output features (classes, for an exit head).
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+}
+
+impl Module for Linear {
+    /// # Shapes
+    /// `[N, in]` → `[N, out]`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (_n, f) = xs.dims2()?;
+        if f != self.in_features {
+            candle_core::bail!("linear: expected {} input features, got {f}", self.in_features)
+        }
+        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+impl Linear {
+    /// Adds the cost of applying the layer to `n` vectors.
+    pub fn count_flops(&self, counter: &mut Counter, n: usize) {
+        counter.linear(n, self.in_features, self.out_features);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn batch_norm_updates_running_stats_like_torch() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let bn = BatchNorm2d::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), 2)?;
+        // Channel 0 holds 1..4, channel 1 holds 2 * (1..4).
+        let xs = Tensor::new(&[[[[1f32, 2.], [3., 4.]], [[2., 4.], [6., 8.]]]], &dev)?;
+        let ys = bn.forward_t(&xs, true)?;
+        // torch: mean 2.5, biased var 1.25 -> (x - 2.5) / sqrt(1.25 + 1e-5).
+        let y00 = ys.flatten_all()?.to_vec1::<f32>()?[0];
+        assert!((y00 - (-1.5 / (1.25f32 + 1e-5).sqrt())).abs() < 1e-5);
+        // running_mean = 0.9 * 0 + 0.1 * [2.5, 5]; running_var = 0.9 + 0.1 * unbiased [5/3, 20/3].
+        let rm = bn.running_mean.as_tensor().to_vec1::<f32>()?;
+        let rv = bn.running_var.as_tensor().to_vec1::<f32>()?;
+        assert!((rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 0.5).abs() < 1e-6);
+        assert!((rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6);
+        assert!((rv[1] - (0.9 + 0.1 * 20.0 / 3.0)).abs() < 1e-6);
+        // The running statistics live in the VarMap, so a checkpoint sees them.
+        let stored = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?["running_mean"].clone();
+        assert_eq!(stored.as_tensor().to_vec1::<f32>()?, rm);
+        Ok(())
+    }
+
+    #[test]
+    fn channel_mismatch_is_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let conv = Conv2d::new(VarBuilder::zeros(DType::F32, &dev), 3, 4, 3, Conv2dParams::default(), false)?;
+        let xs = Tensor::zeros((1, 1, 8, 8), DType::F32, &dev)?;
+        let err = conv.forward(&xs).unwrap_err().to_string();
+        assert!(err.contains("expected 3 input channels, got 1"), "{err}");
+        let mut c = Counter::new();
+        assert!(conv.count_flops(&mut c, Shape4::new(1, 1, 8, 8)).is_err());
+        Ok(())
+    }
+}
