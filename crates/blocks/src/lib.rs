@@ -28,5 +28,6 @@
 
 pub mod layers;
 pub mod multiscale;
+pub mod residual;
 pub mod stem;
 pub mod units;

@@ -29,22 +29,40 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `ConvBasic(in, inner, 3, stride 2) → ConvBasic(inner, inner, 3, stride 2)
-/// → AvgPool2d(2) → Linear(inner, classes)`.
+/// → pool → Linear(inner, classes)`.
 ///
-/// The pooled map must be 1x1, which bounds the valid input sizes: the map fed
-/// to the head must be 5 to 12 pixels on each side.
+/// With [`HeadPool::Avg2`] (the reference) the pooled map must be 1x1, which
+/// bounds the valid input sizes: the map fed to the head must be 5 to 12
+/// pixels on each side. [`HeadPool::Global`] takes any size.
 #[derive(Debug, Clone)]
 pub struct ConvHead {
     m: [ConvBasic; 2],
+    pool: HeadPool,
     linear: Linear,
 }
 
+/// The pooling of a [`ConvHead`] before its linear layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadPool {
+    /// `AvgPool2d(2)`, as MSDNet and RANet (the map must pool to 1x1).
+    Avg2,
+    /// Global average pooling (any map size).
+    Global,
+}
+
 impl ConvHead {
-    /// `inner` is 128 in the CIFAR heads and `in_channels` in the ImageNet ones.
+    /// The reference head; `inner` is 128 in the CIFAR heads and
+    /// `in_channels` in the ImageNet ones.
     pub fn new(vb: VarBuilder, in_channels: usize, inner: usize, num_classes: usize) -> Result<Self> {
+        Self::with_pool(vb, in_channels, inner, num_classes, HeadPool::Avg2)
+    }
+
+    /// A head with the given final pooling.
+    pub fn with_pool(vb: VarBuilder, in_channels: usize, inner: usize, num_classes: usize, pool: HeadPool) -> Result<Self> {
         let m = vb.pp("m");
         Ok(Self {
             m: [ConvBasic::new(m.pp(0), in_channels, inner, 3, 2, 1)?, ConvBasic::new(m.pp(1), inner, inner, 3, 2, 1)?],
+            pool,
             linear: Linear::new(vb.pp("linear"), inner, num_classes)?,
         })
     }
@@ -58,18 +76,23 @@ impl ConvHead {
     /// `[N, in, H, W]` (H, W in 5..=12) → logits `[N, classes]`.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = self.m[1].forward_t(&self.m[0].forward_t(xs, train)?, train)?;
-        let (_, _, h, w) = ys.dims4()?;
-        if h < 2 || w < 2 || h / 2 != 1 || w / 2 != 1 {
-            candle_core::bail!(
-                "exit head: the {}x{} map it reads pools to {}x{} instead of 1x1 (the map must be 5 to 12 pixels a side)",
-                xs.dim(2)?,
-                xs.dim(3)?,
-                h / 2,
-                w / 2
-            )
-        }
-        let ys = avg_pool2d(&ys, (2, 2), (2, 2), (0, 0), true)?;
-        self.linear.forward(&ys.flatten_from(1)?)
+        let pooled = match self.pool {
+            HeadPool::Global => ys.mean((2, 3))?,
+            HeadPool::Avg2 => {
+                let (_, _, h, w) = ys.dims4()?;
+                if h / 2 != 1 || w / 2 != 1 {
+                    candle_core::bail!(
+                        "exit head: the {}x{} map it reads pools to {}x{} instead of 1x1 (the map must be 5 to 12 pixels a side)",
+                        xs.dim(2)?,
+                        xs.dim(3)?,
+                        h / 2,
+                        w / 2
+                    )
+                }
+                avg_pool2d(&ys, (2, 2), (2, 2), (0, 0), true)?.flatten_from(1)?
+            }
+        };
+        self.linear.forward(&pooled)
     }
 }
 
@@ -78,7 +101,10 @@ impl CountFlops for ConvHead {
     fn count_flops(&self, c: &mut Counter, x: Shape4) -> anytime_flops::Result<Shape4> {
         let y = self.m[0].count_flops(c, x)?;
         let y = self.m[1].count_flops(c, y)?;
-        let p = c.pool2d(y, 2, 2, 0)?;
+        let p = match self.pool {
+            HeadPool::Global => c.global_avg_pool(y),
+            HeadPool::Avg2 => c.pool2d(y, 2, 2, 0)?,
+        };
         if (p.h, p.w) != (1, 1) {
             return Err(anytime_flops::Error::Shape(format!(
                 "exit head: a {}x{} input pools to {}x{} instead of 1x1 (the map must be 5 to 12 pixels a side)",

@@ -20,7 +20,9 @@
 
 pub mod error;
 pub mod exit;
+pub mod densenet_mc;
 pub mod msdnet;
+pub mod resnet_mc;
 mod refargs;
 #[cfg(test)]
 mod testutil;

@@ -1,23 +1,35 @@
 //! Tensor operations for adaptive-inference (multi-exit) networks, on Candle.
 //!
 //! Candle 0.11 lacks or gets wrong several ops these networks need; this crate
-//! provides them with forward **and** backward passes:
+//! provides them with forward **and** backward passes, and fast CPU kernels
+//! for the hot ones:
 //!
-//! - [`conv`]: 2-D convolution with a fast CPU path;
-//! - [`norm`]: batch normalisation (training and eval), optionally fused with ReLU;
+//! - [`conv`]: 2-D convolution (im2col/GEMM custom ops on CPU);
+//! - [`norm`]: batch normalisation (training and eval, fused ReLU, folding);
+//! - [`pool`]: average / max pooling with padding and correct gradients,
+//!   adaptive and global average pooling;
+//! - [`batch`]: batch compaction for real early exit.
 //!
 //! Everything returns `candle_core::Result`.
 //!
 //! ```
 //! use anytime_ops::conv::{conv2d, Conv2dParams};
+//! use anytime_ops::pool::max_pool2d;
 //! use candle_core::{Device, Tensor};
 //! # fn main() -> candle_core::Result<()> {
 //! let x = Tensor::ones((1, 2, 5, 5), candle_core::DType::F32, &Device::Cpu)?;
 //! let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
 //! let y = conv2d(&x, &w, None, Conv2dParams { padding: 1, ..Default::default() })?;
 //! assert_eq!(y.dims(), &[1, 3, 5, 5]);
+//! let p = max_pool2d(&y, (3, 3), (2, 2), (1, 1))?;
+//! assert_eq!(p.dims(), &[1, 3, 3, 3]);
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 pub mod conv;
+mod kernels;
 pub mod norm;
+pub mod pool;
+#[cfg(test)]
+pub(crate) mod test_util;

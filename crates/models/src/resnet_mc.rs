@@ -1,0 +1,211 @@
+//! ResNet-MC: a ResNet with classifiers attached to intermediate blocks, the
+//! multi-classifier baseline of the MSDNet paper (Huang et al., ICLR 2018,
+//! section 5), built from the workspace's residual blocks and heads.
+//!
+//! A CIFAR-style ResNet: a 3x3 ConvBasic stem (`stem.net.*`), stages of
+//! basic blocks (`layers.<stage>.<block>.*`, the first block of every stage
+//! after the first has stride 2), and an exit head after the blocks listed in
+//! `exits` (`classifier.<e>.*`). Heads are the MSDNet classifier with global
+//! pooling, so they fit any map size.
+
+use crate::error::{ConfigError, ModelError, Result};
+use crate::exit::{ExitState, MultiExit, check_input};
+use anytime_blocks::residual::BasicBlock;
+use anytime_blocks::units::ConvBasic;
+use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
+use anytime_heads::{ConvHead, HeadPool};
+use candle_core::{ModuleT, Tensor, bail};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// A ResNet-MC configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResNetMcConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Classes every exit predicts.
+    pub num_classes: usize,
+    /// Width of the stem conv.
+    pub stem_channels: usize,
+    /// Width of every stage.
+    pub widths: Vec<usize>,
+    /// Basic blocks per stage.
+    pub blocks: Vec<usize>,
+    /// Exits, as the number of blocks run before each (increasing; the last
+    /// equals the total block count).
+    pub exits: Vec<usize>,
+    /// Width of the exit heads' convolutions.
+    pub head_channels: usize,
+}
+
+impl ResNetMcConfig {
+    /// Checks every value.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.widths.is_empty() || self.widths.len() != self.blocks.len() {
+            return bad(format!("{} stage widths for {} stage block counts", self.widths.len(), self.blocks.len()));
+        }
+        for (name, v) in [("in_channels", self.in_channels), ("num_classes", self.num_classes), ("stem_channels", self.stem_channels), ("head_channels", self.head_channels)] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.widths.contains(&0) || self.blocks.contains(&0) {
+            return bad("stage widths and block counts must be at least 1".into());
+        }
+        let total: usize = self.blocks.iter().sum();
+        if self.exits.is_empty() || self.exits.windows(2).any(|w| w[0] >= w[1]) || self.exits[0] == 0 {
+            return bad(format!("exits must be increasing block counts >= 1, got {:?}", self.exits));
+        }
+        if self.exits.last() != Some(&total) {
+            return bad(format!("the last exit must follow the last block ({total}), got {:?}", self.exits));
+        }
+        Ok(())
+    }
+
+    fn from_json(v: &serde_json::Value) -> std::result::Result<Self, ConfigError> {
+        let cfg: Self = serde_json::from_value(v.clone())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// A ResNet with intermediate classifiers.
+#[derive(Debug, Clone)]
+pub struct ResNetMc {
+    cfg: ResNetMcConfig,
+    stem: ConvBasic,
+    blocks: Vec<BasicBlock>,
+    classifier: Vec<ConvHead>,
+}
+
+impl ResNetMc {
+    /// Builds the network under `vb`.
+    pub fn new(cfg: &ResNetMcConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let stem = ConvBasic::new(vb.pp("stem"), cfg.in_channels, cfg.stem_channels, 3, 1, 1)?;
+        let mut blocks = Vec::new();
+        let mut widths = Vec::new();
+        let mut c = cfg.stem_channels;
+        for (s, (&w, &n)) in cfg.widths.iter().zip(&cfg.blocks).enumerate() {
+            for b in 0..n {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(BasicBlock::new(vb.pp("layers").pp(s).pp(b), c, w, stride)?);
+                widths.push(w);
+                c = w;
+            }
+        }
+        let classifier = cfg
+            .exits
+            .iter()
+            .enumerate()
+            .map(|(e, &after)| {
+                ConvHead::with_pool(vb.pp("classifier").pp(e), widths[after - 1], cfg.head_channels, cfg.num_classes, HeadPool::Global)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { cfg: cfg.clone(), stem, blocks, classifier })
+    }
+
+    /// Reads a configuration (the project's JSON form) and builds the network.
+    pub fn from_json(v: &serde_json::Value, vb: VarBuilder) -> Result<Self> {
+        Self::new(&ResNetMcConfig::from_json(v)?, vb)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ResNetMcConfig {
+        &self.cfg
+    }
+
+    fn block_range(&self, exit: usize) -> std::ops::Range<usize> {
+        let start = if exit == 0 { 0 } else { self.cfg.exits[exit - 1] };
+        start..self.cfg.exits[exit]
+    }
+}
+
+impl MultiExit for ResNetMc {
+    fn arch(&self) -> &'static str {
+        "resnet_mc"
+    }
+
+    fn num_exits(&self) -> usize {
+        self.cfg.exits.len()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    fn in_channels(&self) -> usize {
+        self.cfg.in_channels
+    }
+
+    fn exit_costs(&self, h: usize, w: usize) -> Result<ExitCosts> {
+        let err = |e: anytime_flops::Error| ModelError::Input(format!("resnet_mc at {h}x{w}: {e}"));
+        let mut c = Counter::new();
+        let mut x = self.stem.count_flops(&mut c, Shape4::new(1, self.cfg.in_channels, h, w)).map_err(err)?;
+        for e in 0..self.num_exits() {
+            for b in self.block_range(e) {
+                x = self.blocks[b].count_flops(&mut c, x).map_err(err)?;
+            }
+            self.classifier[e].count_flops(&mut c, x).map_err(err)?;
+            c.mark_exit();
+        }
+        Ok(c.finish())
+    }
+
+    fn begin(&self, xs: &Tensor, _train: bool) -> candle_core::Result<ExitState> {
+        check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
+    }
+
+    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+        let e = state.next_exit();
+        if e >= self.num_exits() {
+            bail!("resnet_mc: all {} exits were already computed", self.num_exits())
+        }
+        let Some(mut x) = state.feats().first().and_then(|f| f.first()).cloned() else {
+            bail!("resnet_mc: empty state")
+        };
+        if e == 0 {
+            x = self.stem.forward_t(&x, train)?;
+        }
+        for b in self.block_range(e) {
+            x = self.blocks[b].forward_t(&x, train)?;
+        }
+        let logits = self.classifier[e].forward_t(&x, train)?;
+        state.set(vec![vec![x]]);
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn cfg() -> ResNetMcConfig {
+        ResNetMcConfig { in_channels: 1, num_classes: 10, stem_channels: 8, widths: vec![8, 16], blocks: vec![2, 2], exits: vec![1, 3, 4], head_channels: 16 }
+    }
+
+    #[test]
+    fn exits_shapes_and_costs() -> Result<()> {
+        let m = ResNetMc::new(&cfg(), VarBuilder::zeros(DType::F32, &Device::Cpu))?;
+        let xs = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
+        let out = m.forward_exits(&xs, false)?;
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|o| o.dims() == [2, 10]));
+        let costs = m.exit_costs(28, 28)?;
+        assert!(costs.exits.windows(2).all(|w| w[0].macs < w[1].macs));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_exits_are_errors() {
+        let mut c = cfg();
+        c.exits = vec![1, 3];
+        assert!(c.validate().unwrap_err().to_string().contains("last exit"));
+        c.exits = vec![2, 2, 4];
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Batch-norm kernels over NCHW, one pass forward and one pass backward,
+//! optionally fused with a ReLU.
+
+use rayon::prelude::*;
+
+/// Per-channel batch statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stats {
+    pub mean: Vec<f32>,
+    /// Biased variance.
+    pub var: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
+/// Statistics of `x` `[n, c, hw]` per channel (f64 accumulation).
+pub(crate) fn stats(x: &[f32], n: usize, c: usize, hw: usize, eps: f64) -> Stats {
+    let m = (n * hw) as f64;
+    let per: Vec<(f32, f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let (mut s, mut s2) = (0f64, 0f64);
+            for ni in 0..n {
+                let plane = &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw];
+                let (mut a, mut b) = (0f32, 0f32);
+                for &v in plane {
+                    a += v;
+                    b += v * v;
+                }
+                s += a as f64;
+                s2 += b as f64;
+            }
+            let mean = s / m;
+            let var = (s2 / m - mean * mean).max(0.0);
+            (mean as f32, var as f32, (1.0 / (var + eps).sqrt()) as f32)
+        })
+        .collect();
+    Stats {
+        mean: per.iter().map(|p| p.0).collect(),
+        var: per.iter().map(|p| p.1).collect(),
+        invstd: per.iter().map(|p| p.2).collect(),
+    }
+}
+
+/// `y = x · scale[c] + shift[c]`, then a ReLU when `relu`.
+pub(crate) fn affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(ys, xs)| {
+        for ci in 0..c {
+            let (a, b) = (scale[ci], shift[ci]);
+            let (yo, xi) = (&mut ys[ci * hw..(ci + 1) * hw], &xs[ci * hw..(ci + 1) * hw]);
+            if relu {
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    *o = (v * a + b).max(0.0);
+                }
+            } else {
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    *o = v * a + b;
+                }
+            }
+        }
+    });
+    y
+}
+
+/// Gradients of training-mode batch norm. `z` is the forward output (used
+/// for the ReLU mask). Returns `(dx, dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    x: &[f32],
+    z: &[f32],
+    dz: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    gamma: &[f32],
+    st: &Stats,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let m = (n * hw) as f64;
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let (mu, inv) = (st.mean[ci], st.invstd[ci]);
+            let (mut sd, mut sdx) = (0f64, 0f64);
+            for ni in 0..n {
+                let o = (ni * c + ci) * hw;
+                let (mut a, mut b) = (0f32, 0f32);
+                for j in o..o + hw {
+                    let d = if relu && z[j] <= 0.0 { 0.0 } else { dz[j] };
+                    a += d;
+                    b += d * (x[j] - mu) * inv;
+                }
+                sd += a as f64;
+                sdx += b as f64;
+            }
+            (sd, sdx)
+        })
+        .collect();
+    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+    let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(c * hw).enumerate().for_each(|(ni, out)| {
+        for ci in 0..c {
+            let (mu, inv) = (st.mean[ci], st.invstd[ci]);
+            let k = gamma[ci] * inv;
+            let (mb, mg) = ((sums[ci].0 / m) as f32, (sums[ci].1 / m) as f32);
+            let o = (ni * c + ci) * hw;
+            for (j, d) in out[ci * hw..(ci + 1) * hw].iter_mut().enumerate() {
+                let i = o + j;
+                let g = if relu && z[i] <= 0.0 { 0.0 } else { dz[i] };
+                *d = k * (g - mb - (x[i] - mu) * inv * mg);
+            }
+        }
+    });
+    (dx, dgamma, dbeta)
+}

@@ -1,0 +1,112 @@
+//! CPU kernels behind the custom ops: GEMM wrapper, im2col / col2im, and
+//! helpers to read Candle storages.
+//!
+//! Every kernel is deterministic for a given thread count: work is split into
+//! a fixed number of contiguous chunks and partial sums are reduced in order.
+
+pub(crate) mod bn;
+pub(crate) mod conv;
+pub(crate) mod pool;
+
+use candle_core::{CpuStorage, Layout, Result, bail};
+use std::cell::RefCell;
+
+/// The contiguous f32 data of a storage/layout pair.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => bail!("{what}: expected f32 data"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: the input must be contiguous"),
+    }
+}
+
+/// Number of rayon worker threads.
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) · rhs (k x n)` with arbitrary row/column
+/// strides (in elements). `parallel` lets the GEMM use rayon internally.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let span = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs + 1;
+    assert!(dst.len() >= span(dst_rs, dst_cs, m, n), "gemm: dst too small");
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    assert!(lhs.len() >= span(lhs_rs, lhs_cs, m, k), "gemm: lhs too small");
+    assert!(rhs.len() >= span(rhs_rs, rhs_cs, k, n), "gemm: rhs too small");
+    let par = if parallel && threads() > 1 {
+        gemm::Parallelism::Rayon(threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above guarantee every strided access is in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer resized to `len` (contents
+/// unspecified), reusing the allocation across calls.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entrant use (should not happen): fall back to a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
