@@ -23,7 +23,9 @@ pub enum ModelError {
     /// An input the model cannot take (channels, size).
     #[error("{0}")]
     Input(String),
-    // TODO(io): Weights(#[from] anytime_io::Error) once anytime-io lands.
+    /// A weight file that cannot be read or does not fit the model.
+    #[error(transparent)]
+    Weights(#[from] anytime_io::Error),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

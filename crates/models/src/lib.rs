@@ -22,6 +22,7 @@ pub mod error;
 pub mod exit;
 pub mod densenet_mc;
 pub mod msdnet;
+pub mod registry;
 pub mod resnet_mc;
 mod refargs;
 #[cfg(test)]

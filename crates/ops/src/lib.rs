@@ -29,6 +29,7 @@
 pub mod batch;
 pub mod conv;
 mod kernels;
+pub mod loss;
 pub mod norm;
 pub mod pool;
 #[cfg(test)]

@@ -1,0 +1,281 @@
+//! Named model configurations: the shipped Fashion-MNIST models and the
+//! reference papers' configurations.
+//!
+//! Each [`ModelEntry`] names an architecture configuration, the data it
+//! expects and, for shipped models, the weight file under `weights/`.
+//! [`create_model`] builds one from a `VarBuilder`; the CLI's `anytime
+//! models` lists them.
+
+use crate::densenet_mc::{DenseNetMc, DenseNetMcConfig};
+use crate::error::{ConfigError, ModelError, Result};
+use crate::exit::MultiExit;
+use crate::msdnet::{MsdNet, MsdNetConfig, Prune, StepMode};
+use crate::resnet_mc::{ResNetMc, ResNetMcConfig};
+use anytime_blocks::stem::StemKind;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An architecture and its configuration, as stored in weight-file metadata
+/// (`{"arch": "msdnet", "config": {...}}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", content = "config", rename_all = "snake_case")]
+pub enum ArchConfig {
+    /// MSDNet.
+    Msdnet(MsdNetConfig),
+    /// ResNet with intermediate classifiers.
+    ResnetMc(ResNetMcConfig),
+    /// DenseNet with intermediate classifiers.
+    DensenetMc(DenseNetMcConfig),
+}
+
+/// The architectures `anytime` builds.
+pub const ARCHS: &[&str] = &["msdnet", "resnet_mc", "densenet_mc"];
+
+impl ArchConfig {
+    /// Reads a configuration file's JSON for architecture `arch`: the
+    /// project's own form, or (MSDNet, RANet) a reference-style object with
+    /// `args` or `cli_args`.
+    pub fn from_json(arch: &str, v: &Value) -> std::result::Result<Self, ConfigError> {
+        // A weight-file style object carries its own tag.
+        if v.get("arch").is_some() && v.get("config").is_some() {
+            let cfg: Self = serde_json::from_value(v.clone())?;
+            if cfg.arch() != arch {
+                return Err(ConfigError::Invalid(format!("the configuration is for {}, not {arch}", cfg.arch())));
+            }
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+        match arch {
+            "msdnet" => Ok(Self::Msdnet(MsdNetConfig::from_json(v)?)),
+            "resnet_mc" => {
+                let c: ResNetMcConfig = serde_json::from_value(v.clone())?;
+                c.validate()?;
+                Ok(Self::ResnetMc(c))
+            }
+            "densenet_mc" => {
+                let c: DenseNetMcConfig = serde_json::from_value(v.clone())?;
+                c.validate()?;
+                Ok(Self::DensenetMc(c))
+            }
+            other => Err(ConfigError::Invalid(format!("unknown architecture '{other}' (known: {})", ARCHS.join(", ")))),
+        }
+    }
+
+    /// The architecture's name.
+    pub fn arch(&self) -> &'static str {
+        match self {
+            Self::Msdnet(_) => "msdnet",
+            Self::ResnetMc(_) => "resnet_mc",
+            Self::DensenetMc(_) => "densenet_mc",
+        }
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        match self {
+            Self::Msdnet(c) => c.validate(),
+            Self::ResnetMc(c) => c.validate(),
+            Self::DensenetMc(c) => c.validate(),
+        }
+    }
+
+    /// Builds the model, reading parameters through `vb`.
+    pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(match self {
+            Self::Msdnet(c) => Box::new(MsdNet::new(c, vb)?),
+            Self::ResnetMc(c) => Box::new(ResNetMc::new(c, vb)?),
+            Self::DensenetMc(c) => Box::new(DenseNetMc::new(c, vb)?),
+        })
+    }
+}
+
+/// The data a registered model expects.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataSpec {
+    /// Dataset name (`fashion-mnist`, `cifar100`, `imagenet`).
+    pub dataset: &'static str,
+    /// Input channels, height and width.
+    pub input: (usize, usize, usize),
+    /// Per-channel normalisation mean.
+    pub mean: &'static [f32],
+    /// Per-channel normalisation standard deviation.
+    pub std: &'static [f32],
+}
+
+/// A registered model.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    /// Registry name, e.g. `msdnet-fmnist`.
+    pub name: &'static str,
+    /// One line of description.
+    pub description: &'static str,
+    /// Its configuration.
+    pub config: fn() -> ArchConfig,
+    /// Its data.
+    pub data: DataSpec,
+    /// Weight file name under `weights/`, for shipped models.
+    pub weights: Option<&'static str>,
+}
+
+const FMNIST: DataSpec = DataSpec { dataset: "fashion-mnist", input: (1, 28, 28), mean: &[0.2860], std: &[0.3530] };
+const CIFAR: DataSpec = DataSpec { dataset: "cifar100", input: (3, 32, 32), mean: &[0.5071, 0.4865, 0.4409], std: &[0.2673, 0.2564, 0.2762] };
+const IMAGENET: DataSpec = DataSpec { dataset: "imagenet", input: (3, 224, 224), mean: &[0.485, 0.456, 0.406], std: &[0.229, 0.224, 0.225] };
+
+/// MSDNet for Fashion-MNIST: 3 scales (28/14/7), 6 exits.
+pub fn msdnet_fmnist() -> MsdNetConfig {
+    MsdNetConfig {
+        stem: StemKind::Cifar,
+        num_classes: 10,
+        in_channels: 1,
+        n_blocks: 6,
+        n_channels: 12,
+        base: 2,
+        step: 2,
+        stepmode: StepMode::Even,
+        growth_rate: 6,
+        gr_factor: vec![1, 2, 4],
+        bn_factor: vec![1, 2, 4],
+        prune: Prune::Max,
+        bottleneck: true,
+        reduction: 0.5,
+    }
+}
+
+/// ResNet-MC for Fashion-MNIST, sized to MSDNet's compute.
+pub fn resnet_mc_fmnist() -> ResNetMcConfig {
+    ResNetMcConfig {
+        in_channels: 1,
+        num_classes: 10,
+        stem_channels: 16,
+        widths: vec![16, 32, 64],
+        blocks: vec![2, 2, 2],
+        exits: vec![1, 2, 3, 4, 5, 6],
+        head_channels: 64,
+    }
+}
+
+/// DenseNet-MC for Fashion-MNIST, sized to MSDNet's compute.
+pub fn densenet_mc_fmnist() -> DenseNetMcConfig {
+    DenseNetMcConfig {
+        in_channels: 1,
+        num_classes: 10,
+        stem_channels: 16,
+        growth_rate: 12,
+        blocks: vec![4, 4, 4],
+        bottleneck_factor: 4,
+        compression: 0.5,
+        exits: vec![2, 4, 6, 8, 10, 12],
+        head_channels: 64,
+    }
+}
+
+/// Every registered model.
+pub static REGISTRY: &[ModelEntry] = &[
+    ModelEntry {
+        name: "msdnet-fmnist",
+        description: "MSDNet, 3 scales, 6 exits, trained on Fashion-MNIST",
+        config: || ArchConfig::Msdnet(msdnet_fmnist()),
+        data: FMNIST,
+        weights: Some("msdnet-fmnist.safetensors"),
+    },
+    ModelEntry {
+        name: "resnet-mc-fmnist",
+        description: "ResNet-MC baseline, 6 exits, trained on Fashion-MNIST",
+        config: || ArchConfig::ResnetMc(resnet_mc_fmnist()),
+        data: FMNIST,
+        weights: Some("resnet-mc-fmnist.safetensors"),
+    },
+    ModelEntry {
+        name: "densenet-mc-fmnist",
+        description: "DenseNet-MC baseline, 6 exits, trained on Fashion-MNIST",
+        config: || ArchConfig::DensenetMc(densenet_mc_fmnist()),
+        data: FMNIST,
+        weights: Some("densenet-mc-fmnist.safetensors"),
+    },
+    ModelEntry {
+        name: "msdnet-cifar100-anytime",
+        description: "MSDNet paper/README: CIFAR-100 anytime model (7 blocks, even, step 2, base 4)",
+        config: || ArchConfig::Msdnet(MsdNetConfig::cifar100_anytime()),
+        data: CIFAR,
+        weights: None,
+    },
+    ModelEntry {
+        name: "msdnet-cifar100-budgeted",
+        description: "MSDNet paper/README: CIFAR-100 budgeted model (5 blocks, lin_grow, step 1, base 1)",
+        config: || ArchConfig::Msdnet(MsdNetConfig::cifar100_budgeted()),
+        data: CIFAR,
+        weights: None,
+    },
+    ModelEntry {
+        name: "msdnet-imagenet-step4",
+        description: "MSDNet paper/README: ImageNet model (5 blocks, step 4, 4 scales)",
+        config: || ArchConfig::Msdnet(MsdNetConfig::imagenet_step4()),
+        data: IMAGENET,
+        weights: None,
+    },
+];
+
+/// The entry named `name`, or an error listing the known names.
+pub fn lookup(name: &str) -> Result<&'static ModelEntry> {
+    REGISTRY.iter().find(|e| e.name == name).ok_or_else(|| {
+        ModelError::Unknown(format!(
+            "unknown model '{name}' (known: {})",
+            REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+/// Builds the model `cfg` with weights from `path` (safetensors or a PyTorch
+/// `.pth` / `.pth.tar` checkpoint), checking strictly that the file holds
+/// exactly the model's parameters with the right shapes.
+pub fn load_model(cfg: &ArchConfig, path: &std::path::Path) -> Result<Box<dyn MultiExit>> {
+    cfg.validate()?;
+    let file = anytime_io::load_tensors(path)?;
+    let model = anytime_io::build_checked(file, candle_core::DType::F32, &candle_core::Device::Cpu, |vb| {
+        cfg.build(vb).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })?;
+    Ok(model)
+}
+
+/// Builds the registered model `name` with parameters from `vb`.
+pub fn create_model(name: &str, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+    (lookup(name)?.config)().build(vb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    /// Every registered model builds with zero weights and gives one
+    /// `[B, classes]` output per exit, without NaNs, at its input size.
+    #[test]
+    fn registry_sweep() {
+        for e in REGISTRY {
+            let m = create_model(e.name, VarBuilder::zeros(DType::F32, &Device::Cpu)).expect(e.name);
+            let (c, h, w) = e.data.input;
+            let costs = m.exit_costs(h, w).expect(e.name);
+            assert_eq!(costs.len(), m.num_exits(), "{}", e.name);
+            if h * w <= 32 * 32 {
+                let xs = Tensor::zeros((2, c, h, w), DType::F32, &Device::Cpu).expect("input");
+                let out = m.forward_exits(&xs, false).expect(e.name);
+                assert_eq!(out.len(), m.num_exits());
+                for o in out {
+                    assert_eq!(o.dims(), &[2, m.num_classes()]);
+                    assert!(o.to_vec2::<f32>().expect("values").iter().flatten().all(|v| v.is_finite()));
+                }
+            }
+        }
+        assert!(lookup("nope").unwrap_err().to_string().contains("msdnet-fmnist"));
+    }
+
+    #[test]
+    fn arch_config_round_trips() {
+        let c = ArchConfig::Msdnet(msdnet_fmnist());
+        let v = serde_json::to_value(&c).expect("json");
+        assert_eq!(ArchConfig::from_json("msdnet", &v).expect("read"), c);
+        assert!(ArchConfig::from_json("resnet_mc", &v).is_err());
+        assert!(ArchConfig::from_json("vgg", &serde_json::json!({})).unwrap_err().to_string().contains("unknown architecture"));
+    }
+}
