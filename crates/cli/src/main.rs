@@ -1,1 +1,53 @@
-fn main() {}
+//! `anytime`: adaptive-inference image classification from the command line.
+//!
+//! Subcommands: `infer` (all exits' logits for an input tensor), `flops`
+//! (per-exit cost from shapes), `models` (the registry), and the training,
+//! evaluation and budgeted-classification commands. Every failure prints one
+//! line, `error: ...`, and exits with status 1.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Adaptive-inference (multi-exit) image classifiers: MSDNet, RANet and
+/// multi-exit baselines, with real early exit.
+#[derive(Parser)]
+#[command(name = "anytime", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a model on an input tensor and writes every exit's logits.
+    Infer(commands::infer::Args),
+    /// Prints the cumulative per-exit MACs and parameters of a model, from shapes.
+    Flops(commands::flops::Args),
+    /// Lists the model registry.
+    Models(commands::models::Args),
+    /// Trains a registry model with its recipe (resumable).
+    Train(commands::train::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Infer(a) => commands::infer::run(a),
+        Command::Flops(a) => commands::flops::run(a),
+        Command::Models(a) => commands::models::run(a),
+        Command::Train(a) => commands::train::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -170,6 +170,11 @@ pub fn densenet_mc_fmnist() -> DenseNetMcConfig {
     }
 }
 
+/// A tiny MSDNet (3 scales, 3 exits) for smoke tests and CI.
+pub fn msdnet_tiny() -> MsdNetConfig {
+    MsdNetConfig { n_blocks: 3, n_channels: 4, base: 1, step: 1, growth_rate: 2, ..msdnet_fmnist() }
+}
+
 /// Every registered model.
 pub static REGISTRY: &[ModelEntry] = &[
     ModelEntry {
@@ -192,6 +197,13 @@ pub static REGISTRY: &[ModelEntry] = &[
         config: || ArchConfig::DensenetMc(densenet_mc_fmnist()),
         data: FMNIST,
         weights: Some("densenet-mc-fmnist.safetensors"),
+    },
+    ModelEntry {
+        name: "msdnet-tiny",
+        description: "tiny MSDNet (3 exits) for smoke tests, trains in seconds on the bundled sample",
+        config: || ArchConfig::Msdnet(msdnet_tiny()),
+        data: FMNIST,
+        weights: None,
     },
     ModelEntry {
         name: "msdnet-cifar100-anytime",

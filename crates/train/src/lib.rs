@@ -1,1 +1,37 @@
-//! stub
+//! Training for multi-exit networks on Candle.
+//!
+//! - [`loss`]: the multi-exit loss (weighted sum of cross-entropies, optional
+//!   self-distillation from the last exit);
+//! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch's exact
+//!   rule), AdamW, gradient clipping;
+//! - [`schedule`]: multistep and cosine schedules with warm-up;
+//! - [`init`]: deterministic, seeded initialisation;
+//! - [`checkpoint`] and [`trainer`]: resumable, atomic checkpoints and the
+//!   loop, for any [`anytime_models::MultiExit`] model;
+//! - [`metrics`] and [`plot`]: per-exit accuracy, a JSON-lines log, SVG curves.
+//!
+//! ```
+//! use anytime_train::optim::{OptimConfig, Optimizer};
+//! use candle_core::{Device, Var};
+//! # fn main() -> candle_core::Result<()> {
+//! let w = Var::new(&[1.0f32, -2.0], &Device::Cpu)?;
+//! let mut opt = Optimizer::new(OptimConfig::msdnet_sgd(), vec![("w".into(), w.clone())]);
+//! let loss = w.as_tensor().sqr()?.sum_all()?;
+//! opt.step(&loss.backward()?, 0.1)?;
+//! assert!(w.as_tensor().to_vec1::<f32>()?[0] < 1.0);
+//! # Ok(()) }
+//! ```
+
+pub mod checkpoint;
+pub mod error;
+pub mod init;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod recipes;
+pub mod schedule;
+pub mod trainer;
+
+pub use error::{Error, Result};
+pub use trainer::{Batches, Observer, RunEnd, Silent, StepProgress, TrainSpec, Trainer};

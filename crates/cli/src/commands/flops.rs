@@ -1,0 +1,55 @@
+//! `anytime flops`: cumulative per-exit cost from shapes.
+
+use super::{ModelArgs, parse_size};
+use anyhow::Result;
+use anytime_flops::Mode;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+/// Arguments of `anytime flops`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Input size, `H` or `HxW` (default: the model's data size, or 32 / 224
+    /// for CIFAR / ImageNet stems).
+    #[arg(long)]
+    input_size: Option<String>,
+    /// Print `{"flops": [...], "params": [...], "total_parameters": N}`.
+    #[arg(long)]
+    json: bool,
+    /// Also count batch norm, resizing, concatenation and bias adds.
+    #[arg(long)]
+    complete: bool,
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> Result<()> {
+    let cfg = a.model.resolve()?;
+    let model = cfg.build(VarBuilder::zeros(DType::F32, &Device::Cpu))?;
+    let (h, w) = match &a.input_size {
+        Some(s) => parse_size(s)?,
+        None => super::models::default_size(&a.model, &cfg),
+    };
+    let costs = model.exit_costs(h, w)?;
+    let mode = if a.complete { Mode::Complete } else { Mode::Reference };
+    if a.json {
+        let mut v = serde_json::json!({
+            "flops": costs.flops(mode).iter().map(|&f| f as f64).collect::<Vec<_>>(),
+            "params": costs.params(),
+            "total_parameters": costs.total.params,
+            "input_hw": [h, w],
+        });
+        if a.complete {
+            v["breakdown"] = serde_json::to_value(&costs.exits)?;
+        }
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    println!("{} at {h}x{w} ({} counting)", cfg.arch(), if a.complete { "complete" } else { "reference" });
+    println!("{:>4}  {:>12}  {:>10}", "exit", "MFLOPs", "M params");
+    for (i, (f, p)) in costs.mflops(mode).iter().zip(costs.params()).enumerate() {
+        println!("{i:>4}  {f:>12.3}  {:>10.4}", p as f64 / 1e6);
+    }
+    Ok(())
+}

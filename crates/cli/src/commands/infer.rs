@@ -1,0 +1,46 @@
+//! `anytime infer`: every exit's logits for an input tensor.
+
+use super::ModelArgs;
+use anyhow::{Context, Result, bail};
+use anytime_models::exit::check_input;
+use anytime_models::registry::load_model;
+use candle_core::{DType, Device};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `anytime infer`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Weights: `.safetensors`, or an official `.pth` / `.pth.tar` checkpoint.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Input safetensors file holding `input`, an f32 tensor [N, C, H, W].
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors file; receives `logits.<i>` [N, classes] per exit.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> Result<()> {
+    let cfg = a.model.resolve()?;
+    let model = load_model(&cfg, &a.weights)?;
+    let tensors = candle_core::safetensors::load(&a.input, &Device::Cpu)
+        .with_context(|| format!("cannot read input {}", a.input.display()))?;
+    let Some(input) = tensors.get("input") else {
+        bail!("{} has no tensor named `input` (found: {:?})", a.input.display(), tensors.keys().collect::<Vec<_>>());
+    };
+    if input.dtype() != DType::F32 {
+        bail!("{}: `input` must be f32, got {:?}", a.input.display(), input.dtype());
+    }
+    check_input(model.as_ref(), input.dims())?;
+    let logits = model.forward_exits(input, false)?;
+    let out: BTreeMap<String, candle_core::Tensor> =
+        logits.into_iter().enumerate().map(|(i, t)| (format!("logits.{i}"), t)).collect();
+    let bytes = safetensors::serialize(out.iter(), None).context("cannot serialise the logits")?;
+    anytime_io::atomic_write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! One module per subcommand, plus shared helpers.
+
+pub mod flops;
+pub mod infer;
+pub mod models;
+pub mod train;
+
+use anyhow::{Context, Result, bail};
+use anytime_models::registry::{ArchConfig, lookup};
+use std::path::{Path, PathBuf};
+
+/// Where the model comes from: a registry name, or an architecture plus a
+/// configuration file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A registered model name (see `anytime models`).
+    #[arg(long, conflicts_with_all = ["arch", "config"])]
+    pub model: Option<String>,
+    /// Architecture of a configuration file: msdnet, resnet_mc, densenet_mc.
+    #[arg(long, requires = "config")]
+    pub arch: Option<String>,
+    /// Configuration JSON: the project's own form, or a reference-style object
+    /// with `args` (argparse namespace) or `cli_args` (the training command).
+    #[arg(long, requires = "arch")]
+    pub config: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The configuration these arguments name.
+    pub fn resolve(&self) -> Result<ArchConfig> {
+        match (&self.model, &self.arch, &self.config) {
+            (Some(name), _, _) => Ok((lookup(name)?.config)()),
+            (None, Some(arch), Some(path)) => read_config(arch, path),
+            _ => bail!("name a model with --model NAME, or give --arch ARCH --config FILE"),
+        }
+    }
+}
+
+/// Reads a configuration file for `arch`.
+pub fn read_config(arch: &str, path: &Path) -> Result<ArchConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    ArchConfig::from_json(arch, &v).with_context(|| format!("config {}", path.display()))
+}
+
+/// Parses `H` or `HxW`.
+pub fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let parse = |p: &str| p.trim().parse::<usize>().with_context(|| format!("bad input size '{s}': expected H or HxW"));
+    let (h, w) = match s.split_once(['x', 'X']) {
+        Some((h, w)) => (parse(h)?, parse(w)?),
+        None => {
+            let h = parse(s)?;
+            (h, h)
+        }
+    };
+    if h == 0 || w == 0 {
+        bail!("bad input size '{s}': sizes must be at least 1");
+    }
+    Ok((h, w))
+}

@@ -1,0 +1,75 @@
+//! `anytime models`: the registry.
+
+use super::ModelArgs;
+use anyhow::Result;
+use anytime_blocks::stem::StemKind;
+use anytime_flops::Mode;
+use anytime_models::registry::{ArchConfig, REGISTRY, lookup};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use std::path::PathBuf;
+
+/// Arguments of `anytime models`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Directory of the shipped weights.
+    #[arg(long, default_value = "weights")]
+    weights_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The input size to count a model at when none is given.
+pub fn default_size(m: &ModelArgs, cfg: &ArchConfig) -> (usize, usize) {
+    if let Some(Ok(e)) = m.model.as_deref().map(lookup) {
+        return (e.data.input.1, e.data.input.2);
+    }
+    match cfg {
+        ArchConfig::Msdnet(c) if c.stem == StemKind::ImageNet => (224, 224),
+        _ => (32, 32),
+    }
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> Result<()> {
+    let mut rows = Vec::new();
+    for e in REGISTRY {
+        let cfg = (e.config)();
+        let model = cfg.build(VarBuilder::zeros(DType::F32, &Device::Cpu))?;
+        let (_, h, w) = e.data.input;
+        let mflops = model.exit_costs(h, w)?.mflops(Mode::Reference);
+        let weights = e.weights.map(|f| a.weights_dir.join(f));
+        let present = weights.as_ref().is_some_and(|p| p.exists());
+        let accuracy = weights
+            .as_ref()
+            .filter(|_| present)
+            .and_then(|p| anytime_io::read_meta(p).ok())
+            .map(|m| m.exit_accuracy)
+            .unwrap_or_default();
+        rows.push(serde_json::json!({
+            "name": e.name, "arch": cfg.arch(), "dataset": e.data.dataset, "exits": model.num_exits(),
+            "mflops": mflops, "accuracy": accuracy, "weights": present, "description": e.description,
+        }));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<26} {:<12} {:<14} {:>5}  {:<8} per-exit MFLOPs / top-1", "name", "arch", "dataset", "exits", "weights");
+    for r in &rows {
+        let mf: Vec<String> = r["mflops"].as_array().into_iter().flatten().map(|v| format!("{:.1}", v.as_f64().unwrap_or(0.0))).collect();
+        let acc: Vec<String> = r["accuracy"].as_array().into_iter().flatten().map(|v| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(0.0))).collect();
+        println!(
+            "{:<26} {:<12} {:<14} {:>5}  {:<8} {}{}",
+            r["name"].as_str().unwrap_or(""),
+            r["arch"].as_str().unwrap_or(""),
+            r["dataset"].as_str().unwrap_or(""),
+            r["exits"],
+            if r["weights"].as_bool() == Some(true) { "yes" } else { "no" },
+            mf.join(" "),
+            if acc.is_empty() { String::new() } else { format!(" / {}", acc.join(" ")) },
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `anytime train`: trains a registry model with its recipe, resumably.
+
+use anyhow::{Context, Result};
+use anytime_data::dataset::holdout_split;
+use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
+use anytime_data::loader::{Augment, BatchConfig, Loader};
+use anytime_models::registry::lookup;
+use anytime_train::metrics::EpochMetrics;
+use anytime_train::recipes::recipe;
+use anytime_train::{Observer, RunEnd, StepProgress, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Arguments of `anytime train`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Registry model to train (see `anytime models`).
+    #[arg(long)]
+    model: String,
+    /// Run directory (checkpoints, metrics, curves); default `runs/<model>`.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in the run directory.
+    #[arg(long)]
+    resume: bool,
+    /// Override the recipe's number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Directory with the Fashion-MNIST IDX files.
+    #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
+    data_dir: PathBuf,
+    /// Stop (with a checkpoint) after this many minutes; resume later.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    /// No progress bars; one line per epoch.
+    #[arg(long)]
+    quiet: bool,
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+    /// Without a terminal: print a status line this often.
+    every: Option<Duration>,
+    last: std::time::Instant,
+}
+
+impl Observer for Progress {
+    fn on_step(&mut self, p: &StepProgress) {
+        let acc: Vec<String> = p.train_acc.iter().map(|a| format!("{:.1}", 100.0 * a)).collect();
+        let msg = format!(
+            "epoch {}/{} loss {:.3} lr {:.4} acc [{}] {:.0} img/s",
+            p.epoch + 1,
+            p.epochs,
+            p.loss,
+            p.lr,
+            acc.join(" "),
+            p.images_per_s
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.batches as u64);
+            bar.set_position(p.batch as u64 + 1);
+            bar.set_message(msg);
+        } else if self.every.is_some_and(|e| self.last.elapsed() >= e) {
+            self.last = std::time::Instant::now();
+            eprintln!("batch {}/{} {msg}", p.batch + 1, p.batches);
+        }
+    }
+
+    fn on_epoch(&mut self, m: &EpochMetrics) {
+        let acc: Vec<String> = m.val_acc.iter().map(|a| format!("{:.2}", 100.0 * a)).collect();
+        let line = format!(
+            "epoch {} train loss {:.4} held-out accuracy per exit [{}] ({:.0} img/s, {:.0} s)",
+            m.epoch + 1,
+            m.train_loss,
+            acc.join(" "),
+            m.images_per_s,
+            m.seconds
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+/// Loads Fashion-MNIST's training set and splits off the held-out images.
+pub fn fmnist_splits(data_dir: &Path, holdout: usize, seed: u64) -> Result<(Arc<anytime_data::dataset::Dataset>, Arc<anytime_data::dataset::Dataset>)> {
+    let full = fashion_mnist(data_dir, Split::Train)?;
+    let (train, val) = holdout_split(&full, holdout, seed)?;
+    Ok((Arc::new(train), Arc::new(val)))
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> Result<()> {
+    let entry = lookup(&a.model)?;
+    let mut r = recipe(&a.model)?;
+    if let Some(e) = a.epochs {
+        r.spec.epochs = e;
+    }
+    let (train, val) = fmnist_splits(&a.data_dir, r.holdout, r.split_seed)?;
+    let train = Loader::new(
+        train,
+        BatchConfig { batch_size: r.batch_size, shuffle: true, seed: r.spec.seed, augment: r.augment, drop_last: true },
+    )?;
+    let val = Loader::new(
+        val,
+        BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
+    )?;
+    let dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.model));
+    let cfg = (entry.config)();
+    let mut trainer = Trainer::new(r.spec.clone(), |vb| cfg.build(vb), &dir, a.resume)
+        .with_context(|| format!("cannot start the run in {}", dir.display()))?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = (!a.quiet && tty).then(|| {
+        let bar = ProgressBar::new(train.num_batches() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let every = (!a.quiet && !tty).then(|| Duration::from_secs(30));
+    let mut obs = Progress { bar, every, last: std::time::Instant::now() };
+    let limit = a.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
+    let end = trainer.run(&train, &val, &mut obs, limit)?;
+    if let Some(bar) = &obs.bar {
+        bar.finish_and_clear();
+    }
+    match end {
+        RunEnd::Finished => eprintln!("finished {} epochs; best weights in {}", r.spec.epochs, dir.join(anytime_train::trainer::BEST_FILE).display()),
+        RunEnd::TimeLimit => eprintln!("time limit reached at epoch {}; continue with --resume", trainer.state().epoch + 1),
+    }
+    Ok(())
+}

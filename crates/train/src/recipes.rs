@@ -1,0 +1,70 @@
+//! Training recipes: for each trainable registry model, the data, the
+//! augmentation and the hyper-parameters that produced its shipped weights.
+
+use crate::error::{Error, Result};
+use crate::loss::LossConfig;
+use crate::optim::OptimConfig;
+use crate::schedule::{Schedule, ScheduleKind};
+use crate::trainer::TrainSpec;
+use anytime_data::loader::Augment;
+
+/// How to train one registry model.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// The registry model it trains.
+    pub model: &'static str,
+    /// Epochs, optimiser, schedule, loss, seed.
+    pub spec: TrainSpec,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Training augmentation.
+    pub augment: Augment,
+    /// Images held out of the training set for validation and calibration.
+    pub holdout: usize,
+    /// Seed of the held-out split (kept apart from the training seed so the
+    /// split never changes).
+    pub split_seed: u64,
+}
+
+/// SGD with Nesterov momentum, cosine decay from 0.1 after one warm-up epoch.
+fn fmnist_spec(epochs: usize) -> TrainSpec {
+    TrainSpec {
+        epochs,
+        optim: OptimConfig::msdnet_sgd(),
+        schedule: Schedule { lr: 0.1, kind: ScheduleKind::Cosine, warmup_epochs: 1.0 },
+        loss: LossConfig::default(),
+        clip_grad_norm: None,
+        seed: 1,
+        checkpoint_minutes: 5.0,
+    }
+}
+
+const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true };
+
+/// The recipe for `model`, or an error listing the trainable models.
+pub fn recipe(model: &str) -> Result<Recipe> {
+    let fmnist = |model, epochs| Recipe {
+        model,
+        spec: fmnist_spec(epochs),
+        batch_size: 64,
+        augment: FMNIST_AUG,
+        holdout: 5000,
+        split_seed: 2024,
+    };
+    Ok(match model {
+        "msdnet-fmnist" => fmnist("msdnet-fmnist", 30),
+        "resnet-mc-fmnist" => fmnist("resnet-mc-fmnist", 30),
+        "densenet-mc-fmnist" => fmnist("densenet-mc-fmnist", 30),
+        "msdnet-tiny" => Recipe {
+            spec: TrainSpec { checkpoint_minutes: 0.002, ..fmnist_spec(2) },
+            batch_size: 50,
+            holdout: 200,
+            ..fmnist("msdnet-tiny", 2)
+        },
+        other => {
+            return Err(Error::Config(format!(
+                "no training recipe for '{other}' (trainable: msdnet-fmnist, resnet-mc-fmnist, densenet-mc-fmnist, msdnet-tiny)"
+            )));
+        }
+    })
+}

@@ -1,0 +1,363 @@
+//! The training loop for any [`MultiExit`] model.
+//!
+//! [`Trainer`] builds the model from a seeded `VarMap`, trains it with the
+//! multi-exit loss, evaluates every exit on the held-out split after each
+//! epoch, and checkpoints atomically every epoch and every few minutes into a
+//! run directory:
+//!
+//! - `checkpoint.safetensors`: model, optimiser and [`TrainState`] (resumable);
+//! - `best.safetensors`: the weights with the best final-exit held-out accuracy;
+//! - `metrics.jsonl`: one [`EpochMetrics`] per line;
+//! - `curves.svg`: loss and per-exit accuracy curves.
+//!
+//! A run killed at any moment resumes exactly: the data order and
+//! augmentation depend only on `(seed, epoch)`, the checkpoint records the
+//! next batch, and every kernel is deterministic for a given thread count, so
+//! a resumed run ends with the same weights, bit for bit, as an uninterrupted
+//! one.
+
+use crate::checkpoint::{Checkpoint, PartialEpoch, TrainState};
+use crate::error::{Error, Result};
+use crate::init::seeded_var_builder;
+use crate::loss::LossConfig;
+use crate::metrics::{EpochMetrics, ExitAccuracy, evaluate, write_jsonl};
+use crate::optim::{OptimConfig, Optimizer};
+use crate::schedule::Schedule;
+use anytime_blocks::layers::BN_BUFFERS;
+use anytime_models::MultiExit;
+use candle_core::{Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A source of `(images [B, C, H, W] f32, labels [B] u32)` batches.
+pub trait Batches {
+    /// Batches per epoch.
+    fn num_batches(&self) -> usize;
+    /// The batches of `epoch` from batch `start` on; the order may depend on
+    /// the epoch but must not depend on anything else.
+    fn epoch(&self, epoch: usize, start: usize) -> Box<dyn Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_>;
+}
+
+/// Everything that defines a training run besides the model and the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Epochs to train.
+    pub epochs: usize,
+    /// Optimiser.
+    pub optim: OptimConfig,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Multi-exit loss.
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// Clip the global gradient norm to this value.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// Seed of the initialisation, the data order and the augmentation.
+    pub seed: u64,
+    /// Minutes between mid-epoch checkpoints.
+    #[serde(default = "default_minutes")]
+    pub checkpoint_minutes: f64,
+}
+
+fn default_minutes() -> f64 {
+    5.0
+}
+
+impl TrainSpec {
+    /// Checks the values against a model with `exits` exits.
+    pub fn validate(&self, exits: usize) -> Result<()> {
+        let e = |m: String| Error::Config(m);
+        if self.epochs == 0 {
+            return Err(e("epochs must be at least 1".into()));
+        }
+        self.optim.validate().map_err(e)?;
+        self.schedule.validate().map_err(e)?;
+        self.loss.validate(exits).map_err(e)?;
+        if let Some(c) = self.clip_grad_norm {
+            if !(c > 0.0) {
+                return Err(e(format!("gradient clipping needs a norm > 0, got {c}")));
+            }
+        }
+        if !(self.checkpoint_minutes > 0.0) {
+            return Err(e(format!("checkpoint interval must be > 0 minutes, got {}", self.checkpoint_minutes)));
+        }
+        Ok(())
+    }
+}
+
+/// Progress of one training step.
+#[derive(Debug, Clone)]
+pub struct StepProgress {
+    /// Epoch (0-based) and total.
+    pub epoch: usize,
+    /// Total epochs.
+    pub epochs: usize,
+    /// Batch just finished (0-based) and batches per epoch.
+    pub batch: usize,
+    /// Batches per epoch.
+    pub batches: usize,
+    /// This batch's loss.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Running training accuracy per exit this epoch.
+    pub train_acc: Vec<f64>,
+    /// Images per second this epoch.
+    pub images_per_s: f64,
+}
+
+/// Receives progress events; the default methods ignore them. The CLI
+/// renders them as progress bars.
+pub trait Observer {
+    /// After every optimiser step.
+    fn on_step(&mut self, _p: &StepProgress) {}
+    /// After every epoch's evaluation.
+    fn on_epoch(&mut self, _m: &EpochMetrics) {}
+    /// After a checkpoint was written.
+    fn on_checkpoint(&mut self, _path: &Path) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// How a call to [`Trainer::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every epoch is done.
+    Finished,
+    /// The time limit was reached; a checkpoint was written.
+    TimeLimit,
+}
+
+/// A training run bound to a directory.
+pub struct Trainer {
+    spec: TrainSpec,
+    model: Box<dyn MultiExit>,
+    varmap: VarMap,
+    opt: Optimizer,
+    dir: PathBuf,
+    state: TrainState,
+}
+
+/// The file names inside a run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// Best weights.
+pub const BEST_FILE: &str = "best.safetensors";
+/// Metrics log.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+fn is_buffer(name: &str) -> bool {
+    name.rsplit('.').next().is_some_and(|last| BN_BUFFERS.contains(&last))
+}
+
+/// Removes temporary files a killed write left in `dir`.
+fn clean_temporaries(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), msg: e.to_string() })?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// Builds the model (seeded initialisation) and, when `resume` is set and
+    /// the directory holds a checkpoint, restores it. Without `resume`, an
+    /// existing checkpoint is an error rather than being overwritten.
+    pub fn new(
+        spec: TrainSpec,
+        build: impl FnOnce(VarBuilder) -> anytime_models::Result<Box<dyn MultiExit>>,
+        dir: &Path,
+        resume: bool,
+    ) -> Result<Self> {
+        let varmap = VarMap::new();
+        let model = build(seeded_var_builder(&varmap, spec.seed, &Device::Cpu))?;
+        spec.validate(model.num_exits())?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), msg: e.to_string() })?;
+        clean_temporaries(dir)?;
+        let mut params: Vec<(String, candle_core::Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .iter()
+            .filter(|(k, _)| !is_buffer(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let opt = Optimizer::new(spec.optim.clone(), params);
+        let state = TrainState { epoch: 0, batch: 0, step: 0, seed: spec.seed, best: None, history: Vec::new(), seconds: 0.0, partial: PartialEpoch::default() };
+        let mut t = Self { spec, model, varmap, opt, dir: dir.to_path_buf(), state };
+        let ckpt = t.dir.join(CHECKPOINT_FILE);
+        if ckpt.exists() {
+            if !resume {
+                return Err(Error::Checkpoint {
+                    path: ckpt,
+                    msg: "a run already exists here; pass --resume to continue it or choose another directory".into(),
+                });
+            }
+            t.restore(&ckpt)?;
+        }
+        Ok(t)
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<()> {
+        let ck = Checkpoint::load(path)?;
+        if ck.state.seed != self.spec.seed {
+            return Err(Error::Checkpoint { path: path.to_path_buf(), msg: format!("was made with seed {}, this run uses {}", ck.state.seed, self.spec.seed) });
+        }
+        let data = self.varmap.data().lock().map_err(|e| Error::Config(e.to_string()))?;
+        let mut missing: Vec<&String> = data.keys().filter(|k| !ck.model.contains_key(*k)).collect();
+        missing.sort();
+        if !missing.is_empty() || ck.model.len() != data.len() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("does not fit this model ({} tensors, model has {}; missing e.g. {:?})", ck.model.len(), data.len(), missing.first()),
+            });
+        }
+        for (k, v) in data.iter() {
+            let t = &ck.model[k];
+            if t.shape() != v.shape() {
+                return Err(Error::Checkpoint { path: path.to_path_buf(), msg: format!("{k} has shape {:?}, the model needs {:?}", t.shape(), v.shape()) });
+            }
+            v.set(t)?;
+        }
+        drop(data);
+        self.opt.load_state(ck.optim, ck.state.step).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+        self.state = ck.state;
+        Ok(())
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &dyn MultiExit {
+        self.model.as_ref()
+    }
+
+    /// Where the run stands.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// The model's variables by key (running statistics included).
+    pub fn weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let data = self.varmap.data().lock().map_err(|e| Error::Config(e.to_string()))?;
+        Ok(data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<candle_core::Result<_>>()?)
+    }
+
+    fn save_checkpoint(&self, obs: &mut dyn Observer) -> Result<()> {
+        let (optim, _) = self.opt.state();
+        let ck = Checkpoint { model: self.weights()?, optim, state: self.state.clone() };
+        let path = self.dir.join(CHECKPOINT_FILE);
+        ck.save(&path)?;
+        obs.on_checkpoint(&path);
+        Ok(())
+    }
+
+    /// Trains until every epoch is done or `time_limit` has passed (then a
+    /// checkpoint is written and the run can be resumed).
+    pub fn run(&mut self, train: &dyn Batches, val: &dyn Batches, obs: &mut dyn Observer, time_limit: Option<Duration>) -> Result<RunEnd> {
+        let started = Instant::now();
+        let mut last_ckpt = Instant::now();
+        let batches = train.num_batches();
+        let epochs = self.spec.epochs;
+        while self.state.epoch < epochs {
+            let epoch = self.state.epoch;
+            let epoch_start = Instant::now();
+            let mut images = 0usize;
+            let p = std::mem::take(&mut self.state.partial);
+            let (mut loss_sum, mut seen_batches) = (p.loss_sum, p.batches);
+            let mut acc = ExitAccuracy { correct: p.correct, total: p.total };
+            let lr0 = self.spec.schedule.lr_at(epoch as f64, epochs);
+            let first = self.state.batch;
+            for (i, batch) in train.epoch(epoch, first).enumerate() {
+                let b = first + i;
+                let (xs, ys) = batch?;
+                let lr = self.spec.schedule.lr_at(epoch as f64 + b as f64 / batches.max(1) as f64, epochs);
+                let logits = self.model.forward_exits(&xs, true)?;
+                let loss = self.spec.loss.loss(&logits, &ys)?;
+                let mut grads = loss.backward()?;
+                if let Some(max) = self.spec.clip_grad_norm {
+                    self.opt.clip_grad_norm(&mut grads, max)?;
+                }
+                self.opt.step(&grads, lr)?;
+                let l = loss.to_scalar::<f32>()? as f64;
+                if !l.is_finite() {
+                    return Err(Error::Config(format!("the loss diverged ({l}) at epoch {epoch}, batch {b}; lower the learning rate")));
+                }
+                acc.update(&logits.iter().map(|t| t.detach()).collect::<Vec<_>>(), &ys)?;
+                loss_sum += l;
+                seen_batches += 1;
+                images += xs.dim(0)?;
+                self.state.step += 1;
+                self.state.batch = b + 1;
+                obs.on_step(&StepProgress {
+                    epoch,
+                    epochs,
+                    batch: b,
+                    batches,
+                    loss: l,
+                    lr,
+                    train_acc: acc.fractions(),
+                    images_per_s: images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+                });
+                let out_of_time = time_limit.is_some_and(|t| started.elapsed() >= t);
+                if out_of_time || last_ckpt.elapsed().as_secs_f64() >= self.spec.checkpoint_minutes * 60.0 {
+                    self.state.seconds += last_ckpt.elapsed().as_secs_f64();
+                    self.state.partial = PartialEpoch { loss_sum, batches: seen_batches, correct: acc.correct.clone(), total: acc.total };
+                    self.save_checkpoint(obs)?;
+                    last_ckpt = Instant::now();
+                    if out_of_time {
+                        return Ok(RunEnd::TimeLimit);
+                    }
+                }
+            }
+            let val_acc = evaluate(self.model.as_ref(), val.epoch(0, 0))?.fractions();
+            let final_acc = val_acc.last().copied().unwrap_or(0.0);
+            self.state.seconds += last_ckpt.elapsed().as_secs_f64();
+            last_ckpt = Instant::now();
+            let m = EpochMetrics {
+                epoch,
+                lr: lr0,
+                train_loss: loss_sum / seen_batches.max(1) as f64,
+                train_acc: acc.fractions(),
+                val_acc,
+                images_per_s: images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+                seconds: self.state.seconds,
+            };
+            self.state.history.push(m.clone());
+            self.state.epoch += 1;
+            self.state.batch = 0;
+            if self.state.best.is_none_or(|(b, _)| final_acc > b) {
+                self.state.best = Some((final_acc, epoch));
+                let best = self.dir.join(BEST_FILE);
+                let bytes = safetensors::serialize(self.weights()?.iter(), None)
+                    .map_err(|e| Error::Io { path: best.clone(), msg: e.to_string() })?;
+                anytime_io::atomic_write(&best, &bytes).map_err(|e| Error::Io { path: best, msg: e.to_string() })?;
+            }
+            write_jsonl(&self.dir.join(METRICS_FILE), &self.state.history)?;
+            crate::plot::training_curves(&self.dir.join("curves.svg"), &self.state.history)?;
+            self.save_checkpoint(obs)?;
+            obs.on_epoch(&m);
+        }
+        Ok(RunEnd::Finished)
+    }
+}
+
+impl Batches for anytime_data::loader::Loader {
+    fn num_batches(&self) -> usize {
+        anytime_data::loader::Loader::num_batches(self)
+    }
+
+    fn epoch(&self, epoch: usize, start: usize) -> Box<dyn Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_> {
+        Box::new(
+            anytime_data::loader::Loader::epoch(self, epoch, start)
+                .map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))),
+        )
+    }
+}
