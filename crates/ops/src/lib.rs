@@ -8,13 +8,21 @@
 //! - [`norm`]: batch normalisation (training and eval, fused ReLU, folding);
 //! - [`pool`]: average / max pooling with padding and correct gradients,
 //!   adaptive and global average pooling;
-//! - [`batch`]: batch compaction for real early exit.
+//! - [`resize`]: differentiable bilinear and bicubic resizing (PyTorch's
+//!   `F.interpolate`, both `align_corners`);
+//! - [`loss`]: cross-entropy with label smoothing, KL divergence at a
+//!   temperature for distillation, top-1 correct count;
+//! - [`act`]: `relu6`, `hard_sigmoid`, `hard_swish`;
+//! - [`batch`]: batch compaction for real early exit, reassembly in the
+//!   original order, per-sample zero-padded crops.
 //!
 //! Everything returns `candle_core::Result`.
 //!
 //! ```
 //! use anytime_ops::conv::{conv2d, Conv2dParams};
-//! use anytime_ops::pool::max_pool2d;
+//! use anytime_ops::loss::cross_entropy;
+//! use anytime_ops::pool::{global_avg_pool, max_pool2d};
+//! use anytime_ops::resize::bilinear;
 //! use candle_core::{Device, Tensor};
 //! # fn main() -> candle_core::Result<()> {
 //! let x = Tensor::ones((1, 2, 5, 5), candle_core::DType::F32, &Device::Cpu)?;
@@ -23,14 +31,25 @@
 //! assert_eq!(y.dims(), &[1, 3, 5, 5]);
 //! let p = max_pool2d(&y, (3, 3), (2, 2), (1, 1))?;
 //! assert_eq!(p.dims(), &[1, 3, 3, 3]);
+//! let up = bilinear(&p, (6, 6), false)?;
+//! let logits = global_avg_pool(&up)?; // [1, 3]
+//! let loss = cross_entropy(&logits, &Tensor::new(&[2u32], &Device::Cpu)?, 0.1)?;
+//! assert!(loss.to_scalar::<f32>()? > 0.0);
 //! # Ok(()) }
 //! ```
 
+pub mod act;
 pub mod batch;
 pub mod conv;
 mod kernels;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod resize;
 #[cfg(test)]
 pub(crate) mod test_util;
+
+/// Compiles and runs the README's example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;

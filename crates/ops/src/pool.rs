@@ -1,11 +1,11 @@
 //! 2-D pooling with kernel, stride and padding (PyTorch semantics,
 //! `ceil_mode=False`), with correct gradients for odd sizes, padding and
 //! overlapping windows — Candle's stock `max_pool2d` gradient is scaled by
-//! 1/4 and its `avg_pool2d` gradient is wrong on odd sizes — plus adaptive
-//! and global average pooling.
+//! `1 / (kh·kw)` (1/4 for 2×2) and its `avg_pool2d` gradient is wrong on odd
+//! sizes — plus adaptive and global average pooling.
 
 use crate::kernels::{self, pool::PoolGeom};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
 fn geometry(dims: &[usize], k: (usize, usize), s: (usize, usize), p: (usize, usize), what: &str) -> Result<PoolGeom> {
     let &[n, c, h, w] = dims else { bail!("{what}: expected an [N, C, H, W] input, got {dims:?}") };
@@ -70,7 +70,10 @@ impl CustomOp1 for AvgPoolBwd {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dy = kernels::f32_slice(s, l, "avg_pool2d output gradient")?;
-        Ok((CpuStorage::F32(kernels::pool::avg_backward(&self.g, dy, self.include_pad)), Shape::from(self.in_dims.clone())))
+        Ok((
+            CpuStorage::F32(kernels::pool::avg_backward(&self.g, dy, self.include_pad)),
+            Shape::from(self.in_dims.clone()),
+        ))
     }
 }
 
@@ -101,15 +104,43 @@ impl CustomOp2 for MaxPoolBwd {
     }
 }
 
-fn on_cpu_f32(xs: &Tensor, what: &str) -> Result<()> {
-    if !(xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32) {
-        bail!("{what}: padded or overlapping pooling runs on CPU f32 tensors only, got {:?} on {:?}", xs.dtype(), xs.device())
+/// Whether the fused CPU kernels apply.
+fn fused(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// Pooling from Candle's stock ops, for other devices and dtypes: kernel ==
+/// stride, no padding. The rows and columns no window reaches are cut off
+/// first, so the stock gradients (which assume the kernel divides the size)
+/// are right; max pooling is a reshape and two `max` reductions, since the
+/// stock `max_pool2d` gradient is wrong.
+fn stock(xs: &Tensor, g: &PoolGeom, max: bool, what: &str) -> Result<Tensor> {
+    if (g.ph, g.pw) != (0, 0) || (g.kh, g.kw) != (g.sh, g.sw) {
+        bail!(
+            "{what}: padding {:?} or kernel {:?} != stride {:?} needs CPU f32 tensors, got {:?} on {:?}",
+            (g.ph, g.pw),
+            (g.kh, g.kw),
+            (g.sh, g.sw),
+            xs.dtype(),
+            xs.device()
+        )
     }
-    Ok(())
+    let (n, c) = (xs.dim(0)?, xs.dim(1)?);
+    let covered = xs.narrow(2, 0, g.oh * g.kh)?.narrow(3, 0, g.ow * g.kw)?;
+    if max {
+        // [N·C, oh, kh, ow, kw] → max over kw, then kh.
+        covered.reshape((n * c, g.oh, g.kh, g.ow, g.kw))?.max(4)?.max(2)?.reshape((n, c, g.oh, g.ow))
+    } else {
+        covered.contiguous()?.avg_pool2d((g.kh, g.kw))
+    }
 }
 
 /// Average pooling as `F.avg_pool2d(x, kernel, stride, padding,
 /// ceil_mode=False, count_include_pad)`. Differentiable.
+///
+/// CPU f32 tensors take any geometry (fused kernels, parallel over the
+/// `N·C` planes); other devices and dtypes use Candle's stock ops, which
+/// only cover kernel == stride without padding.
 ///
 /// # Shapes
 /// `[N, C, H, W]` → `[N, C, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1]`.
@@ -121,34 +152,48 @@ pub fn avg_pool2d(
     count_include_pad: bool,
 ) -> Result<Tensor> {
     let g = geometry(xs.dims(), kernel, stride, padding, "avg_pool2d")?;
-    if !xs.device().is_cpu() && padding == (0, 0) && kernel == stride {
-        return xs.avg_pool2d_with_stride(kernel, stride);
+    if fused(xs) {
+        xs.contiguous()?.apply_op1(AvgPool { g, include_pad: count_include_pad })
+    } else {
+        stock(xs, &g, false, "avg_pool2d")
     }
-    on_cpu_f32(xs, "avg_pool2d")?;
-    xs.contiguous()?.apply_op1(AvgPool { g, include_pad: count_include_pad })
 }
 
 /// Max pooling as `F.max_pool2d(x, kernel, stride, padding)` (padding is
-/// -inf). Differentiable: each window's gradient goes to its first maximum.
+/// -inf). Differentiable: each window's gradient goes to its first maximum
+/// (on other devices and dtypes, to every tied maximum).
+///
+/// Devices, dtypes and geometries as [`avg_pool2d`].
 ///
 /// # Shapes
 /// `[N, C, H, W]` → `[N, C, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1]`.
-pub fn max_pool2d(xs: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Result<Tensor> {
+pub fn max_pool2d(
+    xs: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> Result<Tensor> {
     let g = geometry(xs.dims(), kernel, stride, padding, "max_pool2d")?;
-    on_cpu_f32(xs, "max_pool2d")?;
-    xs.contiguous()?.apply_op1(MaxPool { g })
+    if fused(xs) { xs.contiguous()?.apply_op1(MaxPool { g }) } else { stock(xs, &g, true, "max_pool2d") }
 }
 
 /// Adaptive average pooling to `(oh, ow)`, as `F.adaptive_avg_pool2d`: output
-/// cell i covers input rows `floor(i·H/oh) .. ceil((i+1)·H/oh)`. Built from
-/// differentiable slices and means.
+/// cell i covers input rows `floor(i·H/oh) .. ceil((i+1)·H/oh)`. When the
+/// output size divides the input's this is [`avg_pool2d`]; otherwise it is
+/// built from differentiable slices and means.
 ///
 /// # Shapes
 /// `[N, C, H, W]` → `[N, C, oh, ow]`.
 pub fn adaptive_avg_pool2d(xs: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
-    let (_, _, h, w) = xs.dims4()?;
-    if oh == 0 || ow == 0 {
-        bail!("adaptive_avg_pool2d: output size must be at least 1x1, got {oh}x{ow}")
+    let &[_, _, h, w] = xs.dims() else {
+        bail!("adaptive_avg_pool2d: expected an [N, C, H, W] input, got {:?}", xs.dims())
+    };
+    if oh == 0 || ow == 0 || h == 0 || w == 0 {
+        bail!("adaptive_avg_pool2d: cannot pool {h}x{w} to {oh}x{ow}: sizes must be at least 1")
+    }
+    if h % oh == 0 && w % ow == 0 {
+        let k = (h / oh, w / ow);
+        return avg_pool2d(xs, k, k, (0, 0), true);
     }
     let bounds = |i: usize, out: usize, len: usize| (i * len / out, ((i + 1) * len).div_ceil(out));
     let mut rows = Vec::with_capacity(oh);
@@ -170,7 +215,9 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, (oh, ow): (usize, usize)) -> Result<Tens
 /// # Shapes
 /// `[N, C, H, W]` → `[N, C]`.
 pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
-    let _ = xs.dims4()?;
+    if xs.rank() != 4 {
+        bail!("global_avg_pool: expected an [N, C, H, W] input, got {:?}", xs.dims())
+    }
     xs.mean((2, 3))
 }
 
@@ -203,11 +250,17 @@ mod tests {
         let dev = Device::Cpu;
         // Well-separated values so max windows have unique maxima.
         let x = (Tensor::arange(0f32, 2.0 * 7.0 * 5.0, &dev)?.reshape((1, 2, 7, 5))? * 0.37)?.sin()?;
-        for &(k, s, p, inc) in &[((2, 2), (2, 2), (0, 0), true), ((3, 3), (2, 2), (1, 1), true), ((3, 2), (1, 2), (1, 1), false), ((2, 3), (3, 1), (0, 1), true)] {
+        for &(k, s, p, inc) in &[
+            ((2, 2), (2, 2), (0, 0), true),
+            ((3, 3), (2, 2), (1, 1), true),
+            ((3, 2), (1, 2), (1, 1), false),
+            ((2, 3), (3, 1), (0, 1), true),
+        ] {
             grad_check(&x, |t| avg_pool2d(t, k, s, p, inc), 1e-3)?;
             grad_check(&x, |t| max_pool2d(t, k, s, p), 1e-3)?;
         }
         grad_check(&x, |t| adaptive_avg_pool2d(t, (3, 2)), 1e-3)?;
+        grad_check(&x, |t| adaptive_avg_pool2d(t, (7, 1)), 1e-3)?;
         grad_check(&x, global_avg_pool, 1e-3)?;
         Ok(())
     }
@@ -223,7 +276,43 @@ mod tests {
         let g_ours = ours.get(x.as_tensor()).expect("grad").sum_all()?.to_scalar::<f32>()?;
         let g_stock = stock.get(x.as_tensor()).expect("grad").sum_all()?.to_scalar::<f32>()?;
         assert_eq!(g_ours, 4.0, "one unit of gradient per window");
-        assert_ne!(g_stock, 4.0, "if Candle fixed its max-pool gradient, this note can go");
+        assert_eq!(g_stock, 1.0, "Candle's is a quarter of that; if this fails, Candle changed its max-pool gradient");
+        Ok(())
+    }
+
+    /// The gradient checker rejects a gradient that is off by a factor (here
+    /// Candle's stock max-pool one, a quarter of the right one).
+    #[test]
+    #[should_panic(expected = "analytic")]
+    fn grad_check_rejects_stock_max_pool_gradient() {
+        let x = rand_tensor(&[1, 2, 4, 6], 4, &Device::Cpu).unwrap();
+        grad_check(&x, |t| t.max_pool2d(2), 1e-3).unwrap();
+    }
+
+    #[test]
+    fn stock_path_matches_fused_kernels() -> Result<()> {
+        // f64 takes the stock-op path (as other devices do); odd sizes leave
+        // rows and columns outside every window.
+        let dev = Device::Cpu;
+        let x = (Tensor::arange(0f32, 2.0 * 7.0 * 5.0, &dev)?.reshape((1, 2, 7, 5))? * 0.37)?.sin()?;
+        let x32 = Var::from_tensor(&x)?;
+        let x64 = Var::from_tensor(&x.to_dtype(DType::F64)?)?;
+        for max in [false, true] {
+            let pool = |t: &Tensor| {
+                if max { max_pool2d(t, (2, 3), (2, 3), (0, 0)) } else { avg_pool2d(t, (2, 3), (2, 3), (0, 0), true) }
+            };
+            let (y32, y64) = (pool(x32.as_tensor())?, pool(x64.as_tensor())?);
+            assert_close("stock forward", &y64.to_dtype(DType::F32)?, &y32, 1e-6)?;
+            let r = rand_tensor(y32.dims(), 5, &dev)?;
+            let g32 = (y32 * &r)?.sum_all()?.backward()?;
+            let g64 = (y64 * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+            let (Some(g32), Some(g64)) = (g32.get(x32.as_tensor()), g64.get(x64.as_tensor())) else {
+                panic!("no gradient")
+            };
+            assert_close("stock gradient", &g64.to_dtype(DType::F32)?, g32, 1e-6)?;
+        }
+        let err = max_pool2d(x64.as_tensor(), (3, 3), (2, 2), (1, 1)).unwrap_err().to_string();
+        assert!(err.contains("needs CPU f32 tensors"), "{err}");
         Ok(())
     }
 
@@ -234,6 +323,12 @@ mod tests {
         // torch: F.adaptive_avg_pool2d(torch.arange(5.).view(1,1,1,5), (1, 3)) -> [0.5, 2.0, 3.5]
         let y = adaptive_avg_pool2d(&x, (1, 3))?;
         assert_close("adaptive", &y, &Tensor::new(&[[[[0.5f32, 2.0, 3.5]]]], &dev)?, 1e-6)?;
+        // Dividing sizes (the avg_pool2d path): 2x2 window means of 0..24 as 4x6.
+        let x = Tensor::arange(0f32, 24.0, &dev)?.reshape((1, 1, 4, 6))?;
+        let y = adaptive_avg_pool2d(&x, (2, 3))?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(y, [3.5, 5.5, 7.5, 15.5, 17.5, 19.5]);
+        assert!(adaptive_avg_pool2d(&x, (0, 1)).is_err());
+        assert!(global_avg_pool(&x.flatten_all()?).unwrap_err().to_string().contains("[N, C, H, W]"));
         Ok(())
     }
 
