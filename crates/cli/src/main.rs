@@ -32,6 +32,10 @@ enum Command {
     Models(commands::models::Args),
     /// Trains a registry model with its recipe (resumable).
     Train(commands::train::Args),
+    /// Evaluates every exit of a registry model on Fashion-MNIST.
+    Eval(commands::eval::Args),
+    /// Writes a finished run's best weights, with metadata, for shipping.
+    Export(commands::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Command::Flops(a) => commands::flops::run(a),
         Command::Models(a) => commands::models::run(a),
         Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Export(a) => commands::export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

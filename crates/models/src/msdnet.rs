@@ -631,22 +631,37 @@ mod tests {
 
 #[cfg(test)]
 mod golden {
-    use super::*;
+    use crate::registry::{ArchConfig, load_model};
     use crate::testutil;
-    use candle_core::{DType, Device};
+
+    /// The reference logits, from the bare `state_dict` (safetensors) and from
+    /// the official training checkpoint (`module.`-prefixed `.pth.tar`), both
+    /// loaded with strict key checking.
+    #[test]
+    fn logits_match_the_reference_from_both_weight_files() {
+        let name = "msdnet_cifar100_lingrow";
+        let cfg = ArchConfig::from_json("msdnet", &testutil::json(name, "config.json")).unwrap();
+        let (input, expected) = testutil::io(name, "io.safetensors");
+        for file in ["state_dict.safetensors", "checkpoint.pth.tar"] {
+            let model = load_model(&cfg, &testutil::fixture(name).join(file)).unwrap();
+            let got = model.forward_exits(&input, false).unwrap();
+            assert_eq!(got.len(), expected.len());
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                testutil::assert_close(&format!("{file} exit {i}"), g, e);
+            }
+        }
+    }
 
     #[test]
-    fn logits_match_the_reference_from_safetensors() {
+    fn wrong_weights_are_reported_key_by_key() {
         let name = "msdnet_cifar100_lingrow";
-        let cfg = MsdNetConfig::from_json(&testutil::json(name, "config.json")).unwrap();
-        let path = testutil::fixture(name).join("state_dict.safetensors");
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }.unwrap();
-        let model = MsdNet::new(&cfg, vb).unwrap();
-        let (input, expected) = testutil::io(name, "io.safetensors");
-        let got = model.forward_exits(&input, false).unwrap();
-        assert_eq!(got.len(), expected.len());
-        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-            testutil::assert_close(&format!("exit {i}"), g, e);
-        }
+        let mut v = testutil::json(name, "config.json");
+        v["args"]["growthRate"] = 6.into();
+        let cfg = ArchConfig::from_json("msdnet", &v).unwrap();
+        let Err(err) = load_model(&cfg, &testutil::fixture(name).join("state_dict.safetensors")) else {
+            panic!("weights of another configuration were accepted")
+        };
+        let err = err.to_string();
+        assert!(err.contains("shape"), "{err}");
     }
 }

@@ -78,3 +78,42 @@ pub fn write_jsonl(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     }
     anytime_io::atomic_write(path, text.as_bytes()).map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
 }
+
+/// Per-exit accuracy together with the wall-clock time to reach each exit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnytimeEval {
+    /// Correct predictions per exit.
+    pub accuracy: ExitAccuracy,
+    /// Cumulative seconds spent reaching each exit (lazy evaluation: exit k
+    /// includes every stage before it), summed over all batches.
+    pub seconds: Vec<f64>,
+}
+
+impl AnytimeEval {
+    /// Milliseconds per image to reach each exit.
+    pub fn ms_per_image(&self) -> Vec<f64> {
+        self.seconds.iter().map(|s| 1e3 * s / self.accuracy.total.max(1) as f64).collect()
+    }
+}
+
+/// Evaluates every exit with the lazy anytime iterator, timing each stage.
+pub fn evaluate_anytime<I>(model: &dyn MultiExit, batches: I) -> candle_core::Result<AnytimeEval>
+where
+    I: IntoIterator<Item = candle_core::Result<(Tensor, Tensor)>>,
+{
+    let k = model.num_exits();
+    let mut out = AnytimeEval { accuracy: ExitAccuracy::default(), seconds: vec![0.0; k] };
+    for b in batches {
+        let (xs, ys) = b?;
+        let start = std::time::Instant::now();
+        let mut logits = Vec::with_capacity(k);
+        for (i, l) in anytime_models::Anytime::new(model, &xs)?.enumerate() {
+            // Force the computation before reading the clock.
+            let l = l?.contiguous()?;
+            out.seconds[i] += start.elapsed().as_secs_f64();
+            logits.push(l);
+        }
+        out.accuracy.update(&logits, &ys)?;
+    }
+    Ok(out)
+}

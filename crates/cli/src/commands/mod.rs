@@ -1,5 +1,7 @@
 //! One module per subcommand, plus shared helpers.
 
+pub mod eval;
+pub mod export;
 pub mod flops;
 pub mod infer;
 pub mod models;
@@ -58,4 +60,89 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
         bail!("bad input size '{s}': sizes must be at least 1");
     }
     Ok((h, w))
+}
+
+/// Where a registry model's weights come from.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct WeightsArgs {
+    /// Weights file (safetensors or PyTorch checkpoint), or `hf:<repo-id>/<file>`
+    /// from the local Hugging Face cache; default: `weights/<file>` of the
+    /// registry entry.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// Directory of the shipped weights.
+    #[arg(long, default_value = "weights")]
+    pub weights_dir: PathBuf,
+}
+
+/// Resolves a weights argument to a local file: a path, or
+/// `hf:<owner>/<repo>/<file>` looked up in the Hugging Face cache (offline: the
+/// file must already be cached).
+pub fn resolve_weights(entry: &anytime_models::registry::ModelEntry, w: &WeightsArgs) -> Result<PathBuf> {
+    match &w.weights {
+        Some(spec) => match spec.strip_prefix("hf:") {
+            Some(rest) => {
+                let mut parts = rest.splitn(3, '/');
+                let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+                    bail!("bad hub weights '{spec}': expected hf:<owner>/<repo>/<file>");
+                };
+                let cache = hf_hub::Cache::from_env();
+                cache.model(format!("{owner}/{repo}")).get(file).with_context(|| {
+                    format!(
+                        "{file} of {owner}/{repo} is not in the Hugging Face cache at {} (this tool never downloads; \
+                         fetch it with huggingface-cli or pass a local path)",
+                        cache.path().display()
+                    )
+                })
+            }
+            None => {
+                let p = PathBuf::from(spec);
+                if !p.exists() {
+                    bail!("weights file {} does not exist", p.display());
+                }
+                Ok(p)
+            }
+        },
+        None => {
+            let Some(file) = entry.weights else {
+                bail!("{} has no shipped weights; pass --weights FILE", entry.name);
+            };
+            let p = w.weights_dir.join(file);
+            if !p.exists() {
+                bail!(
+                    "{} not found: train it with `cargo xtask train --model {}` or pass --weights FILE",
+                    p.display(),
+                    entry.name
+                );
+            }
+            Ok(p)
+        }
+    }
+}
+
+/// Loads a registry model with its weights (strict key checking).
+pub fn load_registry_model(
+    entry: &anytime_models::registry::ModelEntry,
+    w: &WeightsArgs,
+) -> Result<Box<dyn anytime_models::MultiExit>> {
+    let path = resolve_weights(entry, w)?;
+    let cfg = (entry.config)();
+    if let Ok(meta) = anytime_io::read_meta(&path) {
+        if !meta.architecture.is_empty() && meta.architecture != cfg.arch() {
+            bail!("{} holds {} weights, but {} is a {} model", path.display(), meta.architecture, entry.name, cfg.arch());
+        }
+        let own = serde_json::to_value(&cfg)?;
+        if !meta.config.is_null() && meta.config != own {
+            bail!(
+                "{} holds weights of another {} configuration than {} (file: {}; {}: {})",
+                path.display(),
+                cfg.arch(),
+                entry.name,
+                meta.config,
+                entry.name,
+                own
+            );
+        }
+    }
+    Ok(anytime_models::registry::load_model(&cfg, &path)?)
 }

@@ -1,0 +1,85 @@
+//! `anytime export`: turns a finished run's best weights into a shipped
+//! weight file with metadata (config, dataset, per-exit test accuracy and
+//! MFLOPs, the training command and the commit).
+
+use super::WeightsArgs;
+use super::eval::{EvalSplit, report};
+use anyhow::{Context, Result};
+use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
+use anytime_io::WeightMeta;
+use anytime_models::registry::lookup;
+use anytime_train::checkpoint::Checkpoint;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `anytime export`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Registry model the run trained.
+    #[arg(long)]
+    model: String,
+    /// Run directory; default `runs/<model>`.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Output file; default `weights/<registry file>`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Directory with the Fashion-MNIST IDX files.
+    #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
+    data_dir: PathBuf,
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> Result<()> {
+    let entry = lookup(&a.model)?;
+    let dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.model));
+    let best = dir.join(anytime_train::trainer::BEST_FILE);
+    let out = match (&a.out, entry.weights) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => PathBuf::from("weights").join(f),
+        (None, None) => anyhow::bail!("{} has no registry weight file name; pass --out", entry.name),
+    };
+    let eval = report(&super::eval::Args {
+        model: a.model.clone(),
+        weights: WeightsArgs { weights: Some(best.display().to_string()), ..Default::default() },
+        data_dir: a.data_dir.clone(),
+        split: EvalSplit::Test,
+        batch_size: 256,
+        json: true,
+    })?;
+    let exits = eval["exits"].as_array().cloned().unwrap_or_default();
+    let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
+    let file = anytime_io::load_tensors(&best)?;
+    let cfg = (entry.config)();
+    let mut extra = BTreeMap::new();
+    extra.insert("epochs_trained".into(), state.epoch.to_string());
+    extra.insert("train_seconds".into(), format!("{:.0}", state.seconds));
+    if let Some((acc, epoch)) = state.best {
+        extra.insert("holdout_final_exit_accuracy".into(), format!("{acc:.4}"));
+        extra.insert("best_epoch".into(), epoch.to_string());
+    }
+    let meta = WeightMeta {
+        architecture: cfg.arch().into(),
+        config: serde_json::to_value(&cfg)?,
+        dataset: "fashion-mnist".into(),
+        exit_accuracy: exits.iter().map(|e| e["accuracy"].as_f64().unwrap_or(0.0)).collect(),
+        exit_mflops: exits.iter().map(|e| e["mflops"].as_f64().unwrap_or(0.0)).collect(),
+        training_command: format!("cargo xtask train --model {}", a.model),
+        commit: git_commit(),
+        extra,
+    };
+    anytime_io::save_safetensors(&out, &file.tensors, &meta).with_context(|| format!("cannot write {}", out.display()))?;
+    let acc: Vec<String> = meta.exit_accuracy.iter().map(|a| format!("{:.2}%", 100.0 * a)).collect();
+    eprintln!("wrote {} (test accuracy per exit: {})", out.display(), acc.join(" "));
+    Ok(())
+}
