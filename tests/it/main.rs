@@ -1,1 +1,15 @@
-#[test] fn stub() {}
+//! The integration binary: drives the `anytime` CLI as a user would.
+//!
+//! - `infer`: golden logits on the reference fixtures, through the binary;
+//! - `flops`: the reference counter's numbers and the published ones;
+//! - `bad_input`: every bad input gives exit code 1 and one `error:` line,
+//!   never a panic;
+//! - `resume`: a training run killed with SIGKILL at random moments resumes
+//!   to the same weights as an uninterrupted run.
+
+mod util;
+
+mod bad_input;
+mod flops;
+mod infer;
+mod resume;

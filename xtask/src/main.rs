@@ -1,1 +1,54 @@
-fn main() {}
+//! See <https://github.com/matklad/cargo-xtask/>.
+//!
+//! `cargo xtask <task>` puts the project's slow or multi-step jobs in order:
+//! every step is a call to the `anytime` binary or to cargo; the logic lives
+//! in the library crates.
+
+mod ci;
+mod train;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "anytime's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// The checks CI runs: formatting, clippy with -D warnings, and the tests.
+    Ci,
+    /// Trains a registry model with its recipe, resumably, then exports its
+    /// best weights with metadata to `weights/`.
+    Train(train::TrainArgs),
+    /// Evaluates a registry model on the Fashion-MNIST test set (JSON).
+    Eval {
+        /// Registry model.
+        #[arg(long)]
+        model: String,
+    },
+    /// Retrains every shipped Fashion-MNIST model and re-exports its weights.
+    Reproduce {
+        /// Dataset family (only `fmnist` exists).
+        #[arg(default_value = "fmnist")]
+        what: String,
+    },
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Ci => ci::run(),
+        Task::Train(a) => train::run(&a),
+        Task::Eval { model } => train::anytime(&["eval", "--model", &model, "--json"]),
+        Task::Reproduce { what } => train::reproduce(&what),
+    }
+}

@@ -78,7 +78,16 @@ impl CountFlops for Conv2d {
             return Err(anytime_flops::Error::Channels { layer: "conv", expected: self.in_channels, got: x.c });
         }
         let p = self.params;
-        counter.conv2d(x, self.out_channels, self.kernel, p.stride, p.padding, p.dilation, p.groups, self.bias.is_some())
+        counter.conv2d(
+            x,
+            self.out_channels,
+            self.kernel,
+            p.stride,
+            p.padding,
+            p.dilation,
+            p.groups,
+            self.bias.is_some(),
+        )
     }
 }
 
@@ -141,8 +150,8 @@ impl BatchNorm2d {
         let out = batch_norm_train(xs, &self.weight, &self.bias, self.eps, relu)?;
         let m = self.momentum;
         let unbiased = out.var.affine(count as f64 / (count - 1) as f64, 0.0)?;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (out.mean * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+        self.running_mean.set(&((self.running_mean.as_tensor().detach() * (1.0 - m))? + (out.mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?)?;
         Ok(out.ys)
     }
 }

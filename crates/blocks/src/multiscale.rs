@@ -33,7 +33,14 @@ impl ConvNormal {
     /// `conv_normal` maps `in_channels` to `growth` new channels.
     pub fn new(vb: VarBuilder, in_channels: usize, growth: usize, bottleneck: bool, bn_width: usize) -> Result<Self> {
         Ok(Self {
-            conv_normal: ConvBn::new(vb.pp("conv_normal"), in_channels, growth, ConvKind::Normal, bottleneck, bn_width)?,
+            conv_normal: ConvBn::new(
+                vb.pp("conv_normal"),
+                in_channels,
+                growth,
+                ConvKind::Normal,
+                bottleneck,
+                bn_width,
+            )?,
         })
     }
 }
@@ -73,7 +80,14 @@ impl ConvDownNormal {
         bn_widths: (usize, usize),
     ) -> Result<Self> {
         Ok(Self {
-            conv_down: ConvBn::new(vb.pp("conv_down"), fine_channels, out / 2, ConvKind::Down, bottleneck, bn_widths.0)?,
+            conv_down: ConvBn::new(
+                vb.pp("conv_down"),
+                fine_channels,
+                out / 2,
+                ConvKind::Down,
+                bottleneck,
+                bn_widths.0,
+            )?,
             conv_normal: ConvBn::new(
                 vb.pp("conv_normal"),
                 coarse_channels,
@@ -161,7 +175,13 @@ impl MsdLayer {
         if discard > 0 {
             layers.push(down_normal(0, offset)?);
         } else {
-            layers.push(ScaleUnit::Normal(ConvNormal::new(vb.pp(0), n_in * g[offset], n_out * g[offset], bn, b[offset])?));
+            layers.push(ScaleUnit::Normal(ConvNormal::new(
+                vb.pp(0),
+                n_in * g[offset],
+                n_out * g[offset],
+                bn,
+                b[offset],
+            )?));
         }
         for s in offset + 1..n_scales {
             layers.push(down_normal(s - offset, s)?);
@@ -227,9 +247,20 @@ pub struct Transition {
 
 impl Transition {
     /// One 1x1 ConvBasic per remaining scale.
-    pub fn new(vb: VarBuilder, n_in: usize, n_out: usize, scales: usize, offset: usize, growth: &[usize]) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        n_in: usize,
+        n_out: usize,
+        scales: usize,
+        offset: usize,
+        growth: &[usize],
+    ) -> Result<Self> {
         if offset + scales > growth.len() {
-            candle_core::bail!("transition: scales {offset}..{} exceed {} growth factors", offset + scales, growth.len())
+            candle_core::bail!(
+                "transition: scales {offset}..{} exceed {} growth factors",
+                offset + scales,
+                growth.len()
+            )
         }
         let vb = vb.pp("m");
         let m = (0..scales)

@@ -27,7 +27,10 @@ impl BasicBlock {
         let shortcut = if stride != 1 || in_channels != out_channels {
             let s = vb.pp("shortcut");
             let p = Conv2dParams { stride, ..Default::default() };
-            Some((Conv2d::new(s.pp(0), in_channels, out_channels, 1, p, false)?, BatchNorm2d::new(s.pp(1), out_channels)?))
+            Some((
+                Conv2d::new(s.pp(0), in_channels, out_channels, 1, p, false)?,
+                BatchNorm2d::new(s.pp(1), out_channels)?,
+            ))
         } else {
             None
         };
@@ -81,7 +84,8 @@ mod tests {
     fn shapes_keys_and_costs() -> Result<()> {
         let vm = VarMap::new();
         let b = BasicBlock::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), 8, 16, 2)?;
-        let mut keys: Vec<String> = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?.keys().cloned().collect();
+        let mut keys: Vec<String> =
+            vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?.keys().cloned().collect();
         keys.sort();
         assert!(keys.contains(&"shortcut.0.weight".to_string()) && keys.contains(&"bn2.running_var".to_string()));
         let xs = Tensor::randn(0f32, 1., (2, 8, 9, 9), &Device::Cpu)?;

@@ -36,9 +36,18 @@ enum Command {
     Eval(commands::eval::Args),
     /// Writes a finished run's best weights, with metadata, for shipping.
     Export(commands::export::Args),
+    /// Shows the shipped MSDNet on the bundled sample: every exit, then real early exit.
+    Demo(commands::demo::Args),
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`anytime flops | head`), as Unix tools do,
+    // instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Infer(a) => commands::infer::run(a),
@@ -47,6 +56,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Export(a) => commands::export::run(a),
+        Command::Demo(a) => commands::demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

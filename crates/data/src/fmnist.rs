@@ -60,7 +60,10 @@ pub fn fashion_mnist(dir: &Path, split: Split) -> Result<Dataset> {
     let images = idx::read(&img_path)?;
     let labels = idx::read(&lbl_path)?;
     let &[n, h, w] = images.dims.as_slice() else {
-        return Err(Error::Format { path: img_path, msg: format!("expected 3 dimensions [N, 28, 28], got {:?}", images.dims) });
+        return Err(Error::Format {
+            path: img_path,
+            msg: format!("expected 3 dimensions [N, 28, 28], got {:?}", images.dims),
+        });
     };
     if labels.dims != [n] {
         return Err(Error::Format {

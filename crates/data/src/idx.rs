@@ -23,10 +23,10 @@ pub struct Idx {
 pub fn maybe_gunzip(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        GzDecoder::new(bytes.as_slice())
-            .take(MAX_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Format { path: path.to_path_buf(), msg: format!("corrupt or truncated gzip data: {e}") })?;
+        GzDecoder::new(bytes.as_slice()).take(MAX_BYTES + 1).read_to_end(&mut out).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            msg: format!("corrupt or truncated gzip data: {e}"),
+        })?;
         if out.len() as u64 > MAX_BYTES {
             return Err(Error::Format { path: path.to_path_buf(), msg: "decompresses to more than 1 GiB".into() });
         }
@@ -59,7 +59,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Idx> {
     let dims: Vec<usize> = (0..ndim)
         .map(|i| u32::from_be_bytes([bytes[4 + 4 * i], bytes[5 + 4 * i], bytes[6 + 4 * i], bytes[7 + 4 * i]]) as usize)
         .collect();
-    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
     let body = &bytes[header..];
     if body.len() != count {
         return Err(bad(format!("dimensions {dims:?} need {count} bytes of data, the file has {}", body.len())));

@@ -96,7 +96,9 @@ impl Loader {
         let aug = self.cfg.augment;
         let mut rng = ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, epoch as u64, i as u64));
         let (dy, dx) = match aug.pad_crop {
-            Some(p) if p > 0 => (rng.random_range(0..=2 * p) as isize - p as isize, rng.random_range(0..=2 * p) as isize - p as isize),
+            Some(p) if p > 0 => {
+                (rng.random_range(0..=2 * p) as isize - p as isize, rng.random_range(0..=2 * p) as isize - p as isize)
+            }
             _ => (0, 0),
         };
         let flip = aug.hflip && rng.random_bool(0.5);
@@ -203,11 +205,20 @@ mod tests {
     fn augmentation_is_deterministic_and_does_something() {
         let aug = Augment { pad_crop: Some(1), hflip: true };
         let l = Loader::new(toy(6), cfg(aug)).unwrap();
-        let a = l.batch(0, &[0, 1, 2, 3, 4, 5], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = l.batch(0, &[0, 1, 2, 3, 4, 5], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a =
+            l.batch(0, &[0, 1, 2, 3, 4, 5], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b =
+            l.batch(0, &[0, 1, 2, 3, 4, 5], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(a, b);
         let plain = Loader::new(toy(6), cfg(Augment::default())).unwrap();
-        let c = plain.batch(0, &[0, 1, 2, 3, 4, 5], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let c = plain
+            .batch(0, &[0, 1, 2, 3, 4, 5], &Device::Cpu)
+            .unwrap()
+            .0
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_ne!(a, c);
         // Without augmentation, pixel 0 of image 0 is (0/255 - 0.5) / 0.5.
         assert_eq!(c[0], -1.0);

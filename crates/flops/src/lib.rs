@@ -409,10 +409,7 @@ mod tests {
     #[test]
     fn too_small_inputs_are_errors() {
         let mut c = Counter::new();
-        assert!(matches!(
-            c.pool2d(Shape4::new(1, 4, 1, 1), 2, 2, 0),
-            Err(Error::KernelTooLarge { layer: "pool", .. })
-        ));
+        assert!(matches!(c.pool2d(Shape4::new(1, 4, 1, 1), 2, 2, 0), Err(Error::KernelTooLarge { layer: "pool", .. })));
         assert!(c.conv2d(Shape4::new(1, 4, 2, 2), 4, 5, 1, 1, 1, 1, false).is_err());
         assert_eq!(c.conv2d(Shape4::new(1, 4, 2, 2), 4, 3, 0, 1, 1, 1, false), Err(Error::Zero("stride")));
     }

@@ -58,7 +58,13 @@ impl ConvHead {
     }
 
     /// A head with the given final pooling.
-    pub fn with_pool(vb: VarBuilder, in_channels: usize, inner: usize, num_classes: usize, pool: HeadPool) -> Result<Self> {
+    pub fn with_pool(
+        vb: VarBuilder,
+        in_channels: usize,
+        inner: usize,
+        num_classes: usize,
+        pool: HeadPool,
+    ) -> Result<Self> {
         let m = vb.pp("m");
         Ok(Self {
             m: [ConvBasic::new(m.pp(0), in_channels, inner, 3, 2, 1)?, ConvBasic::new(m.pp(1), inner, inner, 3, 2, 1)?],

@@ -35,21 +35,14 @@ pub fn atomic_write_with<T>(
 ) -> Result<T> {
     let path = path.as_ref();
     let name = path.file_name().ok_or_else(|| {
-        Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
-        )
+        Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))
     })?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     let mut temp_name = name.to_os_string();
-    temp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    temp_name.push(format!(".tmp-{}-{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let temp = dir.join(temp_name);
 
     let written = write_synced(&temp, write).and_then(|value| {
@@ -70,16 +63,11 @@ pub fn atomic_write_with<T>(
 }
 
 /// Creates `temp`, lets `write` fill it, then flushes and fsyncs it.
-fn write_synced<T>(
-    temp: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<T>,
-) -> std::io::Result<T> {
+fn write_synced<T>(temp: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<T>) -> std::io::Result<T> {
     let file = OpenOptions::new().write(true).create_new(true).open(temp)?;
     let mut writer = BufWriter::new(file);
     let value = write(&mut writer)?;
-    let file = writer
-        .into_inner()
-        .map_err(std::io::IntoInnerError::into_error)?;
+    let file = writer.into_inner().map_err(std::io::IntoInnerError::into_error)?;
     file.sync_all()?;
     Ok(value)
 }
@@ -101,10 +89,8 @@ mod tests {
     use super::*;
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }
@@ -136,10 +122,7 @@ mod tests {
             Err::<(), _>(std::io::Error::other("disk on fire"))
         })
         .unwrap_err();
-        assert!(
-            err.to_string().contains("out.bin") && err.to_string().contains("disk on fire"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("out.bin") && err.to_string().contains("disk on fire"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(entries(dir.path()), ["out.bin"]);
     }

@@ -56,12 +56,7 @@ impl KeyReport {
 }
 
 /// Writes `title (n):` and up to [`SHOWN_PER_KIND`] items, one per line.
-fn write_list<T>(
-    f: &mut fmt::Formatter<'_>,
-    title: &str,
-    items: &[T],
-    show: impl Fn(&T) -> String,
-) -> fmt::Result {
+fn write_list<T>(f: &mut fmt::Formatter<'_>, title: &str, items: &[T], show: impl Fn(&T) -> String) -> fmt::Result {
     if items.is_empty() {
         return Ok(());
     }
@@ -91,10 +86,7 @@ impl fmt::Display for KeyReport {
         write_list(f, "missing from the file", &self.missing, String::clone)?;
         write_list(f, "unexpected in the file", &self.unexpected, String::clone)?;
         write_list(f, "shape mismatches", &self.mismatched, |m| {
-            format!(
-                "{}: file {:?}, model expects {:?}",
-                m.key, m.file, m.expected
-            )
+            format!("{}: file {:?}, model expects {:?}", m.key, m.file, m.expected)
         })
     }
 }
@@ -109,10 +101,7 @@ struct Shared {
 
 impl Shared {
     fn record(&self, name: &str, shape: Option<Shape>) {
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((name.to_owned(), shape));
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner).push((name.to_owned(), shape));
     }
 }
 
@@ -120,14 +109,7 @@ impl Shared {
 struct Backend(Arc<Shared>);
 
 impl SimpleBackend for Backend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         self.0.record(name, Some(s.clone()));
         match self.0.file.tensors.get(name) {
             Some(t) if t.shape() == &s => t.to_dtype(dtype)?.to_device(dev),
@@ -141,10 +123,9 @@ impl SimpleBackend for Backend {
         self.0.record(name, tensor.map(|t| t.shape().clone()));
         match tensor {
             Some(t) => t.to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!(
-                "`{name}` is missing from {} (its shape is unknown)",
-                self.0.file.path.display()
-            ),
+            None => {
+                candle_core::bail!("`{name}` is missing from {} (its shape is unknown)", self.0.file.path.display())
+            }
         }
     }
 
@@ -183,32 +164,19 @@ pub struct CheckedLoader {
 impl CheckedLoader {
     /// A loader serving the tensors of `file`.
     pub fn new(file: TensorFile) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                file,
-                requests: Mutex::new(Vec::new()),
-            }),
-        }
+        Self { shared: Arc::new(Shared { file, requests: Mutex::new(Vec::new()) }) }
     }
 
     /// A var builder that serves the file's tensors converted to `dtype` on `device` and records
     /// every request. A missing or mismatched tensor is served as zeros of the requested shape.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(
-            Box::new(Backend(Arc::clone(&self.shared))),
-            dtype,
-            device.clone(),
-        )
+        VarBuilder::from_backend(Box::new(Backend(Arc::clone(&self.shared))), dtype, device.clone())
     }
 
     /// Compares the requests recorded so far with the file's content.
     pub fn report(&self) -> KeyReport {
         let file = &self.shared.file;
-        let requests = self
-            .shared
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let requests = self.shared.requests.lock().unwrap_or_else(PoisonError::into_inner);
         let mut missing = BTreeSet::new();
         let mut mismatched = BTreeSet::new();
         let mut requested = BTreeSet::new();
@@ -250,11 +218,7 @@ impl CheckedLoader {
     /// [`Error::KeyCheck`] listing every missing, unexpected and mismatched key.
     pub fn finish(self) -> Result<()> {
         let report = self.report();
-        if report.is_clean() {
-            Ok(())
-        } else {
-            Err(Error::KeyCheck(Box::new(report)))
-        }
+        if report.is_clean() { Ok(()) } else { Err(Error::KeyCheck(Box::new(report))) }
     }
 }
 
@@ -293,44 +257,24 @@ mod tests {
     fn file(entries: &[(&str, &[usize])]) -> TensorFile {
         let tensors: BTreeMap<String, Tensor> = entries
             .iter()
-            .map(|&(k, shape)| {
-                (
-                    k.to_owned(),
-                    Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap(),
-                )
-            })
+            .map(|&(k, shape)| (k.to_owned(), Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap()))
             .collect();
-        TensorFile {
-            tensors,
-            metadata: BTreeMap::new(),
-            format: Format::Safetensors,
-            path: "w.safetensors".into(),
-        }
+        TensorFile { tensors, metadata: BTreeMap::new(), format: Format::Safetensors, path: "w.safetensors".into() }
     }
 
     /// A tiny "model": a 3→2 linear layer `fc` and a 2-channel batch norm `bn`.
-    fn model(
-        vb: VarBuilder<'static>,
-    ) -> candle_core::Result<(candle_nn::Linear, candle_nn::BatchNorm)> {
+    fn model(vb: VarBuilder<'static>) -> candle_core::Result<(candle_nn::Linear, candle_nn::BatchNorm)> {
         let fc = candle_nn::linear(3, 2, vb.pp("fc"))?;
         let bn = candle_nn::batch_norm(2, 1e-5, vb.pp("bn"))?;
         Ok((fc, bn))
     }
 
-    const BN: [(&str, &[usize]); 4] = [
-        ("bn.weight", &[2]),
-        ("bn.bias", &[2]),
-        ("bn.running_mean", &[2]),
-        ("bn.running_var", &[2]),
-    ];
+    const BN: [(&str, &[usize]); 4] =
+        [("bn.weight", &[2]), ("bn.bias", &[2]), ("bn.running_mean", &[2]), ("bn.running_var", &[2])];
 
     #[test]
     fn exact_match_builds_with_the_file_values() {
-        let mut entries = vec![
-            ("fc.weight", &[2usize, 3][..]),
-            ("fc.bias", &[2]),
-            ("bn.num_batches_tracked", &[]),
-        ];
+        let mut entries = vec![("fc.weight", &[2usize, 3][..]), ("fc.bias", &[2]), ("bn.num_batches_tracked", &[])];
         entries.extend(BN);
         let (fc, _) = build_checked(file(&entries), DType::F32, &Device::Cpu, model).unwrap();
         assert_eq!(fc.weight().to_vec2::<f32>().unwrap(), [[1.0; 3]; 2]);
@@ -339,78 +283,45 @@ mod tests {
     #[test]
     fn every_problem_is_reported_in_one_error() {
         // fc.bias missing, fc.weight transposed, two stray keys.
-        let mut entries = vec![
-            ("fc.weight", &[3usize, 2][..]),
-            ("extra.a", &[1]),
-            ("extra.b", &[1]),
-        ];
+        let mut entries = vec![("fc.weight", &[3usize, 2][..]), ("extra.a", &[1]), ("extra.b", &[1])];
         entries.extend(BN);
         let err = build_checked(file(&entries), DType::F32, &Device::Cpu, model).unwrap_err();
-        let Error::KeyCheck(report) = &err else {
-            panic!("{err}")
-        };
+        let Error::KeyCheck(report) = &err else { panic!("{err}") };
         assert_eq!(report.missing, ["fc.bias"]);
         assert_eq!(report.unexpected, ["extra.a", "extra.b"]);
         assert_eq!(
             report.mismatched,
-            [ShapeMismatch {
-                key: "fc.weight".into(),
-                file: vec![3, 2],
-                expected: vec![2, 3]
-            }]
+            [ShapeMismatch { key: "fc.weight".into(), file: vec![3, 2], expected: vec![2, 3] }]
         );
         assert!(report.build_error.is_none());
         let text = err.to_string();
-        let summary =
-            "w.safetensors: weights do not match the model: 1 missing, 2 unexpected, 1 mismatched";
+        let summary = "w.safetensors: weights do not match the model: 1 missing, 2 unexpected, 1 mismatched";
         assert!(text.starts_with(summary), "{text}");
-        assert!(
-            text.contains("fc.weight: file [3, 2], model expects [2, 3]"),
-            "{text}"
-        );
+        assert!(text.contains("fc.weight: file [3, 2], model expects [2, 3]"), "{text}");
     }
 
     #[test]
     fn constructor_failure_is_reported_with_the_key_problems() {
-        let entries = [
-            ("fc.weight", &[2usize, 3][..]),
-            ("fc.bias", &[2]),
-            ("stray", &[1]),
-        ];
+        let entries = [("fc.weight", &[2usize, 3][..]), ("fc.bias", &[2]), ("stray", &[1])];
         let err = build_checked(file(&entries), DType::F32, &Device::Cpu, |vb| {
             vb.get_unchecked("gone")?;
             Ok(())
         })
         .unwrap_err();
-        let Error::KeyCheck(report) = &err else {
-            panic!("{err}")
-        };
+        let Error::KeyCheck(report) = &err else { panic!("{err}") };
         assert_eq!(report.missing, ["gone"]);
         assert_eq!(report.unexpected, ["fc.bias", "fc.weight", "stray"]);
-        assert!(
-            report
-                .build_error
-                .as_deref()
-                .is_some_and(|e| e.contains("`gone` is missing")),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("building the model failed"),
-            "{err}"
-        );
+        assert!(report.build_error.as_deref().is_some_and(|e| e.contains("`gone` is missing")), "{err}");
+        assert!(err.to_string().contains("building the model failed"), "{err}");
     }
 
     #[test]
     fn long_lists_are_truncated_in_display() {
         let names: Vec<String> = (0..45).map(|i| format!("k{i:02}")).collect();
-        let entries: Vec<(&str, &[usize])> =
-            names.iter().map(|n| (n.as_str(), &[1usize][..])).collect();
+        let entries: Vec<(&str, &[usize])> = names.iter().map(|n| (n.as_str(), &[1usize][..])).collect();
         let err = build_checked(file(&entries), DType::F32, &Device::Cpu, |_| Ok(())).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("45 unexpected") && text.contains("k19") && !text.contains("k20"),
-            "{text}"
-        );
+        assert!(text.contains("45 unexpected") && text.contains("k19") && !text.contains("k20"), "{text}");
         assert!(text.contains("... and 25 more"), "{text}");
         assert!(text.lines().count() <= 1 + 1 + SHOWN_PER_KIND + 1, "{text}");
     }
@@ -418,18 +329,11 @@ mod tests {
     #[test]
     fn reference_checkpoint_keys_match_its_safetensors_twin() {
         // The strict checker run with the safetensors key list as the "model".
-        let st = crate::load_tensors(crate::testutil::fixture(
-            "msdnet_cifar100_lingrow/state_dict.safetensors",
-        ))
-        .unwrap();
-        let pth = crate::load_tensors(crate::testutil::fixture(
-            "msdnet_cifar100_lingrow/checkpoint.pth.tar",
-        ))
-        .unwrap();
+        let st =
+            crate::load_tensors(crate::testutil::fixture("msdnet_cifar100_lingrow/state_dict.safetensors")).unwrap();
+        let pth = crate::load_tensors(crate::testutil::fixture("msdnet_cifar100_lingrow/checkpoint.pth.tar")).unwrap();
         build_checked(pth, DType::F32, &Device::Cpu, |vb| {
-            st.tensors
-                .iter()
-                .try_for_each(|(k, t)| vb.get(t.shape(), k).map(drop))
+            st.tensors.iter().try_for_each(|(k, t)| vb.get(t.shape(), k).map(drop))
         })
         .unwrap();
     }

@@ -13,21 +13,14 @@ pub(crate) type NamedTensors = Vec<(String, Tensor)>;
 ///
 /// # Errors
 /// When `dtype` is not a float type or the byte count does not match the shape.
-pub(crate) fn decode_f32(
-    bytes: &[u8],
-    dtype: DType,
-    shape: &[usize],
-) -> candle_core::Result<Tensor> {
+pub(crate) fn decode_f32(bytes: &[u8], dtype: DType, shape: &[usize]) -> candle_core::Result<Tensor> {
     if !dtype.is_float() {
         bail!("cannot decode {dtype:?} data as a float tensor");
     }
     let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     let expected = numel.and_then(|n| n.checked_mul(dtype.size_in_bytes()));
     if expected != Some(bytes.len()) {
-        bail!(
-            "{} bytes cannot hold a {dtype:?} tensor of shape {shape:?}",
-            bytes.len()
-        );
+        bail!("{} bytes cannot hold a {dtype:?} tensor of shape {shape:?}", bytes.len());
     }
     Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)?.to_dtype(DType::F32)
 }
@@ -60,10 +53,7 @@ mod tests {
         // (f16 1.0 = 0x3c00, bf16 -2.5 = 0xc020, ...).
         let cases: [(DType, &[u8]); 4] = [
             (DType::F32, &[0, 0, 0x80, 0x3f, 0, 0, 0x20, 0xc0]),
-            (
-                DType::F64,
-                &[0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0, 0, 0, 0, 0, 0, 0x04, 0xc0],
-            ),
+            (DType::F64, &[0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0, 0, 0, 0, 0, 0, 0x04, 0xc0]),
             (DType::F16, &[0x00, 0x3c, 0x00, 0xc1]),
             (DType::BF16, &[0x80, 0x3f, 0x20, 0xc0]),
         ];
@@ -76,14 +66,10 @@ mod tests {
 
     #[test]
     fn rejects_wrong_lengths_and_integer_dtypes() {
-        let err = decode_f32(&[0; 7], DType::F32, &[2])
-            .unwrap_err()
-            .to_string();
+        let err = decode_f32(&[0; 7], DType::F32, &[2]).unwrap_err().to_string();
         assert!(err.contains("7 bytes cannot hold"), "{err}");
         assert!(decode_f32(&[0; 8], DType::F32, &[usize::MAX, 2]).is_err());
-        let err = decode_f32(&[0; 8], DType::I64, &[1])
-            .unwrap_err()
-            .to_string();
+        let err = decode_f32(&[0; 8], DType::I64, &[1]).unwrap_err().to_string();
         assert!(err.contains("I64"), "{err}");
     }
 

@@ -178,10 +178,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 
     /// The [`Error::BadMeta`] for asking a PyTorch checkpoint for its weight metadata.
@@ -189,8 +186,7 @@ impl Error {
         Self::BadMeta {
             path: path.into(),
             field: "__metadata__".into(),
-            problem: "PyTorch checkpoints carry no weight metadata; only safetensors files do"
-                .into(),
+            problem: "PyTorch checkpoints carry no weight metadata; only safetensors files do".into(),
         }
     }
 }

@@ -51,11 +51,7 @@ pub(crate) fn detect(bytes: &[u8]) -> Detected {
 /// Up to the first 16 bytes of `bytes` in hex, for error messages.
 pub(crate) fn hex_head(bytes: &[u8]) -> String {
     let head: String = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    if head.is_empty() {
-        "none, the file is empty".into()
-    } else {
-        head
-    }
+    if head.is_empty() { "none, the file is empty".into() } else { head }
 }
 
 #[cfg(test)]
@@ -64,15 +60,9 @@ mod tests {
 
     #[test]
     fn detects_by_content() {
-        assert_eq!(
-            detect(b"PK\x03\x04rest"),
-            Detected::Known(Format::PyTorchZip)
-        );
+        assert_eq!(detect(b"PK\x03\x04rest"), Detected::Known(Format::PyTorchZip));
         assert_eq!(detect(b"PK\x05\x06"), Detected::Known(Format::PyTorchZip));
-        assert_eq!(
-            detect(b"\x02\x00\x00\x00\x00\x00\x00\x00{}"),
-            Detected::Known(Format::Safetensors)
-        );
+        assert_eq!(detect(b"\x02\x00\x00\x00\x00\x00\x00\x00{}"), Detected::Known(Format::Safetensors));
         assert_eq!(detect(LEGACY_TORCH_MAGIC), Detected::LegacyTorch);
         assert_eq!(detect(b"\x80\x02}q\x00."), Detected::Unknown);
         assert_eq!(detect(b""), Detected::Unknown);

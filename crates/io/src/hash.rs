@@ -51,10 +51,7 @@ pub fn sha256_tensors(tensors: &BTreeMap<String, Tensor>) -> candle_core::Result
         for &d in tensor.dims() {
             hasher.update((d as u64).to_le_bytes());
         }
-        let values = tensor
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         for v in values {
             hasher.update(v.to_le_bytes());
         }
@@ -73,33 +70,20 @@ mod tests {
         let path = dir.path().join("abc.txt");
         std::fs::write(&path, b"abc").unwrap();
         // printf abc | sha256sum
-        assert_eq!(
-            sha256_file(&path).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert!(matches!(
-            sha256_file(dir.path().join("missing")),
-            Err(Error::Io { .. })
-        ));
+        assert_eq!(sha256_file(&path).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(matches!(sha256_file(dir.path().join("missing")), Err(Error::Io { .. })));
     }
 
     #[test]
     fn tensor_digest_depends_on_names_shapes_and_values_only() {
         let dev = Device::Cpu;
         let set = |name: &str, t: Tensor| BTreeMap::from([(name.to_owned(), t)]);
-        let base = sha256_tensors(&set(
-            "w",
-            Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap(),
-        ))
-        .unwrap();
+        let base = sha256_tensors(&set("w", Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap())).unwrap();
         assert_eq!(base.len(), 64);
         // Same values as f64, and as a transposed (non-contiguous) view: same digest.
         let f64s = Tensor::new(&[[1f64, 2.], [3., 4.]], &dev).unwrap();
         assert_eq!(sha256_tensors(&set("w", f64s)).unwrap(), base);
-        let transposed = Tensor::new(&[[1f32, 3.], [2., 4.]], &dev)
-            .unwrap()
-            .t()
-            .unwrap();
+        let transposed = Tensor::new(&[[1f32, 3.], [2., 4.]], &dev).unwrap().t().unwrap();
         assert_eq!(sha256_tensors(&set("w", transposed)).unwrap(), base);
         // Another name, shape or value: another digest.
         for other in [

@@ -22,15 +22,7 @@ const EXIT_MFLOPS: &str = "exit_mflops";
 const TRAINING_COMMAND: &str = "training_command";
 const COMMIT: &str = "commit";
 /// Header keys owned by [`WeightMeta`] fields, which `extra` may not use.
-const FIELDS: [&str; 7] = [
-    ARCHITECTURE,
-    CONFIG,
-    DATASET,
-    EXIT_ACCURACY,
-    EXIT_MFLOPS,
-    TRAINING_COMMAND,
-    COMMIT,
-];
+const FIELDS: [&str; 7] = [ARCHITECTURE, CONFIG, DATASET, EXIT_ACCURACY, EXIT_MFLOPS, TRAINING_COMMAND, COMMIT];
 
 /// Provenance and quality of a weight set, saved with it by
 /// [`save_safetensors`](crate::save_safetensors).
@@ -61,33 +53,20 @@ impl WeightMeta {
     /// # Errors
     /// [`Error::BadMeta`] for an `extra` key that is also a field name, or a non-finite number.
     pub(crate) fn to_metadata(&self, path: &Path) -> Result<BTreeMap<String, String>> {
-        let bad = |field: &str, problem: String| Error::BadMeta {
-            path: path.to_owned(),
-            field: field.to_owned(),
-            problem,
-        };
+        let bad =
+            |field: &str, problem: String| Error::BadMeta { path: path.to_owned(), field: field.to_owned(), problem };
         if let Some(key) = self.extra.keys().find(|k| FIELDS.contains(&k.as_str())) {
-            return Err(bad(
-                key,
-                "this `extra` key is reserved for the WeightMeta field of that name".into(),
-            ));
+            return Err(bad(key, "this `extra` key is reserved for the WeightMeta field of that name".into()));
         }
-        let numbers = |field: &str, values: &[f64]| match values.iter().position(|v| !v.is_finite())
-        {
-            Some(i) => Err(bad(
-                field,
-                format!("value {} at index {i} is not finite", values[i]),
-            )),
+        let numbers = |field: &str, values: &[f64]| match values.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(bad(field, format!("value {} at index {i} is not finite", values[i]))),
             None => serde_json::to_string(values).map_err(|e| bad(field, e.to_string())),
         };
         let mut map = self.extra.clone();
         map.insert(ARCHITECTURE.into(), self.architecture.clone());
         map.insert(CONFIG.into(), self.config.to_string());
         map.insert(DATASET.into(), self.dataset.clone());
-        map.insert(
-            EXIT_ACCURACY.into(),
-            numbers(EXIT_ACCURACY, &self.exit_accuracy)?,
-        );
+        map.insert(EXIT_ACCURACY.into(), numbers(EXIT_ACCURACY, &self.exit_accuracy)?);
         map.insert(EXIT_MFLOPS.into(), numbers(EXIT_MFLOPS, &self.exit_mflops)?);
         map.insert(TRAINING_COMMAND.into(), self.training_command.clone());
         map.insert(COMMIT.into(), self.commit.clone());
@@ -161,24 +140,16 @@ mod tests {
         assert_eq!(map["architecture"], "ranet");
         assert_eq!(map["exit_accuracy"], "[0.81,0.9,0.925]");
         assert_eq!(map["format"], "pt");
-        assert_eq!(
-            WeightMeta::from_metadata(Path::new("m"), &map).unwrap(),
-            meta
-        );
+        assert_eq!(WeightMeta::from_metadata(Path::new("m"), &map).unwrap(), meta);
     }
 
     #[test]
     fn foreign_metadata_lands_in_extra() {
-        let map = BTreeMap::from([
-            ("format".to_owned(), "pt".to_owned()),
-            ("dataset".to_owned(), "cifar100".to_owned()),
-        ]);
+        let map =
+            BTreeMap::from([("format".to_owned(), "pt".to_owned()), ("dataset".to_owned(), "cifar100".to_owned())]);
         let meta = WeightMeta::from_metadata(Path::new("m"), &map).unwrap();
         assert_eq!(meta.dataset, "cifar100");
-        assert_eq!(
-            meta.extra,
-            BTreeMap::from([("format".to_owned(), "pt".to_owned())])
-        );
+        assert_eq!(meta.extra, BTreeMap::from([("format".to_owned(), "pt".to_owned())]));
         assert!(meta.architecture.is_empty() && meta.exit_accuracy.is_empty());
     }
 
@@ -186,19 +157,10 @@ mod tests {
     fn unstorable_values_are_errors() {
         let mut meta = full();
         meta.extra.insert("commit".into(), "x".into());
-        let err = meta
-            .to_metadata(Path::new("w.safetensors"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("w.safetensors") && err.contains("`commit`") && err.contains("reserved"),
-            "{err}"
-        );
+        let err = meta.to_metadata(Path::new("w.safetensors")).unwrap_err().to_string();
+        assert!(err.contains("w.safetensors") && err.contains("`commit`") && err.contains("reserved"), "{err}");
 
-        let meta = WeightMeta {
-            exit_mflops: vec![1.0, f64::NAN],
-            ..full()
-        };
+        let meta = WeightMeta { exit_mflops: vec![1.0, f64::NAN], ..full() };
         let err = meta.to_metadata(Path::new("w")).unwrap_err().to_string();
         assert!(err.contains("index 1 is not finite"), "{err}");
     }
@@ -207,21 +169,12 @@ mod tests {
     fn malformed_json_fields_are_errors() {
         let map = BTreeMap::from([("exit_accuracy".to_owned(), "[0.5, oops]".to_owned())]);
         let err = WeightMeta::from_metadata(Path::new("w"), &map).unwrap_err();
-        assert!(
-            matches!(&err, Error::BadMeta { field, .. } if field == "exit_accuracy"),
-            "{err}"
-        );
+        assert!(matches!(&err, Error::BadMeta { field, .. } if field == "exit_accuracy"), "{err}");
     }
 
     #[test]
     fn serde_json_form_fills_defaults() {
         let meta: WeightMeta = serde_json::from_str(r#"{"architecture": "msdnet"}"#).unwrap();
-        assert_eq!(
-            meta,
-            WeightMeta {
-                architecture: "msdnet".into(),
-                ..WeightMeta::default()
-            }
-        );
+        assert_eq!(meta, WeightMeta { architecture: "msdnet".into(), ..WeightMeta::default() });
     }
 }

@@ -191,31 +191,16 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Self {
-            data,
-            pos: 0,
-            op_pos: 0,
-            stack: Vec::new(),
-            marks: Vec::new(),
-            memo: HashMap::new(),
-        }
+        Self { data, pos: 0, op_pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() }
     }
 
     fn malformed(&self, message: impl Into<String>) -> PickleError {
-        PickleError::Malformed {
-            offset: self.op_pos,
-            message: message.into(),
-        }
+        PickleError::Malformed { offset: self.op_pos, message: message.into() }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.data.len());
-        let end = end.ok_or(PickleError::UnexpectedEnd {
-            offset: self.data.len(),
-        })?;
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.data.len());
+        let end = end.ok_or(PickleError::UnexpectedEnd { offset: self.data.len() })?;
         let bytes = &self.data[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -244,9 +229,7 @@ impl<'a> Machine<'a> {
         let remaining = self.data.len() - self.pos;
         match usize::try_from(len) {
             Ok(len) if len <= remaining => Ok(len),
-            _ => Err(PickleError::UnexpectedEnd {
-                offset: self.data.len(),
-            }),
+            _ => Err(PickleError::UnexpectedEnd { offset: self.data.len() }),
         }
     }
 
@@ -257,12 +240,8 @@ impl<'a> Machine<'a> {
     /// A text line (for `GLOBAL`), without its `\n`.
     fn line(&mut self) -> Result<String, PickleError> {
         let rest = &self.data[self.pos..];
-        let len = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or(PickleError::UnexpectedEnd {
-                offset: self.data.len(),
-            })?;
+        let len =
+            rest.iter().position(|&b| b == b'\n').ok_or(PickleError::UnexpectedEnd { offset: self.data.len() })?;
         let line = self.take(len)?;
         self.pos += 1;
         self.utf8(line)
@@ -280,9 +259,7 @@ impl<'a> Machine<'a> {
         if self.stack.len() <= floor {
             return Err(self.malformed("stack underflow"));
         }
-        self.stack
-            .pop()
-            .ok_or_else(|| self.malformed("stack underflow"))
+        self.stack.pop().ok_or_else(|| self.malformed("stack underflow"))
     }
 
     fn pop_str(&mut self) -> Result<String, PickleError> {
@@ -295,10 +272,7 @@ impl<'a> Machine<'a> {
 
     /// Everything pushed since the last `MARK`, which is removed.
     fn pop_mark(&mut self) -> Result<Vec<Obj>, PickleError> {
-        let mark = self
-            .marks
-            .pop()
-            .ok_or_else(|| self.malformed("no MARK on the stack"))?;
+        let mark = self.marks.pop().ok_or_else(|| self.malformed("no MARK on the stack"))?;
         Ok(self.stack.split_off(mark))
     }
 
@@ -310,11 +284,7 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_put(&mut self, key: u64) -> Result<(), PickleError> {
-        let top = self
-            .stack
-            .last()
-            .cloned()
-            .ok_or_else(|| self.malformed("stack underflow"))?;
+        let top = self.stack.last().cloned().ok_or_else(|| self.malformed("stack underflow"))?;
         self.memo.insert(key, top);
         Ok(())
     }
@@ -362,11 +332,7 @@ impl<'a> Machine<'a> {
         let callable = self.pop()?;
         let ordered_dict = matches!(callable.as_global(), Some(("collections", "OrderedDict")))
             && args.as_tuple().is_some_and(<[Obj]>::is_empty);
-        if ordered_dict {
-            self.push(Value::Dict(Vec::new()))
-        } else {
-            self.push(Value::Call { callable, args })
-        }
+        if ordered_dict { self.push(Value::Dict(Vec::new())) } else { self.push(Value::Call { callable, args }) }
     }
 
     fn run(mut self) -> Result<Obj, PickleError> {
@@ -409,9 +375,7 @@ impl<'a> Machine<'a> {
                 0x8a => {
                     let n = usize::from(self.u8()?);
                     if n > 8 {
-                        return Err(
-                            self.malformed(format!("{n}-byte integer does not fit in 64 bits"))
-                        );
+                        return Err(self.malformed(format!("{n}-byte integer does not fit in 64 bits")));
                     }
                     let bytes = self.take(n)?;
                     let negative = bytes.last().is_some_and(|&b| b & 0x80 != 0);
@@ -525,10 +489,7 @@ impl<'a> Machine<'a> {
                     }
                 }
                 opcode => {
-                    return Err(PickleError::UnsupportedOpcode {
-                        opcode,
-                        offset: self.op_pos,
-                    });
+                    return Err(PickleError::UnsupportedOpcode { opcode, offset: self.op_pos });
                 }
             }
         }
@@ -541,11 +502,7 @@ mod tests {
 
     fn dict_entry<'a>(obj: &'a Obj, key: &str) -> &'a Obj {
         let dict = obj.as_dict().unwrap();
-        &dict
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .unwrap()
-            .1
+        &dict.iter().find(|(k, _)| k.as_str() == Some(key)).unwrap().1
     }
 
     #[test]
@@ -587,34 +544,20 @@ mod tests {
         // [x, x] where x = 'abc' memoised once.
         let data = b"\x80\x02](X\x03\x00\x00\x00abcq\x00h\x00e.";
         let obj = parse(data).unwrap();
-        let Value::List(items) = &obj.value else {
-            panic!("not a list")
-        };
+        let Value::List(items) = &obj.value else { panic!("not a list") };
         assert!(Rc::ptr_eq(&items[0], &items[1]));
     }
 
     #[test]
     fn unsupported_opcode_is_reported_with_its_offset() {
         let err = parse(b"\x80\x02S'abc'\n.").unwrap_err();
-        assert!(
-            matches!(
-                err,
-                PickleError::UnsupportedOpcode {
-                    opcode: b'S',
-                    offset: 2
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, PickleError::UnsupportedOpcode { opcode: b'S', offset: 2 }), "{err}");
     }
 
     #[test]
     fn truncation_is_reported() {
         let err = parse(b"\x80\x02X\xff\x00\x00\x00abc").unwrap_err();
-        assert!(
-            matches!(err, PickleError::UnexpectedEnd { offset: 10 }),
-            "{err}"
-        );
+        assert!(matches!(err, PickleError::UnexpectedEnd { offset: 10 }), "{err}");
         let err = parse(b"\x80\x02K\x01").unwrap_err();
         assert!(matches!(err, PickleError::UnexpectedEnd { .. }), "{err}");
     }

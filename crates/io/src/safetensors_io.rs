@@ -41,14 +41,11 @@ struct HeaderEntry {
 
 /// The header length announced by the first 8 bytes of `bytes`.
 fn header_len(path: &Path, bytes: &[u8]) -> Result<u64> {
-    let prefix: [u8; LEN_BYTES] = bytes
-        .get(..LEN_BYTES)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(Error::Truncated {
-            path: path.to_owned(),
-            expected: LEN_BYTES as u64,
-            actual: bytes.len() as u64,
-        })?;
+    let prefix: [u8; LEN_BYTES] = bytes.get(..LEN_BYTES).and_then(|b| b.try_into().ok()).ok_or(Error::Truncated {
+        path: path.to_owned(),
+        expected: LEN_BYTES as u64,
+        actual: bytes.len() as u64,
+    })?;
     let n = u64::from_le_bytes(prefix);
     if n > MAX_HEADER_BYTES {
         return Err(Error::BadHeader {
@@ -60,10 +57,7 @@ fn header_len(path: &Path, bytes: &[u8]) -> Result<u64> {
 }
 
 fn parse_header(path: &Path, json: &[u8]) -> Result<Header> {
-    serde_json::from_slice(json).map_err(|e| Error::BadHeader {
-        path: path.to_owned(),
-        problem: e.to_string(),
-    })
+    serde_json::from_slice(json).map_err(|e| Error::BadHeader { path: path.to_owned(), problem: e.to_string() })
 }
 
 /// Reads every tensor of the safetensors buffer `bytes` (the content of `path`) and its header
@@ -71,30 +65,16 @@ fn parse_header(path: &Path, json: &[u8]) -> Result<Header> {
 pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<(NamedTensors, BTreeMap<String, String>)> {
     let actual = bytes.len() as u64;
     let header_end = LEN_BYTES as u64 + header_len(path, bytes)?;
-    let truncated = |expected| Error::Truncated {
-        path: path.to_owned(),
-        expected,
-        actual,
-    };
-    let json = usize::try_from(header_end)
-        .ok()
-        .and_then(|end| bytes.get(LEN_BYTES..end));
+    let truncated = |expected| Error::Truncated { path: path.to_owned(), expected, actual };
+    let json = usize::try_from(header_end).ok().and_then(|end| bytes.get(LEN_BYTES..end));
     let header = parse_header(path, json.ok_or_else(|| truncated(header_end))?)?;
-    let data_len = header
-        .tensors
-        .values()
-        .map(|e| e.data_offsets.1)
-        .max()
-        .unwrap_or(0);
+    let data_len = header.tensors.values().map(|e| e.data_offsets.1).max().unwrap_or(0);
     let expected = header_end.saturating_add(data_len);
     if actual < expected {
         return Err(truncated(expected));
     }
 
-    let st = SafeTensors::deserialize(bytes).map_err(|source| Error::Safetensors {
-        path: path.to_owned(),
-        source,
-    })?;
+    let st = SafeTensors::deserialize(bytes).map_err(|source| Error::Safetensors { path: path.to_owned(), source })?;
     let mut tensors = Vec::with_capacity(st.len());
     for (key, view) in st.iter() {
         let dtype = match view.dtype() {
@@ -111,11 +91,8 @@ pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<(NamedTensors, BTreeMap<
                 });
             }
         };
-        let tensor =
-            decode_f32(view.data(), dtype, view.shape()).map_err(|source| Error::Tensor {
-                path: path.to_owned(),
-                source,
-            })?;
+        let tensor = decode_f32(view.data(), dtype, view.shape())
+            .map_err(|source| Error::Tensor { path: path.to_owned(), source })?;
         tensors.push((key.to_owned(), tensor));
     }
     Ok((tensors, header.metadata))
@@ -125,25 +102,16 @@ pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<(NamedTensors, BTreeMap<
 pub(crate) fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut prefix = Vec::with_capacity(LEN_BYTES);
-    (&mut file)
-        .take(LEN_BYTES as u64)
-        .read_to_end(&mut prefix)
-        .map_err(|e| Error::io(path, e))?;
+    (&mut file).take(LEN_BYTES as u64).read_to_end(&mut prefix).map_err(|e| Error::io(path, e))?;
     if detect(&prefix) == Detected::Known(Format::PyTorchZip) {
         return Err(Error::no_weight_meta(path));
     }
     let n = header_len(path, &prefix)?;
     let mut json = Vec::new();
-    file.take(n)
-        .read_to_end(&mut json)
-        .map_err(|e| Error::io(path, e))?;
+    file.take(n).read_to_end(&mut json).map_err(|e| Error::io(path, e))?;
     if (json.len() as u64) < n {
         let actual = (LEN_BYTES + json.len()) as u64;
-        return Err(Error::Truncated {
-            path: path.to_owned(),
-            expected: LEN_BYTES as u64 + n,
-            actual,
-        });
+        return Err(Error::Truncated { path: path.to_owned(), expected: LEN_BYTES as u64 + n, actual });
     }
     Ok(parse_header(path, &json)?.metadata)
 }
@@ -154,22 +122,15 @@ pub(crate) fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
 /// # Errors
 /// [`Error::UnsupportedDtype`] for a non-float tensor, [`Error::BadMeta`] when `meta` cannot be
 /// stored (an `extra` key that shadows a field, a non-finite number), or an I/O error.
-pub fn save_safetensors(
-    path: impl AsRef<Path>,
-    tensors: &BTreeMap<String, Tensor>,
-    meta: &WeightMeta,
-) -> Result<()> {
+pub fn save_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, Tensor>, meta: &WeightMeta) -> Result<()> {
     let path = path.as_ref();
     let views = tensors
         .iter()
         .map(|(key, tensor)| Ok((key.as_str(), F32View::new(path, key, tensor)?)))
         .collect::<Result<Vec<_>>>()?;
     let metadata: HashMap<String, String> = meta.to_metadata(path)?.into_iter().collect();
-    let bytes =
-        safetensors::serialize(views, Some(metadata)).map_err(|source| Error::Safetensors {
-            path: path.to_owned(),
-            source,
-        })?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|source| Error::Safetensors { path: path.to_owned(), source })?;
     atomic_write(path, &bytes)
 }
 
@@ -193,14 +154,8 @@ impl F32View {
             .and_then(|t| t.to_dtype(DType::F32))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|source| Error::Tensor {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Self {
-            shape: tensor.dims().to_vec(),
-            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        })
+            .map_err(|source| Error::Tensor { path: path.to_owned(), source })?;
+        Ok(Self { shape: tensor.dims().to_vec(), bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() })
     }
 }
 
@@ -237,21 +192,9 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let dev = Device::Cpu;
         let tensors = BTreeMap::from([
-            (
-                "a.weight".to_owned(),
-                Tensor::new(&[[1.0f32, -2.0], [3.5, 4.0]], &dev).unwrap(),
-            ),
-            (
-                "a.bias".to_owned(),
-                Tensor::new(&[0.25f64, 8.0], &dev).unwrap(),
-            ),
-            (
-                "t".to_owned(),
-                Tensor::new(&[[1.0f32, 2.0, 3.0]], &dev)
-                    .unwrap()
-                    .t()
-                    .unwrap(),
-            ),
+            ("a.weight".to_owned(), Tensor::new(&[[1.0f32, -2.0], [3.5, 4.0]], &dev).unwrap()),
+            ("a.bias".to_owned(), Tensor::new(&[0.25f64, 8.0], &dev).unwrap()),
+            ("t".to_owned(), Tensor::new(&[[1.0f32, 2.0, 3.0]], &dev).unwrap().t().unwrap()),
         ]);
         let meta = WeightMeta {
             architecture: "msdnet".into(),
@@ -267,18 +210,8 @@ mod tests {
         for (key, t) in &tensors {
             let loaded = &file.tensors[key];
             assert_eq!(loaded.dims(), t.dims(), "{key}");
-            let want = t
-                .to_dtype(DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(
-                loaded.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                want,
-                "{key}"
-            );
+            let want = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(loaded.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "{key}");
         }
         // Only the target is left in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -288,15 +221,9 @@ mod tests {
     fn saving_an_integer_tensor_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");
-        let tensors = BTreeMap::from([(
-            "idx".to_owned(),
-            Tensor::new(&[1u32, 2], &Device::Cpu).unwrap(),
-        )]);
+        let tensors = BTreeMap::from([("idx".to_owned(), Tensor::new(&[1u32, 2], &Device::Cpu).unwrap())]);
         let err = save_safetensors(&path, &tensors, &WeightMeta::default()).unwrap_err();
-        assert!(
-            matches!(&err, Error::UnsupportedDtype { key, .. } if key == "idx"),
-            "{err}"
-        );
+        assert!(matches!(&err, Error::UnsupportedDtype { key, .. } if key == "idx"), "{err}");
         assert!(!path.exists());
     }
 
@@ -306,10 +233,7 @@ mod tests {
         for len in [0, 5, 20, bytes.len() - 1] {
             let err = read(Path::new("t.safetensors"), &bytes[..len]).unwrap_err();
             assert!(matches!(err, Error::Truncated { .. }), "{len}: {err}");
-            assert!(
-                err.to_string().contains("t.safetensors: truncated"),
-                "{err}"
-            );
+            assert!(err.to_string().contains("t.safetensors: truncated"), "{err}");
         }
     }
 
@@ -339,10 +263,7 @@ mod tests {
         assert!(matches!(err, Error::Safetensors { .. }), "{err}");
         let json = r#"{"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#;
         let err = read(path, &with_header(json, 8)).unwrap_err();
-        assert!(
-            matches!(&err, Error::UnsupportedDtype { dtype, .. } if dtype == "I32"),
-            "{err}"
-        );
+        assert!(matches!(&err, Error::UnsupportedDtype { dtype, .. } if dtype == "I32"), "{err}");
     }
 
     #[test]
@@ -353,15 +274,9 @@ mod tests {
         let err = read_metadata(&path).unwrap_err();
         assert!(matches!(err, Error::Truncated { .. }), "{err}");
         let err = read_metadata(&testdata("bare_state_dict.pth")).unwrap_err();
-        assert!(
-            err.to_string().contains("carry no weight metadata"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("carry no weight metadata"), "{err}");
         let meta = read_metadata(&testdata("tiny.safetensors")).unwrap();
-        assert_eq!(
-            meta.get("source").map(String::as_str),
-            Some("gen_testdata.py")
-        );
+        assert_eq!(meta.get("source").map(String::as_str), Some("gen_testdata.py"));
     }
 
     /// Random buffers, bit flips, truncations and header edits: never a panic.
@@ -382,8 +297,7 @@ mod tests {
             let _ = crate::tensor_file::parse(path, &bytes);
         }
         // Header edits: replace a digit or a structural character of the JSON.
-        let header_end =
-            8 + usize::try_from(u64::from_le_bytes(valid[..8].try_into().unwrap())).unwrap();
+        let header_end = 8 + usize::try_from(u64::from_le_bytes(valid[..8].try_into().unwrap())).unwrap();
         for _ in 0..3000 {
             let mut bytes = valid.clone();
             let i = 8 + rng.below(header_end - 8);

@@ -67,41 +67,23 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
             let (entries, metadata) = safetensors_io::read(path, bytes)?;
             (Format::Safetensors, entries, metadata)
         }
-        Detected::Known(Format::PyTorchZip) => {
-            (Format::PyTorchZip, pth::read(path, bytes)?, BTreeMap::new())
-        }
+        Detected::Known(Format::PyTorchZip) => (Format::PyTorchZip, pth::read(path, bytes)?, BTreeMap::new()),
         Detected::LegacyTorch => {
-            return Err(Error::LegacyTorch {
-                path: path.to_owned(),
-            });
+            return Err(Error::LegacyTorch { path: path.to_owned() });
         }
         Detected::Unknown => {
-            return Err(Error::UnknownFormat {
-                path: path.to_owned(),
-                head: hex_head(bytes),
-            });
+            return Err(Error::UnknownFormat { path: path.to_owned(), head: hex_head(bytes) });
         }
     };
     let mut tensors = BTreeMap::new();
     for (key, tensor) in entries {
-        let key = key
-            .strip_prefix(DATA_PARALLEL_PREFIX)
-            .map(str::to_owned)
-            .unwrap_or(key);
+        let key = key.strip_prefix(DATA_PARALLEL_PREFIX).map(str::to_owned).unwrap_or(key);
         if tensors.contains_key(&key) {
-            return Err(Error::DuplicateKey {
-                path: path.to_owned(),
-                key,
-            });
+            return Err(Error::DuplicateKey { path: path.to_owned(), key });
         }
         tensors.insert(key, tensor);
     }
-    Ok(TensorFile {
-        tensors,
-        metadata,
-        format,
-        path: path.to_owned(),
-    })
+    Ok(TensorFile { tensors, metadata, format, path: path.to_owned() })
 }
 
 #[cfg(test)]
@@ -114,18 +96,9 @@ mod tests {
         let arange: Vec<f32> = (0..12).map(|i| i as f32).collect();
         BTreeMap::from([
             ("conv.weight", (vec![3, 4], arange)),
-            (
-                "conv.weight_t",
-                (
-                    vec![4, 3],
-                    vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.],
-                ),
-            ),
+            ("conv.weight_t", (vec![4, 3], vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.])),
             ("conv.row", (vec![4], vec![4., 5., 6., 7.])),
-            (
-                "conv.every_other",
-                (vec![3, 2], vec![0., 2., 4., 6., 8., 10.]),
-            ),
+            ("conv.every_other", (vec![3, 2], vec![0., 2., 4., 6., 8., 10.])),
             ("bn.running_mean", (vec![2], vec![0.5, -1.5])),
             ("half", (vec![3], vec![1.0, -2.5, 65504.0])),
             ("brain", (vec![2, 2], vec![1.0, 0.5, -3.0, 256.0])),
@@ -144,11 +117,7 @@ mod tests {
             let t = &file.tensors[key];
             assert_eq!(t.dtype(), candle_core::DType::F32);
             assert_eq!(t.dims(), shape.as_slice(), "{key}");
-            assert_eq!(
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                values,
-                "{key}"
-            );
+            assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values, "{key}");
         }
     }
 
@@ -173,10 +142,7 @@ mod tests {
         // gen_testdata.py: safetensors.torch.save_file({k: v.contiguous() ...}, "tiny.safetensors")
         let file = load_tensors(testdata("tiny.safetensors")).unwrap();
         assert_eq!(file.format, Format::Safetensors);
-        assert_eq!(
-            file.metadata.get("source").map(String::as_str),
-            Some("gen_testdata.py")
-        );
+        assert_eq!(file.metadata.get("source").map(String::as_str), Some("gen_testdata.py"));
         assert_tiny(&file);
     }
 
@@ -189,20 +155,13 @@ mod tests {
         assert!(pth.tensors.keys().eq(st.tensors.keys()));
         assert!(pth.tensors.len() > 300, "{}", pth.tensors.len());
         assert!(pth.tensors.contains_key("classifier.0.linear.weight"));
-        assert!(
-            !pth.tensors
-                .keys()
-                .any(|k| k.starts_with("module.") || k.ends_with("num_batches_tracked"))
-        );
+        assert!(!pth.tensors.keys().any(|k| k.starts_with("module.") || k.ends_with("num_batches_tracked")));
         for (key, a) in &pth.tensors {
             let b = &st.tensors[key];
             assert_eq!(a.dims(), b.dims(), "{key}");
             let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(
-                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{key}"
-            );
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{key}");
         }
         assert_eq!(st.metadata.get("format").map(String::as_str), Some("pt"));
     }
@@ -233,27 +192,17 @@ mod tests {
 
     #[test]
     fn module_prefix_collision_is_an_error() {
-        let tensors = [("module.a", 1.0f32), ("a", 2.0)].map(|(k, v)| {
-            (
-                k.to_owned(),
-                Tensor::new(&[v], &candle_core::Device::Cpu).unwrap(),
-            )
-        });
+        let tensors = [("module.a", 1.0f32), ("a", 2.0)]
+            .map(|(k, v)| (k.to_owned(), Tensor::new(&[v], &candle_core::Device::Cpu).unwrap()));
         let bytes = crate::testutil::safetensors_bytes(&tensors);
         let err = parse(Path::new("dup.safetensors"), &bytes).unwrap_err();
-        assert!(
-            matches!(&err, Error::DuplicateKey { key, .. } if key == "a"),
-            "{err}"
-        );
+        assert!(matches!(&err, Error::DuplicateKey { key, .. } if key == "a"), "{err}");
     }
 
     #[test]
     fn weight_meta_of_a_checkpoint_is_an_error() {
         let file = load_tensors(testdata("bare_state_dict.pth")).unwrap();
         let err = file.weight_meta().unwrap_err();
-        assert!(
-            err.to_string().contains("carry no weight metadata"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("carry no weight metadata"), "{err}");
     }
 }

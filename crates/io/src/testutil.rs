@@ -25,8 +25,7 @@ pub(crate) fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Vec<u8> {
 pub(crate) fn rezip(zip: &[u8], mut edit: impl FnMut(&str, Vec<u8>) -> Option<Vec<u8>>) -> Vec<u8> {
     let mut archive = crate::pth::open_archive(zip).unwrap();
     let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).unwrap();
         let name = entry.name().unwrap().into_owned();

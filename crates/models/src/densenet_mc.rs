@@ -49,7 +49,14 @@ impl DenseNetMcConfig {
     /// Checks every value.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        for (name, v) in [("in_channels", self.in_channels), ("num_classes", self.num_classes), ("stem_channels", self.stem_channels), ("growth_rate", self.growth_rate), ("bottleneck_factor", self.bottleneck_factor), ("head_channels", self.head_channels)] {
+        for (name, v) in [
+            ("in_channels", self.in_channels),
+            ("num_classes", self.num_classes),
+            ("stem_channels", self.stem_channels),
+            ("growth_rate", self.growth_rate),
+            ("bottleneck_factor", self.bottleneck_factor),
+            ("head_channels", self.head_channels),
+        ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }

@@ -18,13 +18,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod densenet_mc;
 pub mod error;
 pub mod exit;
-pub mod densenet_mc;
 pub mod msdnet;
+mod refargs;
 pub mod registry;
 pub mod resnet_mc;
-mod refargs;
 #[cfg(test)]
 mod testutil;
 

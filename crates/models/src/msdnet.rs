@@ -266,7 +266,12 @@ impl MsdNetConfig {
         if self.gr_factor.contains(&0) || self.bn_factor.contains(&0) {
             return bad("grFactor and bnFactor entries must be at least 1".into());
         }
-        for (name, v) in [("nChannels", self.n_channels), ("growthRate", self.growth_rate), ("num_classes", self.num_classes), ("in_channels", self.in_channels)] {
+        for (name, v) in [
+            ("nChannels", self.n_channels),
+            ("growthRate", self.growth_rate),
+            ("num_classes", self.num_classes),
+            ("in_channels", self.in_channels),
+        ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
@@ -401,9 +406,14 @@ impl MsdNet {
                         PlanItem::Layer { n_in, in_scales, out_scales } => {
                             Item::Layer(MsdLayer::new(vb, n_in, cfg.growth_rate, in_scales, out_scales, &f)?)
                         }
-                        PlanItem::Transition { n_in, n_out, scales } => {
-                            Item::Transition(Transition::new(vb, n_in, n_out, scales, n_scales - scales, &cfg.gr_factor)?)
-                        }
+                        PlanItem::Transition { n_in, n_out, scales } => Item::Transition(Transition::new(
+                            vb,
+                            n_in,
+                            n_out,
+                            scales,
+                            n_scales - scales,
+                            &cfg.gr_factor,
+                        )?),
                     })
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;

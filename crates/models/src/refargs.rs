@@ -31,7 +31,11 @@ pub(crate) const fn opt(names: &'static [&'static str], dest: &'static str) -> O
 }
 
 /// Shorthand for a value option with `choices`.
-pub(crate) const fn choice(names: &'static [&'static str], dest: &'static str, choices: &'static [&'static str]) -> OptSpec {
+pub(crate) const fn choice(
+    names: &'static [&'static str],
+    dest: &'static str,
+    choices: &'static [&'static str],
+) -> OptSpec {
     OptSpec { names, dest, flag: false, choices }
 }
 
@@ -194,7 +198,11 @@ impl Namespace {
             let value = match inline {
                 Some(v) => v.to_string(),
                 None => match toks.next() {
-                    Some(v) if !(v.starts_with('-') && v.len() > 1 && !v[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.')) => {
+                    Some(v)
+                        if !(v.starts_with('-')
+                            && v.len() > 1
+                            && !v[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.')) =>
+                    {
                         v.to_string()
                     }
                     _ => return Err(ConfigError::Cli(format!("argument {name}: expected one argument"))),
@@ -280,10 +288,9 @@ impl Namespace {
         match self.get(key) {
             None => parse(default),
             Some(Value::String(s)) => parse(s),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| bad(v)))
-                .collect(),
+            Some(Value::Array(a)) => {
+                a.iter().map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| bad(v))).collect()
+            }
             Some(v) => Err(bad(v)),
         }
     }
@@ -314,7 +321,8 @@ pub(crate) fn reference_namespace(v: &Value, specs: &[&[OptSpec]]) -> Result<Opt
 mod tests {
     use super::*;
 
-    const SPECS: &[OptSpec] = &[opt(&["--nBlocks"], "nBlocks"), opt(&["--nChannels"], "nChannels"), opt(&["--grFactor"], "grFactor")];
+    const SPECS: &[OptSpec] =
+        &[opt(&["--nBlocks"], "nBlocks"), opt(&["--nChannels"], "nChannels"), opt(&["--grFactor"], "grFactor")];
 
     fn cli(s: &str) -> Result<Namespace, ConfigError> {
         Namespace::from_cli(&shell_split(s)?, &[COMMON, SPECS])
@@ -322,7 +330,8 @@ mod tests {
 
     #[test]
     fn parses_a_pasted_command() {
-        let ns = cli("python main.py --data-root /x --data cifar100 --nBlocks=5 --grFactor '1-2-4' -b 64 --use-valid").unwrap();
+        let ns = cli("python main.py --data-root /x --data cifar100 --nBlocks=5 --grFactor '1-2-4' -b 64 --use-valid")
+            .unwrap();
         assert_eq!(ns.str_or("data", "").unwrap(), "cifar100");
         assert_eq!(ns.usize_or("nBlocks", 1).unwrap(), 5);
         assert_eq!(ns.list_or("grFactor", "1").unwrap(), vec![1, 2, 4]);

@@ -119,8 +119,14 @@ pub struct ModelEntry {
 }
 
 const FMNIST: DataSpec = DataSpec { dataset: "fashion-mnist", input: (1, 28, 28), mean: &[0.2860], std: &[0.3530] };
-const CIFAR: DataSpec = DataSpec { dataset: "cifar100", input: (3, 32, 32), mean: &[0.5071, 0.4865, 0.4409], std: &[0.2673, 0.2564, 0.2762] };
-const IMAGENET: DataSpec = DataSpec { dataset: "imagenet", input: (3, 224, 224), mean: &[0.485, 0.456, 0.406], std: &[0.229, 0.224, 0.225] };
+const CIFAR: DataSpec = DataSpec {
+    dataset: "cifar100",
+    input: (3, 32, 32),
+    mean: &[0.5071, 0.4865, 0.4409],
+    std: &[0.2673, 0.2564, 0.2762],
+};
+const IMAGENET: DataSpec =
+    DataSpec { dataset: "imagenet", input: (3, 224, 224), mean: &[0.485, 0.456, 0.406], std: &[0.229, 0.224, 0.225] };
 
 /// MSDNet for Fashion-MNIST: 3 scales (28/14/7), 5 exits, 30 MFLOPs.
 pub fn msdnet_fmnist() -> MsdNetConfig {
@@ -288,6 +294,11 @@ mod tests {
         let v = serde_json::to_value(&c).expect("json");
         assert_eq!(ArchConfig::from_json("msdnet", &v).expect("read"), c);
         assert!(ArchConfig::from_json("resnet_mc", &v).is_err());
-        assert!(ArchConfig::from_json("vgg", &serde_json::json!({})).unwrap_err().to_string().contains("unknown architecture"));
+        assert!(
+            ArchConfig::from_json("vgg", &serde_json::json!({}))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown architecture")
+        );
     }
 }

@@ -46,7 +46,12 @@ impl ResNetMcConfig {
         if self.widths.is_empty() || self.widths.len() != self.blocks.len() {
             return bad(format!("{} stage widths for {} stage block counts", self.widths.len(), self.blocks.len()));
         }
-        for (name, v) in [("in_channels", self.in_channels), ("num_classes", self.num_classes), ("stem_channels", self.stem_channels), ("head_channels", self.head_channels)] {
+        for (name, v) in [
+            ("in_channels", self.in_channels),
+            ("num_classes", self.num_classes),
+            ("stem_channels", self.stem_channels),
+            ("head_channels", self.head_channels),
+        ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
@@ -101,7 +106,13 @@ impl ResNetMc {
             .iter()
             .enumerate()
             .map(|(e, &after)| {
-                ConvHead::with_pool(vb.pp("classifier").pp(e), widths[after - 1], cfg.head_channels, cfg.num_classes, HeadPool::Global)
+                ConvHead::with_pool(
+                    vb.pp("classifier").pp(e),
+                    widths[after - 1],
+                    cfg.head_channels,
+                    cfg.num_classes,
+                    HeadPool::Global,
+                )
             })
             .collect::<candle_core::Result<_>>()?;
         Ok(Self { cfg: cfg.clone(), stem, blocks, classifier })
@@ -185,7 +196,15 @@ mod tests {
     use candle_core::{DType, Device};
 
     fn cfg() -> ResNetMcConfig {
-        ResNetMcConfig { in_channels: 1, num_classes: 10, stem_channels: 8, widths: vec![8, 16], blocks: vec![2, 2], exits: vec![1, 3, 4], head_channels: 16 }
+        ResNetMcConfig {
+            in_channels: 1,
+            num_classes: 10,
+            stem_channels: 8,
+            widths: vec![8, 16],
+            blocks: vec![2, 2],
+            exits: vec![1, 3, 4],
+            head_channels: 16,
+        }
     }
 
     #[test]

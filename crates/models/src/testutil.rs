@@ -20,7 +20,8 @@ pub fn json(name: &str, file: &str) -> Value {
 /// The input and per-exit logits of an `io*.safetensors` file.
 pub fn io(name: &str, file: &str) -> (Tensor, Vec<Tensor>) {
     let path = fixture(name).join(file);
-    let mut ts = candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut ts =
+        candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let input = ts.remove("input").expect("input");
     let logits = (0..).map_while(|i| ts.remove(&format!("logits.{i}"))).collect();
     (input, logits)
@@ -31,22 +32,14 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
     let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
     let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs() / (1e-4 + 1e-4 * y.abs()))
-        .fold(0f32, f32::max);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1e-4 + 1e-4 * y.abs())).fold(0f32, f32::max);
     assert!(worst <= 1.0, "{what}: worst |a-b| / (1e-4 + 1e-4|b|) = {worst}");
 }
 
 /// The `flops` and `params` lists of a `flops.json` entry.
 pub fn flops_entry(v: &Value) -> (Vec<u64>, Vec<u64>) {
     let list = |k: &str| -> Vec<u64> {
-        v[k].as_array()
-            .unwrap_or_else(|| panic!("no {k}"))
-            .iter()
-            .map(|x| x.as_f64().expect("number") as u64)
-            .collect()
+        v[k].as_array().unwrap_or_else(|| panic!("no {k}")).iter().map(|x| x.as_f64().expect("number") as u64).collect()
     };
     (list("flops"), list("params"))
 }

@@ -54,7 +54,20 @@ fn geometry(x: &[usize], w: &[usize], p: Conv2dParams) -> Result<ConvGeom> {
     let (Some(oh), Some(ow)) = (p.out_size(h, k), p.out_size(wd, k)) else {
         bail!("conv2d: a {k}x{k} kernel (dilation {}, padding {}) does not fit a {h}x{wd} input", p.dilation, p.padding)
     };
-    Ok(ConvGeom { n, c_in, h, w: wd, c_out, k, stride: p.stride, pad: p.padding, dil: p.dilation, groups: p.groups, oh, ow })
+    Ok(ConvGeom {
+        n,
+        c_in,
+        h,
+        w: wd,
+        c_out,
+        k,
+        stride: p.stride,
+        pad: p.padding,
+        dil: p.dilation,
+        groups: p.groups,
+        oh,
+        ow,
+    })
 }
 
 struct ConvFwd(Conv2dParams);
@@ -146,7 +159,15 @@ mod tests {
     use candle_core::{Device, Var};
 
     /// Our conv against Candle's stock conv: forward and the three gradients.
-    fn check(n: usize, c_in: usize, c_out: usize, hw: (usize, usize), k: usize, p: Conv2dParams, seed: u64) -> Result<()> {
+    fn check(
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        hw: (usize, usize),
+        k: usize,
+        p: Conv2dParams,
+        seed: u64,
+    ) -> Result<()> {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&rand_tensor(&[n, c_in, hw.0, hw.1], seed, &dev)?)?;
         let w = Var::from_tensor(&rand_tensor(&[c_out, c_in / p.groups, k, k], seed + 1, &dev)?)?;
@@ -157,7 +178,8 @@ mod tests {
         assert_close(&format!("{what} forward"), &ours, &stock, 1e-4)?;
         let r = rand_tensor(ours.dims(), seed + 3, &dev)?;
         let g1 = (ours * &r)?.sum_all()?.backward()?;
-        let stock_grads = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (&stock * &r)?.sum_all()?.backward()));
+        let stock_grads =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (&stock * &r)?.sum_all()?.backward()));
         match stock_grads {
             Ok(Ok(g2)) => {
                 for (name, v) in [("dx", &x), ("dw", &w), ("db", &b)] {

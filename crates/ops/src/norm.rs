@@ -145,7 +145,13 @@ pub fn batch_norm_train(xs: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, re
 
 /// Training-mode batch norm from stock Candle ops (the reference for the
 /// tests and the non-CPU path).
-pub fn batch_norm_train_stock(xs: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool) -> Result<BatchNormTrain> {
+pub fn batch_norm_train_stock(
+    xs: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
     let (n, c, h, w) = xs.dims4()?;
     let xt = xs.transpose(0, 1)?.flatten_from(1)?; // [C, N*H*W]
     let mean = xt.mean_keepdim(D::Minus1)?;
@@ -186,7 +192,13 @@ impl CustomOp1 for BnEval {
 
 /// Per-channel `(scale, shift)` of eval-mode batch norm:
 /// `scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean · scale`.
-pub fn fold_bn(gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+pub fn fold_bn(
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
     let scale = (running_var + eps)?.sqrt()?.recip()?.mul(gamma)?;
     let shift = (beta - running_mean.mul(&scale)?)?;
     Ok((scale, shift))
@@ -249,7 +261,9 @@ mod tests {
     #[test]
     fn train_matches_stock_forward_and_gradients() -> Result<()> {
         let dev = Device::Cpu;
-        for (i, &(n, c, h, w, relu)) in [(4, 3, 5, 7, false), (1, 2, 3, 3, true), (8, 5, 1, 1, true), (3, 4, 6, 2, false)].iter().enumerate() {
+        for (i, &(n, c, h, w, relu)) in
+            [(4, 3, 5, 7, false), (1, 2, 3, 3, true), (8, 5, 1, 1, true), (3, 4, 6, 2, false)].iter().enumerate()
+        {
             let x = Var::from_tensor(&(rand_tensor(&[n, c, h, w], 10 + i as u64, &dev)? * 3.0)?.affine(1.0, 1.0)?)?;
             let g = Var::from_tensor(&(rand_tensor(&[c], 20 + i as u64, &dev)? + 1.5)?)?;
             let b = Var::from_tensor(&rand_tensor(&[c], 30 + i as u64, &dev)?)?;
@@ -278,7 +292,8 @@ mod tests {
         let p = Conv2dParams { padding: 1, ..Default::default() };
         let y = conv2d(&x, &w, None, p)?;
         let reference = batch_norm_eval(&y, &g, &b, &m, &v, 1e-5, false)?;
-        let manual = y.broadcast_sub(&m.reshape((1, 4, 1, 1))?)?
+        let manual = y
+            .broadcast_sub(&m.reshape((1, 4, 1, 1))?)?
             .broadcast_div(&(v.reshape((1, 4, 1, 1))? + 1e-5)?.sqrt()?)?
             .broadcast_mul(&g.reshape((1, 4, 1, 1))?)?
             .broadcast_add(&b.reshape((1, 4, 1, 1))?)?;

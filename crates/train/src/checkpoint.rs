@@ -72,14 +72,16 @@ impl Checkpoint {
         let meta = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(&self.state)?)]);
         let bytes = safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta))
             .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
-        anytime_io::atomic_write(path, &bytes).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
+        anytime_io::atomic_write(path, &bytes)
+            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
     }
 
     /// Reads a checkpoint; a truncated or corrupt file is an error naming it.
     pub fn load(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
         let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a checkpoint: {e}")))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a checkpoint: {e}")))?;
         let state = header
             .metadata()
             .as_ref()

@@ -7,9 +7,9 @@
 //! weights bit for bit, whatever order the layers are built in.
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::init::{FanInOut, NormalOrUniform};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
-use candle_nn::init::{FanInOut, NormalOrUniform};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

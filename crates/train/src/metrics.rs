@@ -76,7 +76,8 @@ pub fn write_jsonl(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         text.push_str(&serde_json::to_string(m)?);
         text.push('\n');
     }
-    anytime_io::atomic_write(path, text.as_bytes()).map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
+    anytime_io::atomic_write(path, text.as_bytes())
+        .map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
 }
 
 /// Per-exit accuracy together with the wall-clock time to reach each exit.

@@ -125,7 +125,9 @@ impl Optimizer {
         let t = self.step as i32;
         for (name, p) in &self.params {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            let w = p.as_tensor();
+            // Detached: the update must not record an autograd graph, or every
+            // momentum buffer would keep all previous steps alive.
+            let (g, w) = (&g.detach(), &p.as_tensor().detach());
             match self.cfg {
                 OptimConfig::Sgd { momentum, nesterov, weight_decay } => {
                     let mut d = if weight_decay != 0.0 { (g + (w * weight_decay)?)? } else { g.clone() };

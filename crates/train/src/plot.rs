@@ -49,5 +49,6 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         c.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    anytime_io::atomic_write(path, svg.as_bytes()).map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
+    anytime_io::atomic_write(path, svg.as_bytes())
+        .map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
 }

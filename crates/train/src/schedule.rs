@@ -79,7 +79,11 @@ mod tests {
 
     #[test]
     fn multistep_like_msdnet() {
-        let s = Schedule { lr: 0.1, kind: ScheduleKind::Multistep { milestones: vec![0.5, 0.75], gamma: 0.1 }, warmup_epochs: 0.0 };
+        let s = Schedule {
+            lr: 0.1,
+            kind: ScheduleKind::Multistep { milestones: vec![0.5, 0.75], gamma: 0.1 },
+            warmup_epochs: 0.0,
+        };
         assert_eq!(s.lr_at(0.0, 300), 0.1);
         assert_eq!(s.lr_at(149.9, 300), 0.1);
         assert!((s.lr_at(150.0, 300) - 0.01).abs() < 1e-12);
@@ -94,7 +98,11 @@ mod tests {
         assert!((s.lr_at(7.0, 12) - 0.1).abs() < 1e-12);
         assert!(s.lr_at(12.0, 12).abs() < 1e-12);
         assert!(s.validate().is_ok());
-        let bad = Schedule { lr: 0.1, kind: ScheduleKind::Multistep { milestones: vec![0.7, 0.5], gamma: 0.1 }, warmup_epochs: 0.0 };
+        let bad = Schedule {
+            lr: 0.1,
+            kind: ScheduleKind::Multistep { milestones: vec![0.7, 0.5], gamma: 0.1 },
+            warmup_epochs: 0.0,
+        };
         assert!(bad.validate().is_err());
     }
 }

@@ -38,7 +38,8 @@ pub trait Batches {
     fn num_batches(&self) -> usize;
     /// The batches of `epoch` from batch `start` on; the order may depend on
     /// the epoch but must not depend on anything else.
-    fn epoch(&self, epoch: usize, start: usize) -> Box<dyn Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_>;
+    fn epoch(&self, epoch: usize, start: usize)
+    -> Box<dyn Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_>;
 }
 
 /// Everything that defines a training run besides the model and the data.
@@ -192,7 +193,16 @@ impl Trainer {
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let opt = Optimizer::new(spec.optim.clone(), params);
-        let state = TrainState { epoch: 0, batch: 0, step: 0, seed: spec.seed, best: None, history: Vec::new(), seconds: 0.0, partial: PartialEpoch::default() };
+        let state = TrainState {
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            seed: spec.seed,
+            best: None,
+            history: Vec::new(),
+            seconds: 0.0,
+            partial: PartialEpoch::default(),
+        };
         let mut t = Self { spec, model, varmap, opt, dir: dir.to_path_buf(), state };
         let ckpt = t.dir.join(CHECKPOINT_FILE);
         if ckpt.exists() {
@@ -210,7 +220,10 @@ impl Trainer {
     fn restore(&mut self, path: &Path) -> Result<()> {
         let ck = Checkpoint::load(path)?;
         if ck.state.seed != self.spec.seed {
-            return Err(Error::Checkpoint { path: path.to_path_buf(), msg: format!("was made with seed {}, this run uses {}", ck.state.seed, self.spec.seed) });
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("was made with seed {}, this run uses {}", ck.state.seed, self.spec.seed),
+            });
         }
         let data = self.varmap.data().lock().map_err(|e| Error::Config(e.to_string()))?;
         let mut missing: Vec<&String> = data.keys().filter(|k| !ck.model.contains_key(*k)).collect();
@@ -218,18 +231,28 @@ impl Trainer {
         if !missing.is_empty() || ck.model.len() != data.len() {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
-                msg: format!("does not fit this model ({} tensors, model has {}; missing e.g. {:?})", ck.model.len(), data.len(), missing.first()),
+                msg: format!(
+                    "does not fit this model ({} tensors, model has {}; missing e.g. {:?})",
+                    ck.model.len(),
+                    data.len(),
+                    missing.first()
+                ),
             });
         }
         for (k, v) in data.iter() {
             let t = &ck.model[k];
             if t.shape() != v.shape() {
-                return Err(Error::Checkpoint { path: path.to_path_buf(), msg: format!("{k} has shape {:?}, the model needs {:?}", t.shape(), v.shape()) });
+                return Err(Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("{k} has shape {:?}, the model needs {:?}", t.shape(), v.shape()),
+                });
             }
             v.set(t)?;
         }
         drop(data);
-        self.opt.load_state(ck.optim, ck.state.step).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+        self.opt
+            .load_state(ck.optim, ck.state.step)
+            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
         self.state = ck.state;
         Ok(())
     }
@@ -261,7 +284,13 @@ impl Trainer {
 
     /// Trains until every epoch is done or `time_limit` has passed (then a
     /// checkpoint is written and the run can be resumed).
-    pub fn run(&mut self, train: &dyn Batches, val: &dyn Batches, obs: &mut dyn Observer, time_limit: Option<Duration>) -> Result<RunEnd> {
+    pub fn run(
+        &mut self,
+        train: &dyn Batches,
+        val: &dyn Batches,
+        obs: &mut dyn Observer,
+        time_limit: Option<Duration>,
+    ) -> Result<RunEnd> {
         let started = Instant::now();
         let mut last_ckpt = Instant::now();
         let batches = train.num_batches();
@@ -288,7 +317,9 @@ impl Trainer {
                 self.opt.step(&grads, lr)?;
                 let l = loss.to_scalar::<f32>()? as f64;
                 if !l.is_finite() {
-                    return Err(Error::Config(format!("the loss diverged ({l}) at epoch {epoch}, batch {b}; lower the learning rate")));
+                    return Err(Error::Config(format!(
+                        "the loss diverged ({l}) at epoch {epoch}, batch {b}; lower the learning rate"
+                    )));
                 }
                 acc.update(&logits.iter().map(|t| t.detach()).collect::<Vec<_>>(), &ys)?;
                 loss_sum += l;
@@ -309,7 +340,12 @@ impl Trainer {
                 let out_of_time = time_limit.is_some_and(|t| started.elapsed() >= t);
                 if out_of_time || last_ckpt.elapsed().as_secs_f64() >= self.spec.checkpoint_minutes * 60.0 {
                     self.state.seconds += last_ckpt.elapsed().as_secs_f64();
-                    self.state.partial = PartialEpoch { loss_sum, batches: seen_batches, correct: acc.correct.clone(), total: acc.total };
+                    self.state.partial = PartialEpoch {
+                        loss_sum,
+                        batches: seen_batches,
+                        correct: acc.correct.clone(),
+                        total: acc.total,
+                    };
                     self.save_checkpoint(obs)?;
                     last_ckpt = Instant::now();
                     if out_of_time {
@@ -354,7 +390,11 @@ impl Batches for anytime_data::loader::Loader {
         anytime_data::loader::Loader::num_batches(self)
     }
 
-    fn epoch(&self, epoch: usize, start: usize) -> Box<dyn Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_> {
+    fn epoch(
+        &self,
+        epoch: usize,
+        start: usize,
+    ) -> Box<dyn Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_> {
         Box::new(
             anytime_data::loader::Loader::epoch(self, epoch, start)
                 .map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))),

@@ -63,9 +63,18 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
     let (_, h, w) = ds.image_shape();
     let loader = Loader::new(
         Arc::new(ds),
-        BatchConfig { batch_size: a.batch_size, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
+        BatchConfig {
+            batch_size: a.batch_size,
+            shuffle: false,
+            seed: 0,
+            augment: Augment::default(),
+            drop_last: false,
+        },
     )?;
-    let ev = evaluate_anytime(model.as_ref(), loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))))?;
+    let ev = evaluate_anytime(
+        model.as_ref(),
+        loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))),
+    )?;
     let mflops = model.exit_costs(h, w)?.mflops(Mode::Reference);
     let exits: Vec<serde_json::Value> = ev
         .accuracy

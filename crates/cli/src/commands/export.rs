@@ -27,6 +27,9 @@ pub struct Args {
     /// Directory with the Fashion-MNIST IDX files.
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     data_dir: PathBuf,
+    /// Export a run that has not finished its epochs (the metadata says so).
+    #[arg(long)]
+    partial: bool,
 }
 
 fn git_commit() -> String {
@@ -59,10 +62,19 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let exits = eval["exits"].as_array().cloned().unwrap_or_default();
     let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
+    let epochs = anytime_train::recipes::recipe(&a.model).map(|r| r.spec.epochs).unwrap_or(state.epoch);
+    if state.epoch < epochs && !a.partial {
+        anyhow::bail!(
+            "the run in {} has finished {} of {epochs} epochs; resume it, or pass --partial to export it as it is",
+            dir.display(),
+            state.epoch
+        );
+    }
     let file = anytime_io::load_tensors(&best)?;
     let cfg = (entry.config)();
     let mut extra = BTreeMap::new();
     extra.insert("epochs_trained".into(), state.epoch.to_string());
+    extra.insert("epochs_planned".into(), epochs.to_string());
     extra.insert("train_seconds".into(), format!("{:.0}", state.seconds));
     if let Some((acc, epoch)) = state.best {
         extra.insert("holdout_final_exit_accuracy".into(), format!("{acc:.4}"));
@@ -78,7 +90,8 @@ pub fn run(a: Args) -> Result<()> {
         commit: git_commit(),
         extra,
     };
-    anytime_io::save_safetensors(&out, &file.tensors, &meta).with_context(|| format!("cannot write {}", out.display()))?;
+    anytime_io::save_safetensors(&out, &file.tensors, &meta)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     let acc: Vec<String> = meta.exit_accuracy.iter().map(|a| format!("{:.2}%", 100.0 * a)).collect();
     eprintln!("wrote {} (test accuracy per exit: {})", out.display(), acc.join(" "));
     Ok(())

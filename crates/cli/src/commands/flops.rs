@@ -31,6 +31,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(s) => parse_size(s)?,
         None => super::models::default_size(&a.model, &cfg),
     };
+    anytime_models::exit::check_input(model.as_ref(), &[1, model.in_channels(), h, w])?;
     let costs = model.exit_costs(h, w)?;
     let mode = if a.complete { Mode::Complete } else { Mode::Reference };
     if a.json {
@@ -49,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("{} at {h}x{w} ({} counting)", cfg.arch(), if a.complete { "complete" } else { "reference" });
     println!("{:>4}  {:>12}  {:>10}", "exit", "MFLOPs", "M params");
     for (i, (f, p)) in costs.mflops(mode).iter().zip(costs.params()).enumerate() {
-        println!("{i:>4}  {f:>12.3}  {:>10.4}", p as f64 / 1e6);
+        println!("{i:>4}  {f:>12.2}  {:>10.4}", p as f64 / 1e6);
     }
     Ok(())
 }

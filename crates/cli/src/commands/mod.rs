@@ -1,5 +1,6 @@
 //! One module per subcommand, plus shared helpers.
 
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod flops;
@@ -129,7 +130,13 @@ pub fn load_registry_model(
     let cfg = (entry.config)();
     if let Ok(meta) = anytime_io::read_meta(&path) {
         if !meta.architecture.is_empty() && meta.architecture != cfg.arch() {
-            bail!("{} holds {} weights, but {} is a {} model", path.display(), meta.architecture, entry.name, cfg.arch());
+            bail!(
+                "{} holds {} weights, but {} is a {} model",
+                path.display(),
+                meta.architecture,
+                entry.name,
+                cfg.arch()
+            );
         }
         let own = serde_json::to_value(&cfg)?;
         if !meta.config.is_null() && meta.config != own {

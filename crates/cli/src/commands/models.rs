@@ -56,16 +56,25 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<26} {:<12} {:<14} {:>5}  {:<8} per-exit MFLOPs / top-1", "name", "arch", "dataset", "exits", "weights");
+    println!(
+        "{:<26} {:<12} {:<14} {:>5}  {:<8} per-exit MFLOPs / top-1",
+        "name", "arch", "dataset", "exits", "weights"
+    );
     for r in &rows {
-        let mf: Vec<String> = r["mflops"].as_array().into_iter().flatten().map(|v| format!("{:.1}", v.as_f64().unwrap_or(0.0))).collect();
-        let acc: Vec<String> = r["accuracy"].as_array().into_iter().flatten().map(|v| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(0.0))).collect();
+        let mf: Vec<String> =
+            r["mflops"].as_array().into_iter().flatten().map(|v| format!("{:.1}", v.as_f64().unwrap_or(0.0))).collect();
+        let acc: Vec<String> = r["accuracy"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(0.0)))
+            .collect();
         println!(
             "{:<26} {:<12} {:<14} {:>5}  {:<8} {}{}",
             r["name"].as_str().unwrap_or(""),
             r["arch"].as_str().unwrap_or(""),
             r["dataset"].as_str().unwrap_or(""),
-            r["exits"],
+            r["exits"].as_u64().unwrap_or(0),
             if r["weights"].as_bool() == Some(true) { "yes" } else { "no" },
             mf.join(" "),
             if acc.is_empty() { String::new() } else { format!(" / {}", acc.join(" ")) },

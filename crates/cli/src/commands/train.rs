@@ -86,7 +86,11 @@ impl Observer for Progress {
 }
 
 /// Loads Fashion-MNIST's training set and splits off the held-out images.
-pub fn fmnist_splits(data_dir: &Path, holdout: usize, seed: u64) -> Result<(Arc<anytime_data::dataset::Dataset>, Arc<anytime_data::dataset::Dataset>)> {
+pub fn fmnist_splits(
+    data_dir: &Path,
+    holdout: usize,
+    seed: u64,
+) -> Result<(Arc<anytime_data::dataset::Dataset>, Arc<anytime_data::dataset::Dataset>)> {
     let full = fashion_mnist(data_dir, Split::Train)?;
     let (train, val) = holdout_split(&full, holdout, seed)?;
     Ok((Arc::new(train), Arc::new(val)))
@@ -129,8 +133,14 @@ pub fn run(a: Args) -> Result<()> {
         bar.finish_and_clear();
     }
     match end {
-        RunEnd::Finished => eprintln!("finished {} epochs; best weights in {}", r.spec.epochs, dir.join(anytime_train::trainer::BEST_FILE).display()),
-        RunEnd::TimeLimit => eprintln!("time limit reached at epoch {}; continue with --resume", trainer.state().epoch + 1),
+        RunEnd::Finished => eprintln!(
+            "finished {} epochs; best weights in {}",
+            r.spec.epochs,
+            dir.join(anytime_train::trainer::BEST_FILE).display()
+        ),
+        RunEnd::TimeLimit => {
+            eprintln!("time limit reached at epoch {}; continue with --resume", trainer.state().epoch + 1)
+        }
     }
     Ok(())
 }

@@ -209,11 +209,8 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
         dw
     };
-    let parts: Vec<Vec<f32>> = if parallel_chunks {
-        (0..chunks).into_par_iter().map(partial).collect()
-    } else {
-        vec![partial(0)]
-    };
+    let parts: Vec<Vec<f32>> =
+        if parallel_chunks { (0..chunks).into_par_iter().map(partial).collect() } else { vec![partial(0)] };
     let mut it = parts.into_iter();
     let mut dw = it.next().unwrap_or_else(|| vec![0f32; wlen]);
     for p in it {
@@ -245,7 +242,8 @@ mod tests {
                                     if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                         continue;
                                     }
-                                    let xv = x[((n * g.c_in + gi * g.cig() + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                    let xv =
+                                        x[((n * g.c_in + gi * g.cig() + ci) * g.h + iy as usize) * g.w + ix as usize];
                                     let wv = w[((co * g.cig() + ci) * g.k + ki) * g.k + kj];
                                     acc += xv * wv;
                                 }
@@ -261,15 +259,20 @@ mod tests {
 
     #[test]
     fn forward_matches_naive_on_awkward_geometry() {
-        for &(k, stride, pad, dil, groups, h, w) in
-            &[(3, 2, 1, 1, 1, 7, 9), (1, 1, 0, 1, 2, 5, 4), (3, 1, 2, 2, 1, 6, 5), (5, 3, 1, 1, 2, 11, 8), (1, 2, 0, 1, 1, 5, 5)]
-        {
+        for &(k, stride, pad, dil, groups, h, w) in &[
+            (3, 2, 1, 1, 1, 7, 9),
+            (1, 1, 0, 1, 2, 5, 4),
+            (3, 1, 2, 2, 1, 6, 5),
+            (5, 3, 1, 1, 2, 11, 8),
+            (1, 2, 0, 1, 1, 5, 5),
+        ] {
             let (n, c_in, c_out) = (3, 4, 6);
             let oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
             let ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;
             let g = ConvGeom { n, c_in, h, w, c_out, k, stride, pad, dil, groups, oh, ow };
             let x: Vec<f32> = (0..n * c_in * h * w).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
-            let wt: Vec<f32> = (0..c_out * c_in / groups * k * k).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
+            let wt: Vec<f32> =
+                (0..c_out * c_in / groups * k * k).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
             let got = forward(&g, &x, &wt);
             let want = naive(&g, &x, &wt);
             for (a, b) in got.iter().zip(&want) {

@@ -61,11 +61,7 @@ pub(crate) fn gemm(
     }
     assert!(lhs.len() >= span(lhs_rs, lhs_cs, m, k), "gemm: lhs too small");
     assert!(rhs.len() >= span(rhs_rs, rhs_cs, k, n), "gemm: rhs too small");
-    let par = if parallel && threads() > 1 {
-        gemm::Parallelism::Rayon(threads())
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = if parallel && threads() > 1 { gemm::Parallelism::Rayon(threads()) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above guarantee every strided access is in bounds.
     unsafe {
         gemm::gemm(

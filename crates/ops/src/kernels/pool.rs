@@ -117,15 +117,14 @@ pub(crate) fn max_forward(g: &PoolGeom, x: &[f32]) -> Vec<f32> {
 /// maximum.
 pub(crate) fn max_backward(g: &PoolGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dx = vec![0f32; g.planes * g.h * g.w];
-    dx.par_chunks_mut(g.h * g.w)
-        .zip(x.par_chunks(g.h * g.w))
-        .zip(dy.par_chunks(g.oh * g.ow))
-        .for_each(|((dxp, xp), dyp)| {
+    dx.par_chunks_mut(g.h * g.w).zip(x.par_chunks(g.h * g.w)).zip(dy.par_chunks(g.oh * g.ow)).for_each(
+        |((dxp, xp), dyp)| {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
                     dxp[argmax(g, xp, oy, ox)] += dyp[oy * g.ow + ox];
                 }
             }
-        });
+        },
+    );
     dx
 }

@@ -1,0 +1,63 @@
+//! `cargo xtask train` and `cargo xtask reproduce`.
+
+use anyhow::{Result, bail};
+use std::process::Command;
+
+/// Arguments of `cargo xtask train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Registry model to train.
+    #[arg(long)]
+    model: String,
+    /// Override the recipe's epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Continue the run in `runs/<model>`.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many minutes (with a checkpoint; resume later).
+    #[arg(long)]
+    max_minutes: Option<f64>,
+}
+
+/// Runs the release `anytime` binary (building it first) with `args`.
+pub fn anytime(args: &[&str]) -> Result<()> {
+    eprintln!("$ anytime {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(["run", "--release", "-q", "-p", "anytime-cli", "--"])
+        .args(args)
+        .env("MIMALLOC_PURGE_DELAY", "-1")
+        .current_dir(crate::root())
+        .status()?;
+    if !status.success() {
+        bail!("anytime {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Trains, then exports when every epoch is done.
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let mut args = vec!["train".to_string(), "--model".into(), a.model.clone()];
+    if let Some(e) = a.epochs {
+        args.extend(["--epochs".into(), e.to_string()]);
+    }
+    if a.resume {
+        args.push("--resume".into());
+    }
+    if let Some(m) = a.max_minutes {
+        args.extend(["--max-minutes".into(), m.to_string()]);
+    }
+    anytime(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    anytime(&["export", "--model", &a.model])
+}
+
+/// Retrains every shipped model of a dataset family.
+pub fn reproduce(what: &str) -> Result<()> {
+    if what != "fmnist" {
+        bail!("unknown family '{what}' (known: fmnist)");
+    }
+    for model in ["msdnet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist"] {
+        run(&TrainArgs { model: model.into(), epochs: None, resume: true, max_minutes: None })?;
+    }
+    Ok(())
+}
