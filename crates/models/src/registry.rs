@@ -157,7 +157,7 @@ pub fn resnet_mc_fmnist() -> ResNetMcConfig {
         widths: vec![16, 32, 64],
         blocks: vec![2, 2, 2],
         exits: vec![1, 2, 3, 4, 5, 6],
-        head_channels: 64,
+        head_channels: 48,
     }
 }
 
@@ -168,11 +168,11 @@ pub fn densenet_mc_fmnist() -> DenseNetMcConfig {
         num_classes: 10,
         stem_channels: 16,
         growth_rate: 12,
-        blocks: vec![4, 4, 4],
+        blocks: vec![3, 4, 4],
         bottleneck_factor: 4,
         compression: 0.5,
-        exits: vec![2, 4, 6, 8, 10, 12],
-        head_channels: 64,
+        exits: vec![1, 3, 5, 7, 9, 11],
+        head_channels: 48,
     }
 }
 
