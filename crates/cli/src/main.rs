@@ -38,6 +38,8 @@ enum Command {
     Export(commands::export::Args),
     /// Shows the shipped MSDNet on the bundled sample: every exit, then real early exit.
     Demo(commands::demo::Args),
+    /// Computes exit thresholds for a budget on the held-out split.
+    Calibrate(commands::calibrate::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Calibrate(a) => commands::calibrate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -235,3 +235,116 @@ pub fn argmax(row: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// Budgeted classification with real early exit: a sample leaves at the first
+/// exit whose confidence (the measure the thresholds were calibrated with)
+/// reaches that exit's threshold. Its predictions equal those of
+/// [`anytime_calibrate::simulate`] on the same logits.
+pub fn classify_budgeted(
+    model: &dyn MultiExit,
+    xs: &Tensor,
+    thresholds: &anytime_calibrate::Thresholds,
+    exit_mflops: &[f64],
+) -> candle_core::Result<Vec<ExitDecision>> {
+    if thresholds.per_exit.len() != model.num_exits() {
+        bail!("budgeted classification: {} thresholds for {} exits", thresholds.per_exit.len(), model.num_exits())
+    }
+    classify_early_exit(model, xs, exit_mflops, |k, row| {
+        let c = thresholds.confidence.score(row);
+        (thresholds.stops(k, c), c)
+    })
+}
+
+/// What an anytime deadline allowed.
+#[derive(Debug, Clone)]
+pub struct AnytimeResult {
+    /// The deepest exit finished before the deadline (0 when even exit 0
+    /// finished late: its logits are then still returned, see `late`).
+    pub exit: usize,
+    /// That exit's logits `[N, classes]`.
+    pub logits: Tensor,
+    /// Whether the deadline passed before exit 0 finished.
+    pub late: bool,
+    /// Time spent.
+    pub elapsed: std::time::Duration,
+}
+
+/// Anytime prediction under a wall-clock deadline: runs stage after stage and
+/// returns the deepest exit finished within `deadline`. Exit 0 is always
+/// computed (a prediction must exist); later stages start only while time is
+/// left, and a stage that finishes after the deadline is not used.
+pub fn classify_anytime(model: &dyn MultiExit, xs: &Tensor, deadline: std::time::Duration) -> candle_core::Result<AnytimeResult> {
+    if deadline.is_zero() {
+        bail!("anytime: the deadline must be positive")
+    }
+    let start = std::time::Instant::now();
+    let mut state = model.begin(xs, false)?;
+    let mut logits = model.advance(&mut state, false)?;
+    let late = start.elapsed() > deadline;
+    let mut exit = 0;
+    while !late && state.next_exit() < model.num_exits() && start.elapsed() < deadline {
+        let next = model.advance(&mut state, false)?;
+        if start.elapsed() > deadline {
+            break;
+        }
+        logits = next;
+        exit += 1;
+    }
+    Ok(AnytimeResult { exit, logits, late, elapsed: start.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msdnet::{MsdNet, MsdNetConfig};
+    use anytime_calibrate::{Confidence, ExitScores, dynamic_eval, simulate};
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+
+    fn model() -> MsdNet {
+        let vm = VarMap::new();
+        let cfg = MsdNetConfig { num_classes: 10, in_channels: 1, ..crate::registry::msdnet_tiny() };
+        MsdNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).expect("model")
+    }
+
+    /// Real early exit (compaction) gives exactly the simulated rule's exits
+    /// and predictions.
+    #[test]
+    fn real_early_exit_equals_the_simulated_rule() -> candle_core::Result<()> {
+        let m = model();
+        let xs = Tensor::randn(0f32, 1., (40, 1, 28, 28), &Device::Cpu)?;
+        let logits: Vec<Vec<Vec<f32>>> = m.forward_exits(&xs, false)?.iter().map(|t| t.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
+        let labels: Vec<u32> = (0..40).map(|i| i % 10).collect();
+        let costs = m.exit_costs(28, 28).expect("costs").mflops(anytime_flops::Mode::Reference);
+        for conf in [Confidence::MaxSoftmax, Confidence::Entropy, Confidence::Margin] {
+            let scores = ExitScores::from_logits(&logits, &labels, conf).expect("scores");
+            for q in [0.3, 1.0, 2.0] {
+                let (th, sim) = dynamic_eval(&scores, &costs, q).expect("q rule");
+                let real = classify_budgeted(&m, &xs, &th, &costs)?;
+                let mut counts = vec![0usize; m.num_exits()];
+                for (i, d) in real.iter().enumerate() {
+                    counts[d.exit] += 1;
+                    assert_eq!(d.prediction, scores.pred[d.exit][i], "sample {i}");
+                    assert_eq!(d.mflops, costs[d.exit]);
+                }
+                assert_eq!(counts, sim.exit_counts, "{conf:?} q={q}");
+                assert_eq!(simulate(&th, &scores, &costs).expect("sim"), sim);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn deadlines() -> candle_core::Result<()> {
+        let m = model();
+        let xs = Tensor::randn(0f32, 1., (2, 1, 28, 28), &Device::Cpu)?;
+        let r = classify_anytime(&m, &xs, std::time::Duration::from_secs(60))?;
+        assert_eq!(r.exit, m.num_exits() - 1);
+        let full = m.forward_exits(&xs, false)?;
+        assert_eq!(r.logits.to_vec2::<f32>()?, full[m.num_exits() - 1].to_vec2::<f32>()?);
+        let r = classify_anytime(&m, &xs, std::time::Duration::from_nanos(1))?;
+        assert_eq!(r.exit, 0);
+        assert!(classify_anytime(&m, &xs, std::time::Duration::ZERO).is_err());
+        Ok(())
+    }
+}

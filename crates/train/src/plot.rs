@@ -52,3 +52,52 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     anytime_io::atomic_write(path, svg.as_bytes())
         .map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
 }
+
+/// One named curve of (x, y) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
+/// Writes `path` (atomically): the given curves on one chart.
+pub fn curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| Error::Io { path: path.to_path_buf(), msg: format!("plot: {e}") };
+    let pts = series.iter().flat_map(|s| s.1.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return Err(Error::Io { path: path.to_path_buf(), msg: "plot: no points".into() });
+    }
+    let (dx, dy) = (((x1 - x0) * 0.05).max(1e-6), ((y1 - y0) * 0.05).max(1e-6));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut c = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(50)
+            .build_cartesian_2d((x0 - dx)..(x1 + dx), (y0 - dy)..(y1 + dy))
+            .map_err(|e| err(&e))?;
+        c.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+        for (k, (name, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+            c.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    anytime_io::atomic_write(path, svg.as_bytes()).map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
+}

@@ -1,7 +1,11 @@
 //! `anytime eval`: per-exit accuracy, MFLOPs and latency on Fashion-MNIST.
 
 use super::{WeightsArgs, load_registry_model};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use anytime_calibrate::{Confidence, ExitScores, sweep_q};
+use anytime_models::classify_budgeted;
+use anytime_train::plot;
+use std::time::Instant;
 use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
 use anytime_flops::Mode;
@@ -40,6 +44,13 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also measure budgeted classification with real early exit over a sweep
+    /// of q (thresholds calibrated on the held-out split), and write SVG plots.
+    #[arg(long)]
+    pub budgeted: bool,
+    /// Where `--budgeted` writes its plots (default `results/<model>`).
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 /// Loads the requested split.
@@ -85,13 +96,80 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
         .enumerate()
         .map(|(i, ((acc, mf), ms))| serde_json::json!({"exit": i, "accuracy": acc, "mflops": mf, "ms_per_image": ms}))
         .collect();
-    Ok(serde_json::json!({
+    let mut out = serde_json::json!({
         "model": a.model,
         "split": match a.split { EvalSplit::Test => "test", EvalSplit::Val => "val" },
         "images": images,
         "batch_size": a.batch_size,
         "exits": exits,
-    }))
+    });
+    if a.budgeted {
+        let full_ms = ev.ms_per_image().last().copied().unwrap_or(0.0);
+        let budgeted = budgeted_sweep(a, model.as_ref(), &loader, &mflops)?;
+        let dir = a.plots.clone().unwrap_or_else(|| PathBuf::from("results").join(&a.model));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let anytime_pts = |x: &dyn Fn(usize) -> f64| -> Vec<(f64, f64)> {
+            ev.accuracy.fractions().iter().enumerate().map(|(k, acc)| (x(k), 100.0 * acc)).collect()
+        };
+        let ms = ev.ms_per_image();
+        let b_pts = |key: &str| -> Vec<(f64, f64)> {
+            budgeted.iter().map(|b| (b[key].as_f64().unwrap_or(0.0), 100.0 * b["accuracy"].as_f64().unwrap_or(0.0))).collect()
+        };
+        plot::curves(
+            &dir.join("accuracy_vs_mflops.svg"),
+            &format!("{}: accuracy vs MFLOPs ({} split)", a.model, out["split"].as_str().unwrap_or("")),
+            "MFLOPs per image",
+            "top-1 accuracy (%)",
+            &[("anytime (per exit)".into(), anytime_pts(&|k| mflops[k])), ("budgeted (real early exit)".into(), b_pts("mflops"))],
+        )?;
+        plot::curves(
+            &dir.join("accuracy_vs_ms.svg"),
+            &format!("{}: accuracy vs wall-clock (batch {})", a.model, a.batch_size),
+            "ms per image",
+            "top-1 accuracy (%)",
+            &[("anytime (per exit)".into(), anytime_pts(&|k| ms[k])), ("budgeted (real early exit)".into(), b_pts("ms_per_image"))],
+        )?;
+        out["budgeted"] = serde_json::Value::Array(budgeted);
+        out["full_ms_per_image"] = full_ms.into();
+        out["plots"] = dir.display().to_string().into();
+    }
+    Ok(out)
+}
+
+/// Budgeted classification over a q sweep: thresholds from the held-out split,
+/// measured on the evaluated split with real early exit.
+fn budgeted_sweep(a: &Args, model: &dyn anytime_models::MultiExit, loader: &Loader, mflops: &[f64]) -> Result<Vec<serde_json::Value>> {
+    let val = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
+    let (logits, labels) = super::calibrate::collect_logits(model, Arc::new(val))?;
+    let scores = ExitScores::from_logits(&logits, &labels, Confidence::MaxSoftmax)?;
+    let qs: Vec<f64> = (1..=10).map(|i| 0.2 * i as f64 - 0.1).collect();
+    let mut rows = Vec::new();
+    for (q, th, val_out) in sweep_q(&scores, mflops, &qs)? {
+        let (mut correct, mut spent, mut n) = (0usize, 0f64, 0usize);
+        let mut counts = vec![0usize; mflops.len()];
+        let start = Instant::now();
+        for b in loader.epoch(0, 0) {
+            let (xs, ys) = b?;
+            let ys = ys.to_vec1::<u32>()?;
+            for (d, y) in classify_budgeted(model, &xs, &th, mflops)?.iter().zip(&ys) {
+                correct += usize::from(d.prediction == *y);
+                spent += d.mflops;
+                counts[d.exit] += 1;
+                n += 1;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        rows.push(serde_json::json!({
+            "q": q,
+            "accuracy": correct as f64 / n.max(1) as f64,
+            "mflops": spent / n.max(1) as f64,
+            "ms_per_image": 1e3 * secs / n.max(1) as f64,
+            "exit_counts": counts,
+            "holdout_accuracy": val_out.accuracy,
+            "holdout_mflops": val_out.avg_cost,
+        }));
+    }
+    Ok(rows)
 }
 
 /// Runs the command.
@@ -101,7 +179,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
-    println!("{} on {} images ({} split)", a.model, r["images"], r["split"].as_str().unwrap_or(""));
+    println!("{} on {} images ({} split, batch {})", a.model, r["images"], r["split"].as_str().unwrap_or(""), a.batch_size);
     println!("{:>4}  {:>9}  {:>8}  {:>11}", "exit", "accuracy", "MFLOPs", "ms/image");
     for e in r["exits"].as_array().into_iter().flatten() {
         println!(
@@ -111,6 +189,20 @@ pub fn run(a: Args) -> Result<()> {
             e["mflops"].as_f64().unwrap_or(0.0),
             e["ms_per_image"].as_f64().unwrap_or(0.0)
         );
+    }
+    if let Some(rows) = r["budgeted"].as_array() {
+        println!("budgeted classification, real early exit (full model: {:.3} ms/image):", r["full_ms_per_image"].as_f64().unwrap_or(0.0));
+        println!("{:>5}  {:>9}  {:>8}  {:>9}", "q", "accuracy", "MFLOPs", "ms/image");
+        for b in rows {
+            println!(
+                "{:>5.2}  {:>8.2}%  {:>8.2}  {:>9.3}",
+                b["q"].as_f64().unwrap_or(0.0),
+                100.0 * b["accuracy"].as_f64().unwrap_or(0.0),
+                b["mflops"].as_f64().unwrap_or(0.0),
+                b["ms_per_image"].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!("plots in {}", r["plots"].as_str().unwrap_or(""));
     }
     Ok(())
 }

@@ -59,6 +59,8 @@ pub fn run(a: Args) -> Result<()> {
         split: EvalSplit::Test,
         batch_size: 256,
         json: true,
+        budgeted: false,
+        plots: None,
     })?;
     let exits = eval["exits"].as_array().cloned().unwrap_or_default();
     let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;

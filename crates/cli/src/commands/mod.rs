@@ -1,5 +1,6 @@
 //! One module per subcommand, plus shared helpers.
 
+pub mod calibrate;
 pub mod demo;
 pub mod eval;
 pub mod export;

@@ -1,0 +1,173 @@
+//! `anytime calibrate`: exit thresholds for a budget, from the held-out split.
+
+use super::eval::{EvalSplit, load_split};
+use super::{WeightsArgs, load_registry_model, resolve_weights};
+use anyhow::{Context, Result, bail};
+use anytime_calibrate::{Calibration, Confidence, ExitScores, GaParams, Method, dynamic_eval, genetic_search, solve_budget, sweep_q, default_qs};
+use anytime_data::dataset::Dataset;
+use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
+use anytime_data::loader::{Augment, BatchConfig, Loader};
+use anytime_flops::Mode;
+use anytime_models::MultiExit;
+use anytime_models::registry::lookup;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Threshold search methods.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodArg {
+    /// MSDNet's dynamic-evaluation rule (exit proportions ∝ q^k).
+    Q,
+    /// The budget solver (q rule, then per-threshold refinement).
+    Solver,
+    /// SCAN's genetic-algorithm search.
+    Ga,
+}
+
+/// Confidence measures.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfidenceArg {
+    /// Largest softmax probability.
+    MaxSoftmax,
+    /// One minus the normalised entropy.
+    Entropy,
+    /// Gap between the two largest probabilities.
+    Margin,
+}
+
+impl From<ConfidenceArg> for Confidence {
+    fn from(c: ConfidenceArg) -> Self {
+        match c {
+            ConfidenceArg::MaxSoftmax => Confidence::MaxSoftmax,
+            ConfidenceArg::Entropy => Confidence::Entropy,
+            ConfidenceArg::Margin => Confidence::Margin,
+        }
+    }
+}
+
+/// Arguments of `anytime calibrate`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Registry model.
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    /// Target average MFLOPs per image.
+    #[arg(long, conflicts_with = "budget_fraction")]
+    budget: Option<f64>,
+    /// Target average cost as a fraction of the full model's.
+    #[arg(long)]
+    budget_fraction: Option<f64>,
+    /// Search method.
+    #[arg(long, value_enum, default_value = "solver")]
+    method: MethodArg,
+    /// q of the `q` method (without a budget).
+    #[arg(long)]
+    q: Option<f64>,
+    /// Cost weight of the genetic search's fitness.
+    #[arg(long, default_value_t = 0.1)]
+    lambda: f64,
+    /// Confidence measure.
+    #[arg(long, value_enum, default_value = "max-softmax")]
+    confidence: ConfidenceArg,
+    /// Directory with the Fashion-MNIST IDX files.
+    #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
+    data_dir: PathBuf,
+    /// Output calibration JSON.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+/// Every exit's logits `[exit][sample][class]` and the labels of `ds`.
+pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(Vec<Vec<Vec<f32>>>, Vec<u32>)> {
+    let loader = Loader::new(ds, BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false })?;
+    let mut logits = vec![Vec::new(); model.num_exits()];
+    let mut labels = Vec::new();
+    for b in loader.epoch(0, 0) {
+        let (xs, ys) = b?;
+        for (k, l) in model.forward_exits(&xs, false)?.iter().enumerate() {
+            logits[k].extend(l.to_vec2::<f32>()?);
+        }
+        labels.extend(ys.to_vec1::<u32>()?);
+    }
+    Ok((logits, labels))
+}
+
+/// Resolves `--budget` / `--budget-fraction` against the exit costs.
+pub fn budget_mflops(budget: Option<f64>, fraction: Option<f64>, costs: &[f64]) -> Result<Option<f64>> {
+    let full = costs.last().copied().unwrap_or(0.0);
+    Ok(match (budget, fraction) {
+        (Some(b), _) => Some(b),
+        (None, Some(f)) => {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("--budget-fraction must be in (0, 1], got {f}");
+            }
+            Some(f * full)
+        }
+        (None, None) => None,
+    })
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> Result<()> {
+    let entry = lookup(&a.model)?;
+    let path = resolve_weights(entry, &a.weights)?;
+    let model = load_registry_model(entry, &a.weights)?;
+    let ds = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
+    let (_, h, w) = ds.image_shape();
+    let costs = model.exit_costs(h, w)?.mflops(Mode::Reference);
+    let budget = budget_mflops(a.budget, a.budget_fraction, &costs)?;
+    if let Some(b) = budget {
+        if !(b >= costs[0] && b <= costs[costs.len() - 1]) {
+            bail!(
+                "budget {b:.3} MFLOPs is outside {}'s range: {:.3} (first exit) to {:.3} (full model)",
+                a.model,
+                costs[0],
+                costs[costs.len() - 1]
+            );
+        }
+    }
+    let n = ds.len();
+    let (logits, labels) = collect_logits(model.as_ref(), Arc::new(ds))?;
+    let scores = ExitScores::from_logits(&logits, &labels, a.confidence.into())?;
+    let (method, (th, out)) = match (a.method, budget) {
+        (MethodArg::Q, None) => {
+            let q = a.q.context("the q method needs --q Q (or a budget)")?;
+            (Method::Q { q }, dynamic_eval(&scores, &costs, q)?)
+        }
+        (MethodArg::Q, Some(b)) => {
+            let best = sweep_q(&scores, &costs, &default_qs())?
+                .into_iter()
+                .filter(|(_, _, o)| o.avg_cost <= b)
+                .max_by(|x, y| x.2.accuracy.total_cmp(&y.2.accuracy))
+                .context("no q of the sweep meets the budget")?;
+            (Method::Q { q: best.0 }, (best.1, best.2))
+        }
+        (MethodArg::Solver, Some(b)) => (Method::Solver { budget_mflops: b }, solve_budget(&scores, &costs, b)?),
+        (MethodArg::Solver, None) => bail!("the solver needs --budget MFLOPS or --budget-fraction F"),
+        (MethodArg::Ga, b) => {
+            let p = GaParams { lambda: a.lambda, ..GaParams::default() };
+            (Method::Genetic { budget_mflops: b, lambda: a.lambda }, genetic_search(&scores, &costs, &p, b)?)
+        }
+    };
+    let cal = Calibration {
+        model: a.model.clone(),
+        weights_sha256: anytime_io::sha256_file(&path)?,
+        method,
+        thresholds: th,
+        exit_mflops: costs,
+        holdout_images: n,
+        holdout_accuracy: out.accuracy,
+        holdout_mflops: out.avg_cost,
+    };
+    cal.save(&a.output)?;
+    eprintln!(
+        "wrote {}: held-out accuracy {:.2}% at {:.2} MFLOPs/image, exits used {:?}",
+        a.output.display(),
+        100.0 * out.accuracy,
+        out.avg_cost,
+        out.exit_counts
+    );
+    Ok(())
+}
