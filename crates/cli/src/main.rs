@@ -40,6 +40,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Computes exit thresholds for a budget on the held-out split.
     Calibrate(commands::calibrate::Args),
+    /// Classifies images under a FLOP budget (real early exit) or a deadline.
+    Classify(commands::classify::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,7 +52,27 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+        Err(e) => {
+            // One line, like every other failure.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("error: {first} (see `anytime --help`)");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Infer(a) => commands::infer::run(a),
         Command::Flops(a) => commands::flops::run(a),
@@ -60,6 +82,7 @@ fn main() -> ExitCode {
         Command::Export(a) => commands::export::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Calibrate(a) => commands::calibrate::run(a),
+        Command::Classify(a) => commands::classify::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,7 @@ pub mod dataset;
 pub mod error;
 pub mod fmnist;
 pub mod idx;
+pub mod image;
 pub mod loader;
 
 pub use error::{Error, Result};

@@ -273,7 +273,11 @@ pub struct AnytimeResult {
 /// returns the deepest exit finished within `deadline`. Exit 0 is always
 /// computed (a prediction must exist); later stages start only while time is
 /// left, and a stage that finishes after the deadline is not used.
-pub fn classify_anytime(model: &dyn MultiExit, xs: &Tensor, deadline: std::time::Duration) -> candle_core::Result<AnytimeResult> {
+pub fn classify_anytime(
+    model: &dyn MultiExit,
+    xs: &Tensor,
+    deadline: std::time::Duration,
+) -> candle_core::Result<AnytimeResult> {
     if deadline.is_zero() {
         bail!("anytime: the deadline must be positive")
     }
@@ -313,7 +317,8 @@ mod tests {
     fn real_early_exit_equals_the_simulated_rule() -> candle_core::Result<()> {
         let m = model();
         let xs = Tensor::randn(0f32, 1., (40, 1, 28, 28), &Device::Cpu)?;
-        let logits: Vec<Vec<Vec<f32>>> = m.forward_exits(&xs, false)?.iter().map(|t| t.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
+        let logits: Vec<Vec<Vec<f32>>> =
+            m.forward_exits(&xs, false)?.iter().map(|t| t.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
         let labels: Vec<u32> = (0..40).map(|i| i % 10).collect();
         let costs = m.exit_costs(28, 28).expect("costs").mflops(anytime_flops::Mode::Reference);
         for conf in [Confidence::MaxSoftmax, Confidence::Entropy, Confidence::Margin] {

@@ -29,5 +29,8 @@ pub mod resnet_mc;
 mod testutil;
 
 pub use error::{ConfigError, ModelError, Result};
-pub use exit::{Anytime, AnytimeResult, ExitDecision, ExitState, MultiExit, classify_anytime, classify_budgeted, classify_early_exit};
+pub use exit::{
+    Anytime, AnytimeResult, ExitDecision, ExitState, MultiExit, classify_anytime, classify_budgeted,
+    classify_early_exit,
+};
 pub use refargs::Namespace;

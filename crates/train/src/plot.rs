@@ -99,5 +99,6 @@ pub fn curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    anytime_io::atomic_write(path, svg.as_bytes()).map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
+    anytime_io::atomic_write(path, svg.as_bytes())
+        .map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
 }

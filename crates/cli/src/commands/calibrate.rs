@@ -3,7 +3,10 @@
 use super::eval::{EvalSplit, load_split};
 use super::{WeightsArgs, load_registry_model, resolve_weights};
 use anyhow::{Context, Result, bail};
-use anytime_calibrate::{Calibration, Confidence, ExitScores, GaParams, Method, dynamic_eval, genetic_search, solve_budget, sweep_q, default_qs};
+use anytime_calibrate::{
+    Calibration, Confidence, ExitScores, GaParams, Method, default_qs, dynamic_eval, genetic_search, solve_budget,
+    sweep_q,
+};
 use anytime_data::dataset::Dataset;
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
 use anytime_data::loader::{Augment, BatchConfig, Loader};
@@ -81,7 +84,10 @@ pub struct Args {
 
 /// Every exit's logits `[exit][sample][class]` and the labels of `ds`.
 pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(Vec<Vec<Vec<f32>>>, Vec<u32>)> {
-    let loader = Loader::new(ds, BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false })?;
+    let loader = Loader::new(
+        ds,
+        BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
+    )?;
     let mut logits = vec![Vec::new(); model.num_exits()];
     let mut labels = Vec::new();
     for b in loader.epoch(0, 0) {

@@ -3,17 +3,17 @@
 use super::{WeightsArgs, load_registry_model};
 use anyhow::{Context, Result};
 use anytime_calibrate::{Confidence, ExitScores, sweep_q};
-use anytime_models::classify_budgeted;
-use anytime_train::plot;
-use std::time::Instant;
 use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
 use anytime_flops::Mode;
+use anytime_models::classify_budgeted;
 use anytime_models::registry::lookup;
 use anytime_train::metrics::evaluate_anytime;
+use anytime_train::plot;
 use anytime_train::recipes::recipe;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Which images to evaluate on.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,21 +113,30 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
         };
         let ms = ev.ms_per_image();
         let b_pts = |key: &str| -> Vec<(f64, f64)> {
-            budgeted.iter().map(|b| (b[key].as_f64().unwrap_or(0.0), 100.0 * b["accuracy"].as_f64().unwrap_or(0.0))).collect()
+            budgeted
+                .iter()
+                .map(|b| (b[key].as_f64().unwrap_or(0.0), 100.0 * b["accuracy"].as_f64().unwrap_or(0.0)))
+                .collect()
         };
         plot::curves(
             &dir.join("accuracy_vs_mflops.svg"),
             &format!("{}: accuracy vs MFLOPs ({} split)", a.model, out["split"].as_str().unwrap_or("")),
             "MFLOPs per image",
             "top-1 accuracy (%)",
-            &[("anytime (per exit)".into(), anytime_pts(&|k| mflops[k])), ("budgeted (real early exit)".into(), b_pts("mflops"))],
+            &[
+                ("anytime (per exit)".into(), anytime_pts(&|k| mflops[k])),
+                ("budgeted (real early exit)".into(), b_pts("mflops")),
+            ],
         )?;
         plot::curves(
             &dir.join("accuracy_vs_ms.svg"),
             &format!("{}: accuracy vs wall-clock (batch {})", a.model, a.batch_size),
             "ms per image",
             "top-1 accuracy (%)",
-            &[("anytime (per exit)".into(), anytime_pts(&|k| ms[k])), ("budgeted (real early exit)".into(), b_pts("ms_per_image"))],
+            &[
+                ("anytime (per exit)".into(), anytime_pts(&|k| ms[k])),
+                ("budgeted (real early exit)".into(), b_pts("ms_per_image")),
+            ],
         )?;
         out["budgeted"] = serde_json::Value::Array(budgeted);
         out["full_ms_per_image"] = full_ms.into();
@@ -138,7 +147,12 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
 
 /// Budgeted classification over a q sweep: thresholds from the held-out split,
 /// measured on the evaluated split with real early exit.
-fn budgeted_sweep(a: &Args, model: &dyn anytime_models::MultiExit, loader: &Loader, mflops: &[f64]) -> Result<Vec<serde_json::Value>> {
+fn budgeted_sweep(
+    a: &Args,
+    model: &dyn anytime_models::MultiExit,
+    loader: &Loader,
+    mflops: &[f64],
+) -> Result<Vec<serde_json::Value>> {
     let val = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
     let (logits, labels) = super::calibrate::collect_logits(model, Arc::new(val))?;
     let scores = ExitScores::from_logits(&logits, &labels, Confidence::MaxSoftmax)?;
@@ -179,7 +193,13 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
-    println!("{} on {} images ({} split, batch {})", a.model, r["images"], r["split"].as_str().unwrap_or(""), a.batch_size);
+    println!(
+        "{} on {} images ({} split, batch {})",
+        a.model,
+        r["images"],
+        r["split"].as_str().unwrap_or(""),
+        a.batch_size
+    );
     println!("{:>4}  {:>9}  {:>8}  {:>11}", "exit", "accuracy", "MFLOPs", "ms/image");
     for e in r["exits"].as_array().into_iter().flatten() {
         println!(
@@ -191,7 +211,10 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if let Some(rows) = r["budgeted"].as_array() {
-        println!("budgeted classification, real early exit (full model: {:.3} ms/image):", r["full_ms_per_image"].as_f64().unwrap_or(0.0));
+        println!(
+            "budgeted classification, real early exit (full model: {:.3} ms/image):",
+            r["full_ms_per_image"].as_f64().unwrap_or(0.0)
+        );
         println!("{:>5}  {:>9}  {:>8}  {:>9}", "q", "accuracy", "MFLOPs", "ms/image");
         for b in rows {
             println!(

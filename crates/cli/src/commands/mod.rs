@@ -1,6 +1,7 @@
 //! One module per subcommand, plus shared helpers.
 
 pub mod calibrate;
+pub mod classify;
 pub mod demo;
 pub mod eval;
 pub mod export;

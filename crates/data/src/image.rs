@@ -1,0 +1,70 @@
+//! Loading single images (PNG, JPEG) for classification.
+
+use crate::error::{Error, Result};
+use image::imageops::FilterType;
+use std::path::Path;
+
+/// An image converted to the model's input layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedImage {
+    /// Pixels `[C, H, W]`, 0..=255.
+    pub pixels: Vec<u8>,
+    /// The original `(width, height)`.
+    pub original: (u32, u32),
+    /// Whether it had to be resized to the requested size.
+    pub resized: bool,
+}
+
+/// Reads a PNG or JPEG, converts it to `channels` (1: grey, 3: RGB) and
+/// resizes it (bilinear, whole image) to `height`x`width` when its size differs.
+pub fn load_image(path: &Path, channels: usize, (height, width): (usize, usize)) -> Result<LoadedImage> {
+    if channels != 1 && channels != 3 {
+        return Err(Error::Invalid(format!("images can be loaded with 1 or 3 channels, not {channels}")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| Error::Format { path: path.to_path_buf(), msg: format!("unreadable image: {e}") })?;
+    let original = (img.width(), img.height());
+    let resized = original != (width as u32, height as u32);
+    let img = if resized { img.resize_exact(width as u32, height as u32, FilterType::Triangle) } else { img };
+    let pixels = if channels == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        let rgb = img.to_rgb8();
+        let (w, h) = (width, height);
+        let mut chw = vec![0u8; 3 * h * w];
+        for (i, p) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                chw[c * h * w + i] = p[c];
+            }
+        }
+        chw
+    };
+    Ok(LoadedImage { pixels, original, resized })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_resize_and_errors() {
+        let dir = std::env::temp_dir().join(format!("anytime-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.png");
+        let img = image::GrayImage::from_fn(28, 28, |x, y| image::Luma([(x + y) as u8]));
+        img.save(&p).unwrap();
+        let l = load_image(&p, 1, (28, 28)).unwrap();
+        assert!(!l.resized);
+        assert_eq!(l.pixels[28 + 3], 4);
+        let l = load_image(&p, 3, (14, 10)).unwrap();
+        assert!(l.resized);
+        assert_eq!(l.pixels.len(), 3 * 14 * 10);
+        assert_eq!(l.original, (28, 28));
+        let bad = dir.join("bad.png");
+        std::fs::write(&bad, b"\x89PNG not really").unwrap();
+        assert!(load_image(&bad, 1, (28, 28)).unwrap_err().to_string().contains("unreadable image"));
+        assert!(load_image(&dir.join("none.png"), 1, (28, 28)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
