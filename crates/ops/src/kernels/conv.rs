@@ -51,15 +51,29 @@ impl ConvGeom {
     }
 }
 
-/// Column matrix `[cig·k·k, oh·ow]` of one sample's group `x` `[cig, h, w]`.
-fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+/// Samples per GEMM: enough that every GEMM has about this many columns
+/// (small feature maps would otherwise make skinny, slow GEMMs).
+const TARGET_COLS: usize = 2048;
+
+impl ConvGeom {
+    /// Samples per chunk: enough columns per GEMM, and at least one chunk per
+    /// thread when the batch allows.
+    fn chunk(&self) -> usize {
+        let by_cols = TARGET_COLS.div_ceil(self.ohw().max(1));
+        by_cols.min(self.n.div_ceil(threads())).clamp(1, self.n.max(1))
+    }
+}
+
+/// Writes one sample's group `x` `[cig, h, w]` into the column matrix `col`
+/// (rows of length `ld`; this sample's columns start at 0 of the slice).
+fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], ld: usize) {
     let (k, s, d, ow, ohw, hw) = (g.k, g.stride, g.dil, g.ow, g.ohw(), g.hw());
     for ci in 0..g.cig() {
         let plane = &x[ci * hw..(ci + 1) * hw];
         for ki in 0..k {
             for kj in 0..k {
                 let row = (ci * k + ki) * k + kj;
-                let dst = &mut col[row * ohw..(row + 1) * ohw];
+                let dst = &mut col[row * ld..row * ld + ohw];
                 let (lo, hi) = g.ox_range(kj * d);
                 for oy in 0..g.oh {
                     let out = &mut dst[oy * ow..(oy + 1) * ow];
@@ -85,15 +99,16 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// Adds a column matrix back into one sample's group gradient `dx` `[cig, h, w]`.
-fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
+/// Adds one sample's columns (rows of length `ld`) back into its group
+/// gradient `dx` `[cig, h, w]`.
+fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
     let (k, s, d, ow, ohw, hw) = (g.k, g.stride, g.dil, g.ow, g.ohw(), g.hw());
     for ci in 0..g.cig() {
         let plane = &mut dx[ci * hw..(ci + 1) * hw];
         for ki in 0..k {
             for kj in 0..k {
                 let row = (ci * k + ki) * k + kj;
-                let src = &col[row * ohw..(row + 1) * ohw];
+                let src = &col[row * ld..row * ld + ohw];
                 let (lo, hi) = g.ox_range(kj * d);
                 if lo >= hi {
                     continue;
@@ -121,14 +136,16 @@ fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// Runs `f(sample, out_chunk)` for every sample, in parallel over samples
-/// when there are enough of them (GEMMs then run single-threaded), else
-/// sequentially with multi-threaded GEMMs.
-fn per_sample(n: usize, out: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
-    if n >= threads() && threads() > 1 {
-        out.par_chunks_mut(per).enumerate().for_each(|(i, o)| f(i, o, false));
+/// Runs `f(first_sample, out_chunk, parallel_gemm)` over chunks of samples:
+/// in parallel over chunks when there are several (GEMMs single-threaded),
+/// else one chunk with multi-threaded GEMMs. `per` is the output size of one
+/// sample.
+fn per_chunk(g: &ConvGeom, out: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
+    let chunk = g.chunk();
+    if g.n > chunk && threads() > 1 {
+        out.par_chunks_mut(per * chunk).enumerate().for_each(|(c, o)| f(c * chunk, o, false));
     } else {
-        out.chunks_mut(per).enumerate().for_each(|(i, o)| f(i, o, true));
+        out.chunks_mut(per * chunk).enumerate().for_each(|(c, o)| f(c * chunk, o, true));
     }
 }
 
@@ -136,81 +153,109 @@ fn per_sample(n: usize, out: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let mut y = vec![0f32; g.n * g.c_out * ohw];
-    per_sample(g.n, &mut y, g.c_out * ohw, |i, yi, par| {
-        let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
+    per_chunk(g, &mut y, g.c_out * ohw, |first, yc, par| {
+        let s = yc.len() / (g.c_out * ohw);
+        let ld = s * ohw;
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
-            let xg = &xi[gi * cig * hw..(gi + 1) * cig * hw];
-            let yg = &mut yi[gi * cog * ohw..(gi + 1) * cog * ohw];
-            if g.pointwise() {
+            if s == 1 && g.pointwise() {
+                // One sample, 1x1: the input already is the column matrix.
+                let xg = &x[(first * g.c_in + gi * cig) * hw..(first * g.c_in + (gi + 1) * cig) * hw];
+                let yg = &mut yc[gi * cog * ohw..(gi + 1) * cog * ohw];
                 gemm(cog, ohw, cig, yg, (ohw, 1), false, wg, (cig, 1), xg, (hw, 1), par);
-            } else {
-                with_scratch(kcol * ohw, |col| {
-                    im2col(g, xg, col);
-                    gemm(cog, ohw, kcol, yg, (ohw, 1), false, wg, (kcol, 1), col, (ohw, 1), par);
-                });
+                continue;
             }
+            with_scratch(kcol * ld, cog * ld, |col, out| {
+                for j in 0..s {
+                    let n = first + j;
+                    let xg = &x[(n * g.c_in + gi * cig) * hw..(n * g.c_in + (gi + 1) * cig) * hw];
+                    im2col(g, xg, &mut col[j * ohw..], ld);
+                }
+                gemm(cog, ld, kcol, out, (ld, 1), false, wg, (kcol, 1), col, (ld, 1), par);
+                for j in 0..s {
+                    for co in 0..cog {
+                        let dst = (j * g.c_out + gi * cog + co) * ohw;
+                        yc[dst..dst + ohw].copy_from_slice(&out[co * ld + j * ohw..co * ld + (j + 1) * ohw]);
+                    }
+                }
+            });
         }
     });
     y
+}
+
+/// Gathers the chunk's output gradients of group `gi` into `buf` `[cog, s·ohw]`.
+fn gather_dy(g: &ConvGeom, dy: &[f32], first: usize, s: usize, gi: usize, buf: &mut [f32]) {
+    let (ohw, cog) = (g.ohw(), g.cog());
+    let ld = s * ohw;
+    for j in 0..s {
+        for co in 0..cog {
+            let src = ((first + j) * g.c_out + gi * cog + co) * ohw;
+            buf[co * ld + j * ohw..co * ld + (j + 1) * ohw].copy_from_slice(&dy[src..src + ohw]);
+        }
+    }
 }
 
 /// Input gradient `dx [n, c_in, h, w]` from `dy [n, c_out, oh, ow]`.
 pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let mut dx = vec![0f32; g.n * g.c_in * hw];
-    per_sample(g.n, &mut dx, g.c_in * hw, |i, dxi, par| {
-        let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
+    per_chunk(g, &mut dx, g.c_in * hw, |first, dxc, par| {
+        let s = dxc.len() / (g.c_in * hw);
+        let ld = s * ohw;
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
-            let dyg = &dyi[gi * cog * ohw..(gi + 1) * cog * ohw];
-            let dxg = &mut dxi[gi * cig * hw..(gi + 1) * cig * hw];
-            if g.pointwise() {
-                // dx (cig x hw) = wᵀ (cig x cog) · dy (cog x hw)
+            if s == 1 && g.pointwise() {
+                let dyg = &dy[(first * g.c_out + gi * cog) * ohw..(first * g.c_out + (gi + 1) * cog) * ohw];
+                let dxg = &mut dxc[gi * cig * hw..(gi + 1) * cig * hw];
                 gemm(cig, hw, cog, dxg, (hw, 1), false, wg, (1, cig), dyg, (ohw, 1), par);
-            } else {
-                with_scratch(kcol * ohw, |col| {
-                    gemm(kcol, ohw, cog, col, (ohw, 1), false, wg, (1, kcol), dyg, (ohw, 1), par);
-                    col2im(g, col, dxg);
-                });
+                continue;
             }
+            with_scratch(kcol * ld, cog * ld, |col, dyb| {
+                gather_dy(g, dy, first, s, gi, dyb);
+                // dcol (kcol x s·ohw) = wᵀ (kcol x cog) · dy (cog x s·ohw)
+                gemm(kcol, ld, cog, col, (ld, 1), false, wg, (1, kcol), dyb, (ld, 1), par);
+                for j in 0..s {
+                    let dxg = &mut dxc[(j * g.c_in + gi * cig) * hw..(j * g.c_in + (gi + 1) * cig) * hw];
+                    col2im(g, &col[j * ohw..], ld, dxg);
+                }
+            });
         }
     });
     dx
 }
 
 /// Weight gradient `dw [c_out, cig, k, k]` from `x` and `dy`, summed over
-/// the batch in a fixed order (deterministic for a given thread count).
+/// the batch chunk by chunk in a fixed order (deterministic for a given
+/// thread count).
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let wlen = g.c_out * kcol;
-    let chunks = threads().min(g.n).max(1);
-    let per_chunk = g.n.div_ceil(chunks);
-    let parallel_chunks = chunks > 1;
+    let chunk = g.chunk();
+    let chunks = g.n.div_ceil(chunk);
+    let parallel = chunks > 1 && threads() > 1;
     let partial = |c: usize| -> Vec<f32> {
         let mut dw = vec![0f32; wlen];
-        for i in c * per_chunk..((c + 1) * per_chunk).min(g.n) {
-            let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
-            let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
-            for gi in 0..g.groups {
-                let dwg = &mut dw[gi * cog * kcol..(gi + 1) * cog * kcol];
-                let dyg = &dyi[gi * cog * ohw..(gi + 1) * cog * ohw];
-                let xg = &xi[gi * cig * hw..(gi + 1) * cig * hw];
-                if g.pointwise() {
-                    // dw (cog x cig) += dy (cog x hw) · xᵀ (hw x cig)
-                    gemm(cog, cig, ohw, dwg, (cig, 1), true, dyg, (ohw, 1), xg, (1, hw), !parallel_chunks);
-                } else {
-                    with_scratch(kcol * ohw, |col| {
-                        im2col(g, xg, col);
-                        gemm(cog, kcol, ohw, dwg, (kcol, 1), true, dyg, (ohw, 1), col, (1, ohw), !parallel_chunks);
-                    });
+        let first = c * chunk;
+        let s = chunk.min(g.n - first);
+        let ld = s * ohw;
+        for gi in 0..g.groups {
+            let dwg = &mut dw[gi * cog * kcol..(gi + 1) * cog * kcol];
+            with_scratch(kcol * ld, cog * ld, |col, dyb| {
+                gather_dy(g, dy, first, s, gi, dyb);
+                for j in 0..s {
+                    let n = first + j;
+                    let xg = &x[(n * g.c_in + gi * cig) * hw..(n * g.c_in + (gi + 1) * cig) * hw];
+                    im2col(g, xg, &mut col[j * ohw..], ld);
                 }
-            }
+                // dw (cog x kcol) = dy (cog x s·ohw) · colᵀ (s·ohw x kcol)
+                gemm(cog, kcol, ld, dwg, (kcol, 1), false, dyb, (ld, 1), col, (1, ld), !parallel);
+            });
         }
         dw
     };
     let parts: Vec<Vec<f32>> =
-        if parallel_chunks { (0..chunks).into_par_iter().map(partial).collect() } else { vec![partial(0)] };
+        if parallel { (0..chunks).into_par_iter().map(partial).collect() } else { (0..chunks).map(partial).collect() };
     let mut it = parts.into_iter();
     let mut dw = it.next().unwrap_or_else(|| vec![0f32; wlen]);
     for p in it {

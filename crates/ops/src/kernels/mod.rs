@@ -89,20 +89,24 @@ pub(crate) fn gemm(
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Runs `f` with this thread's scratch buffer resized to `len` (contents
-/// unspecified), reusing the allocation across calls.
-pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+/// Runs `f` with this thread's two scratch buffers resized to `a` and `b`
+/// elements (contents unspecified), reusing the allocations across calls.
+pub(crate) fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
+        Ok(mut bufs) => {
+            let (x, y) = &mut *bufs;
+            if x.len() < a {
+                x.resize(a, 0.0);
             }
-            f(&mut buf[..len])
+            if y.len() < b {
+                y.resize(b, 0.0);
+            }
+            f(&mut x[..a], &mut y[..b])
         }
-        // Re-entrant use (should not happen): fall back to a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
+        // Re-entrant use (should not happen): fall back to fresh buffers.
+        Err(_) => f(&mut vec![0.0; a], &mut vec![0.0; b]),
     })
 }
