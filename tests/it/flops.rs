@@ -41,3 +41,16 @@ fn r05_published_imagenet_numbers_from_a_pasted_command() {
     let table = ok(&["flops", "--model", "msdnet-cifar100-anytime"]);
     assert!(table.contains("15.14") && table.contains("75.94"), "{table}");
 }
+
+#[test]
+fn r08_ranet_json_equals_the_reference_counter() {
+    let name = "ranet_cifar10_lg";
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(name, "flops.json")).expect("fixture")).expect("json");
+    let out =
+        ok(&["flops", "--arch", "ranet", "--config", s(&fixture(name, "config.json")), "--input-size", "32", "--json"]);
+    let got: serde_json::Value = serde_json::from_str(&out).expect("json output");
+    assert_eq!(got["flops"], want["flops"]);
+    assert_eq!(got["params"], want["params"]);
+    assert_eq!(got["total_parameters"], want["total_parameters"]);
+}

@@ -40,3 +40,9 @@ fn r05_msdnet_fixture_from_safetensors_and_checkpoint() {
     check("msdnet", "msdnet_cifar100_lingrow", "state_dict.safetensors");
     check("msdnet", "msdnet_cifar100_lingrow", "checkpoint.pth.tar");
 }
+
+#[test]
+fn r08_ranet_fixture_from_safetensors_and_checkpoint() {
+    check("ranet", "ranet_cifar10_lg", "state_dict.safetensors");
+    check("ranet", "ranet_cifar10_lg", "checkpoint.pth.tar");
+}

@@ -5,6 +5,10 @@
 //! - [`units`]: the conv units MSDNet and RANet share (`ConvBasic`, `ConvBn`);
 //! - [`stem`]: multi-resolution first layers with a CIFAR or an ImageNet stem;
 //! - [`multiscale`]: MSDNet's multi-scale dense layers and transitions;
+//! - [`dense`]: dense blocks (RANet's `_BlockNormal`, DenseNet);
+//! - [`fusion`]: RANet's fusion layers and blocks (features of a coarser
+//!   sub-network resized and concatenated into a finer one);
+//! - [`residual`]: ResNet basic blocks;
 //!
 //! Every block loads its parameters through a `candle_nn::VarBuilder` under the
 //! reference PyTorch `state_dict` names, runs with `forward_t(xs, train)`, and
@@ -26,6 +30,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dense;
+pub mod fusion;
 pub mod layers;
 pub mod multiscale;
 pub mod residual;

@@ -22,6 +22,7 @@ pub mod densenet_mc;
 pub mod error;
 pub mod exit;
 pub mod msdnet;
+pub mod ranet;
 mod refargs;
 pub mod registry;
 pub mod resnet_mc;

@@ -10,6 +10,7 @@ use crate::densenet_mc::{DenseNetMc, DenseNetMcConfig};
 use crate::error::{ConfigError, ModelError, Result};
 use crate::exit::MultiExit;
 use crate::msdnet::{MsdNet, MsdNetConfig, Prune, StepMode};
+use crate::ranet::{RaNet, RaNetConfig};
 use crate::resnet_mc::{ResNetMc, ResNetMcConfig};
 use anytime_blocks::stem::StemKind;
 use candle_nn::VarBuilder;
@@ -23,6 +24,8 @@ use serde_json::Value;
 pub enum ArchConfig {
     /// MSDNet.
     Msdnet(MsdNetConfig),
+    /// RANet.
+    Ranet(RaNetConfig),
     /// ResNet with intermediate classifiers.
     ResnetMc(ResNetMcConfig),
     /// DenseNet with intermediate classifiers.
@@ -30,7 +33,7 @@ pub enum ArchConfig {
 }
 
 /// The architectures `anytime` builds.
-pub const ARCHS: &[&str] = &["msdnet", "resnet_mc", "densenet_mc"];
+pub const ARCHS: &[&str] = &["msdnet", "ranet", "resnet_mc", "densenet_mc"];
 
 impl ArchConfig {
     /// Reads a configuration file's JSON for architecture `arch`: the
@@ -48,6 +51,7 @@ impl ArchConfig {
         }
         match arch {
             "msdnet" => Ok(Self::Msdnet(MsdNetConfig::from_json(v)?)),
+            "ranet" => Ok(Self::Ranet(RaNetConfig::from_json(v)?)),
             "resnet_mc" => {
                 let c: ResNetMcConfig = serde_json::from_value(v.clone())?;
                 c.validate()?;
@@ -66,6 +70,7 @@ impl ArchConfig {
     pub fn arch(&self) -> &'static str {
         match self {
             Self::Msdnet(_) => "msdnet",
+            Self::Ranet(_) => "ranet",
             Self::ResnetMc(_) => "resnet_mc",
             Self::DensenetMc(_) => "densenet_mc",
         }
@@ -75,6 +80,7 @@ impl ArchConfig {
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         match self {
             Self::Msdnet(c) => c.validate(),
+            Self::Ranet(c) => c.validate(),
             Self::ResnetMc(c) => c.validate(),
             Self::DensenetMc(c) => c.validate(),
         }
@@ -84,6 +90,7 @@ impl ArchConfig {
     pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
         Ok(match self {
             Self::Msdnet(c) => Box::new(MsdNet::new(c, vb)?),
+            Self::Ranet(c) => Box::new(RaNet::new(c, vb)?),
             Self::ResnetMc(c) => Box::new(ResNetMc::new(c, vb)?),
             Self::DensenetMc(c) => Box::new(DenseNetMc::new(c, vb)?),
         })
@@ -223,6 +230,20 @@ pub static REGISTRY: &[ModelEntry] = &[
         description: "MSDNet paper/README: CIFAR-100 budgeted model (5 blocks, lin_grow, step 1, base 1)",
         config: || ArchConfig::Msdnet(MsdNetConfig::cifar100_budgeted()),
         data: CIFAR,
+        weights: None,
+    },
+    ModelEntry {
+        name: "ranet-cifar10",
+        description: "RANet README: CIFAR-10 (lg, step 2, scale-list 1-2-3, grFactor 4-2-1)",
+        config: || ArchConfig::Ranet(RaNetConfig::cifar10_readme()),
+        data: CIFAR,
+        weights: None,
+    },
+    ModelEntry {
+        name: "ranet-imagenet",
+        description: "RANet README: ImageNet (even, step 8, scale-list 1-2-3-4, grFactor 4-2-2-1)",
+        config: || ArchConfig::Ranet(RaNetConfig::imagenet_readme()),
+        data: IMAGENET,
         weights: None,
     },
     ModelEntry {

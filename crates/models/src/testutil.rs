@@ -29,11 +29,16 @@ pub fn io(name: &str, file: &str) -> (Tensor, Vec<Tensor>) {
 
 /// Asserts `|a - b| <= 1e-4 + 1e-4·|b|` element-wise (the fixtures' tolerance).
 pub fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
+    assert_close_tol(what, a, b, 1e-4)
+}
+
+/// Asserts `|a - b| <= tol + tol·|b|` element-wise.
+pub fn assert_close_tol(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
     let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
     let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1e-4 + 1e-4 * y.abs())).fold(0f32, f32::max);
-    assert!(worst <= 1.0, "{what}: worst |a-b| / (1e-4 + 1e-4|b|) = {worst}");
+    assert!(worst <= 1.0, "{what}: worst |a-b| / ({tol} + {tol}|b|) = {worst}");
 }
 
 /// The `flops` and `params` lists of a `flops.json` entry.

@@ -27,6 +27,7 @@ pub fn default_size(m: &ModelArgs, cfg: &ArchConfig) -> (usize, usize) {
     }
     match cfg {
         ArchConfig::Msdnet(c) if c.stem == StemKind::ImageNet => (224, 224),
+        ArchConfig::Ranet(c) if c.stem == StemKind::ImageNet => (224, 224),
         _ => (32, 32),
     }
 }
