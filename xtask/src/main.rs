@@ -4,10 +4,14 @@
 //! every step is a call to the `anytime` binary or to cargo; the logic lives
 //! in the library crates.
 
+mod bench;
 mod ci;
 mod train;
 
 use anyhow::Result;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -31,6 +35,8 @@ enum Task {
         #[arg(long)]
         model: String,
     },
+    /// Times our kernels, stock Candle and PyTorch side by side (writes docs/bench.md).
+    Bench(bench::BenchArgs),
     /// Retrains every shipped Fashion-MNIST model and re-exports its weights.
     Reproduce {
         /// Dataset family (only `fmnist` exists).
@@ -47,6 +53,7 @@ pub fn root() -> PathBuf {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
+        Task::Bench(a) => bench::run(&a),
         Task::Train(a) => train::run(&a),
         Task::Eval { model } => train::anytime(&["eval", "--model", &model, "--json"]),
         Task::Reproduce { what } => train::reproduce(&what),

@@ -40,6 +40,21 @@
 
 pub mod act;
 pub mod batch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static STOCK: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`conv::conv2d`] and the batch norms use Candle's stock ops instead of
+/// this crate's CPU kernels (process-wide). For benchmarks and comparisons.
+pub fn set_stock_ops(on: bool) {
+    STOCK.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`set_stock_ops`] is on.
+pub fn stock_ops() -> bool {
+    STOCK.load(Ordering::Relaxed)
+}
 pub mod conv;
 mod kernels;
 pub mod loss;

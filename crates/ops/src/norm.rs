@@ -128,7 +128,7 @@ pub fn batch_norm_train(xs: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, re
     if gamma.dims() != [c] || beta.dims() != [c] {
         bail!("batch norm: weight {:?} and bias {:?} must both be [{c}]", gamma.dims(), beta.dims())
     }
-    if !(xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32) {
+    if !(xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32) || crate::stock_ops() {
         return batch_norm_train_stock(xs, gamma, beta, eps, relu);
     }
     let stats = Arc::new(Mutex::new(None));
@@ -219,7 +219,7 @@ pub fn batch_norm_eval(
 ) -> Result<Tensor> {
     let c = xs.dim(1)?;
     let (scale, shift) = fold_bn(gamma, beta, running_mean, running_var, eps)?;
-    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && xs.rank() == 4 {
+    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && xs.rank() == 4 && !crate::stock_ops() {
         let op = BnEval { scale: scale.to_vec1()?, shift: shift.to_vec1()?, relu };
         return xs.contiguous()?.apply_op1(op);
     }

@@ -3,6 +3,53 @@
 
 use rayon::prelude::*;
 
+/// Lanes of the vectorisable accumulations: independent partial sums the
+/// compiler can keep in one SIMD register (a single running sum cannot be
+/// vectorised without reassociating floating-point additions).
+const LANES: usize = 16;
+
+/// `(Σ v, Σ v²)` of a slice, in f32 lanes, reduced in a fixed order.
+fn sum_sq(x: &[f32]) -> (f32, f32) {
+    let mut a = [0f32; LANES];
+    let mut b = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            a[l] += c[l];
+            b[l] += c[l] * c[l];
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+    for &v in rest {
+        sa += v;
+        sb += v * v;
+    }
+    (sa, sb)
+}
+
+/// `(Σ d, Σ d·(x − μ))` with `d = dz` masked by `z > 0` when `relu`.
+fn grad_sums(x: &[f32], z: &[f32], dz: &[f32], mu: f32, relu: bool) -> (f32, f32) {
+    let mut a = [0f32; LANES];
+    let mut b = [0f32; LANES];
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        for l in 0..LANES {
+            let j = i + l;
+            let d = if relu && z[j] <= 0.0 { 0.0 } else { dz[j] };
+            a[l] += d;
+            b[l] += d * (x[j] - mu);
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+    for j in n..x.len() {
+        let d = if relu && z[j] <= 0.0 { 0.0 } else { dz[j] };
+        sa += d;
+        sb += d * (x[j] - mu);
+    }
+    (sa, sb)
+}
+
 /// Per-channel batch statistics.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Stats {
@@ -20,12 +67,7 @@ pub(crate) fn stats(x: &[f32], n: usize, c: usize, hw: usize, eps: f64) -> Stats
         .map(|ci| {
             let (mut s, mut s2) = (0f64, 0f64);
             for ni in 0..n {
-                let plane = &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw];
-                let (mut a, mut b) = (0f32, 0f32);
-                for &v in plane {
-                    a += v;
-                    b += v * v;
-                }
+                let (a, b) = sum_sq(&x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw]);
                 s += a as f64;
                 s2 += b as f64;
             }
@@ -82,14 +124,9 @@ pub(crate) fn backward(
             let (mut sd, mut sdx) = (0f64, 0f64);
             for ni in 0..n {
                 let o = (ni * c + ci) * hw;
-                let (mut a, mut b) = (0f32, 0f32);
-                for j in o..o + hw {
-                    let d = if relu && z[j] <= 0.0 { 0.0 } else { dz[j] };
-                    a += d;
-                    b += d * (x[j] - mu) * inv;
-                }
+                let (a, b) = grad_sums(&x[o..o + hw], &z[o..o + hw], &dz[o..o + hw], mu, relu);
                 sd += a as f64;
-                sdx += b as f64;
+                sdx += (b * inv) as f64;
             }
             (sd, sdx)
         })
@@ -102,11 +139,13 @@ pub(crate) fn backward(
             let (mu, inv) = (st.mean[ci], st.invstd[ci]);
             let k = gamma[ci] * inv;
             let (mb, mg) = ((sums[ci].0 / m) as f32, (sums[ci].1 / m) as f32);
+            // dx = k·(d − mb − (x − μ)·inv·mg) = k·d − k·mb + k·inv·mg·μ − k·inv·mg·x
+            let (a, b) = (k * inv * mg, k * (inv * mg * mu - mb));
             let o = (ni * c + ci) * hw;
+            let (xs, zs, ds) = (&x[o..o + hw], &z[o..o + hw], &dz[o..o + hw]);
             for (j, d) in out[ci * hw..(ci + 1) * hw].iter_mut().enumerate() {
-                let i = o + j;
-                let g = if relu && z[i] <= 0.0 { 0.0 } else { dz[i] };
-                *d = k * (g - mb - (x[i] - mu) * inv * mg);
+                let g = if relu && zs[j] <= 0.0 { 0.0 } else { ds[j] };
+                *d = k * g + b - a * xs[j];
             }
         }
     });

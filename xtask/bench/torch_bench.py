@@ -1,0 +1,126 @@
+"""PyTorch side of `cargo xtask bench`: times the same cases with torch eager
+on CPU and prints one JSON object {case name: seconds}.
+
+Usage: python torch_bench.py CASES.json THREADS
+Model cases need the reference implementations; set ANYTIME_REF_MSDNET and
+ANYTIME_REF_RANET to checkouts of kalviny/MSDNet-PyTorch and
+yangle15/RANet-pytorch (their code is imported from there, never copied).
+"""
+import json, os, statistics, sys, time, types, importlib.util
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+cases = json.load(open(sys.argv[1]))
+torch.set_num_threads(int(sys.argv[2]))
+torch.manual_seed(0)
+
+
+def timeit(fn, min_time=0.5, max_runs=20):
+    for _ in range(2):
+        fn()
+    times = []
+    while len(times) < 3 or (sum(times) < min_time and len(times) < max_runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def conv_case(c):
+    x = torch.randn(c["n"], c["cin"], c["hw"], c["hw"], requires_grad=c["backward"])
+    w = torch.randn(c["cout"], c["cin"] // c["groups"], c["k"], c["k"], requires_grad=c["backward"])
+    def run():
+        y = F.conv2d(x, w, None, c["stride"], c["k"] // 2, 1, c["groups"])
+        if c["backward"]:
+            y.backward(torch.ones_like(y))
+    return run
+
+
+def bn_case(c):
+    x = torch.randn(c["n"], c["c"], c["hw"], c["hw"], requires_grad=True)
+    bn = nn.BatchNorm2d(c["c"])
+    bn.train()
+    def run():
+        y = F.relu(bn(x))
+        y.backward(torch.ones_like(y))
+    return run
+
+
+def dense_stack(c):
+    # A small dense multi-scale stack: per scale, conv-BN-ReLU units whose
+    # outputs are concatenated (MSDNet-style), and a strided link between scales.
+    layers, growth = c["layers"], c["growth"]
+    mods = nn.ModuleList()
+    ch = [c["c"], 2 * c["c"]]
+    for _ in range(layers):
+        mods.append(nn.ModuleList([
+            nn.Sequential(nn.Conv2d(ch[0], growth, 3, 1, 1, bias=False), nn.BatchNorm2d(growth), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(ch[0], growth, 3, 2, 1, bias=False), nn.BatchNorm2d(growth), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(ch[1], growth, 3, 1, 1, bias=False), nn.BatchNorm2d(growth), nn.ReLU()),
+        ]))
+        ch = [ch[0] + growth, ch[1] + 2 * growth]
+    x0 = torch.randn(c["n"], c["c"], c["hw"], c["hw"])
+    x1 = torch.randn(c["n"], 2 * c["c"], c["hw"] // 2, c["hw"] // 2)
+    def run():
+        a, b = x0, x1
+        for m in mods:
+            a, b = torch.cat([a, m[0](a)], 1), torch.cat([b, m[1](a), m[2](b)], 1)
+        (a.sum() + b.sum()).backward()
+    return run
+
+
+def load(path, module):
+    spec = importlib.util.spec_from_file_location(module, os.path.join(path, "models", module + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    stdout = sys.stdout
+    sys.stdout = open(os.devnull, "w")
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.stdout = stdout
+    return mod
+
+
+def model_case(c):
+    a = types.SimpleNamespace(**c["args"])
+    if c["arch"] == "msdnet":
+        path = os.environ.get("ANYTIME_REF_MSDNET")
+        if not path:
+            return None
+        mod = load(path, "msdnet")
+        stdout = sys.stdout
+        sys.stdout = open(os.devnull, "w")
+        model = mod.MSDNet(a)
+        sys.stdout = stdout
+    else:
+        path = os.environ.get("ANYTIME_REF_RANET")
+        if not path:
+            return None
+        model = load(path, "RANet").RANet(a)
+    x = torch.randn(c["n"], 3, c["hw"], c["hw"])
+    y = torch.randint(0, 10, (c["n"],))
+    if c["mode"] == "train":
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        def run():
+            opt.zero_grad()
+            loss = sum(F.cross_entropy(o, y) for o in model(x))
+            loss.backward()
+            opt.step()
+        return run
+    model.eval()
+    def run():
+        with torch.no_grad():
+            model(x)
+    return run
+
+
+out = {}
+for c in cases:
+    kind = c["kind"]
+    fn = {"conv": conv_case, "bn": bn_case, "dense": dense_stack, "model": model_case}.get(kind)
+    run = fn(c) if fn else None
+    out[c["name"]] = timeit(run) if run else None
+print(json.dumps(out))

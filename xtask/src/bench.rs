@@ -1,0 +1,333 @@
+//! `cargo xtask bench`: our CPU kernels, stock Candle and PyTorch eager, side
+//! by side, in one run, with the same thread count.
+//!
+//! Prints, per case, the median time of each, the ratios to PyTorch, the
+//! GFLOP/s reached and the share of the machine's peak (a large f32 matmul
+//! measured in the same run), and writes the table to `docs/bench.md`.
+
+use anyhow::{Context, Result, bail};
+use anytime_models::MultiExit;
+use anytime_models::registry::ArchConfig;
+use anytime_ops::conv::{Conv2dParams, conv2d};
+use anytime_ops::norm::batch_norm_train;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::Instant;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Python with torch; default: `.venv-bench/bin/python`, created with
+    /// `python3 -m venv` and `pip install torch` when missing.
+    #[arg(long)]
+    python: Option<String>,
+    /// Threads for every side (rayon, candle and torch).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Skip the model cases.
+    #[arg(long)]
+    kernels_only: bool,
+}
+
+fn median_time(mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut times = Vec::new();
+    while times.len() < 3 || (times.iter().sum::<f64>() < 0.5 && times.len() < 20) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn rand(dims: &[usize]) -> candle_core::Result<Tensor> {
+    Tensor::randn(0f32, 1.0, dims, &Device::Cpu)
+}
+
+/// A benchmark case: its JSON description (shared with the torch script),
+/// its operation count per run, and a runner for our side.
+struct Case {
+    spec: Value,
+    flops: Option<f64>,
+    run: Box<dyn FnMut() -> candle_core::Result<()>>,
+}
+
+fn conv(
+    n: usize,
+    cin: usize,
+    cout: usize,
+    hw: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    backward: bool,
+) -> Result<Case> {
+    let x = Var::from_tensor(&rand(&[n, cin, hw, hw])?)?;
+    let w = Var::from_tensor(&rand(&[cout, cin / groups, k, k])?)?;
+    let p = Conv2dParams { stride, padding: k / 2, dilation: 1, groups };
+    let out = p.out_size(hw, k).context("kernel too large")?;
+    let macs = (n * cout * cin / groups * k * k * out * out) as f64;
+    let kind = if groups == cin && groups > 1 { "depthwise" } else { "conv" };
+    let name =
+        format!("{kind} {k}x{k}/{stride} {cin}->{cout} {hw}x{hw} n{n} {}", if backward { "fwd+bwd" } else { "fwd" });
+    Ok(Case {
+        spec: json!({"kind": "conv", "name": name, "n": n, "cin": cin, "cout": cout, "hw": hw, "k": k, "stride": stride, "groups": groups, "backward": backward}),
+        flops: Some(2.0 * macs * if backward { 3.0 } else { 1.0 }),
+        run: Box::new(move || {
+            let y = conv2d(x.as_tensor(), w.as_tensor(), None, p)?;
+            if backward {
+                y.sum_all()?.backward()?;
+            } else {
+                y.sum_all()?;
+            }
+            Ok(())
+        }),
+    })
+}
+
+fn bn(n: usize, c: usize, hw: usize) -> Result<Case> {
+    let x = Var::from_tensor(&rand(&[n, c, hw, hw])?)?;
+    let g = Var::from_tensor(&Tensor::ones(c, DType::F32, &Device::Cpu)?)?;
+    let b = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
+    Ok(Case {
+        spec: json!({"kind": "bn", "name": format!("batch norm + ReLU train fwd+bwd {c}ch {hw}x{hw} n{n}"), "n": n, "c": c, "hw": hw}),
+        flops: None,
+        run: Box::new(move || {
+            batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, true)?.ys.sum_all()?.backward()?;
+            Ok(())
+        }),
+    })
+}
+
+fn dense(n: usize, c: usize, hw: usize, layers: usize, growth: usize) -> Result<Case> {
+    // Two scales; per layer: a 3x3 conv-BN-ReLU on each scale and a strided
+    // one from the finer to the coarser, concatenated (as the torch script).
+    let mut params = Vec::new();
+    let mut ch = (c, 2 * c);
+    let mut macs = 0.0;
+    for _ in 0..layers {
+        let mk = |cin: usize| -> candle_core::Result<[Var; 3]> {
+            Ok([
+                Var::from_tensor(&(rand(&[growth, cin, 3, 3])? * 0.1)?)?,
+                Var::from_tensor(&Tensor::ones(growth, DType::F32, &Device::Cpu)?)?,
+                Var::from_tensor(&Tensor::zeros(growth, DType::F32, &Device::Cpu)?)?,
+            ])
+        };
+        params.push([mk(ch.0)?, mk(ch.0)?, mk(ch.1)?]);
+        let (h, h2) = ((hw * hw) as f64, ((hw / 2) * (hw / 2)) as f64);
+        macs += n as f64 * 9.0 * growth as f64 * (ch.0 as f64 * h + ch.0 as f64 * h2 + ch.1 as f64 * h2);
+        ch = (ch.0 + growth, ch.1 + 2 * growth);
+    }
+    let x0 = rand(&[n, c, hw, hw])?;
+    let x1 = rand(&[n, 2 * c, hw / 2, hw / 2])?;
+    let unit = |x: &Tensor, p: &[Var; 3], stride: usize| -> candle_core::Result<Tensor> {
+        let y = conv2d(x, p[0].as_tensor(), None, Conv2dParams { stride, padding: 1, ..Default::default() })?;
+        Ok(batch_norm_train(&y, p[1].as_tensor(), p[2].as_tensor(), 1e-5, true)?.ys)
+    };
+    Ok(Case {
+        spec: json!({"kind": "dense", "name": format!("dense 2-scale stack {layers} layers g{growth} {hw}x{hw} n{n} fwd+bwd"), "n": n, "c": c, "hw": hw, "layers": layers, "growth": growth}),
+        flops: Some(2.0 * 3.0 * macs),
+        run: Box::new(move || {
+            let (mut a, mut b) = (x0.clone(), x1.clone());
+            for p in &params {
+                let na = Tensor::cat(&[&a, &unit(&a, &p[0], 1)?], 1)?;
+                let nb = Tensor::cat(&[&b, &unit(&a, &p[1], 2)?, &unit(&b, &p[2], 1)?], 1)?;
+                (a, b) = (na, nb);
+            }
+            (a.sum_all()? + b.sum_all()?)?.backward()?;
+            Ok(())
+        }),
+    })
+}
+
+fn model(label: &str, cfg: ArchConfig, args: Value, n: usize, hw: usize, mode: &str) -> Result<Case> {
+    let vm = VarMap::new();
+    let m: Box<dyn MultiExit> = cfg.build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
+    let macs = *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).last().context("no exits")? as f64;
+    let x = rand(&[n, 3, hw, hw])?;
+    let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
+    let params: Vec<(String, Var)> =
+        vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut opt = anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params);
+    let train = mode == "train";
+    Ok(Case {
+        spec: json!({"kind": "model", "name": format!("{label} {mode} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": mode}),
+        flops: Some(2.0 * macs * n as f64 * if train { 3.0 } else { 1.0 }),
+        run: Box::new(move || {
+            let logits = m.forward_exits(&x, train)?;
+            if train {
+                let mut loss = anytime_ops::loss::cross_entropy(&logits[0], &y, 0.0)?;
+                for l in &logits[1..] {
+                    loss = (loss + anytime_ops::loss::cross_entropy(l, &y, 0.0)?)?;
+                }
+                opt.step(&loss.backward()?, 0.01)?;
+            }
+            Ok(())
+        }),
+    })
+}
+
+fn cases(kernels_only: bool) -> Result<Vec<Case>> {
+    let mut v = vec![
+        conv(64, 16, 16, 28, 3, 1, 1, false)?,
+        conv(64, 16, 16, 28, 3, 1, 1, true)?,
+        conv(64, 32, 32, 16, 3, 1, 1, false)?,
+        conv(64, 32, 32, 16, 3, 1, 1, true)?,
+        conv(64, 64, 64, 8, 3, 1, 1, false)?,
+        conv(64, 64, 64, 8, 3, 1, 1, true)?,
+        conv(64, 32, 64, 16, 3, 2, 1, true)?,
+        conv(64, 128, 128, 32, 3, 1, 1, false)?,
+        conv(64, 64, 32, 16, 1, 1, 1, false)?,
+        conv(64, 64, 32, 16, 1, 1, 1, true)?,
+        conv(64, 32, 32, 28, 3, 1, 32, false)?,
+        conv(64, 32, 32, 28, 3, 1, 32, true)?,
+        conv(64, 32, 32, 28, 5, 1, 32, true)?,
+        bn(64, 32, 28)?,
+        bn(64, 64, 14)?,
+        dense(64, 16, 28, 4, 8)?,
+    ];
+    if !kernels_only {
+        use anytime_models::msdnet::MsdNetConfig;
+        use anytime_models::ranet::RaNetConfig;
+        let msd = ArchConfig::Msdnet(MsdNetConfig { num_classes: 10, ..MsdNetConfig::cifar100_budgeted() });
+        let msd_args = json!({"data": "cifar10", "nBlocks": 5, "nChannels": 16, "base": 1, "step": 1, "stepmode": "lin_grow", "growthRate": 6,
+            "grFactor": [1, 2, 4], "bnFactor": [1, 2, 4], "nScales": 3, "prune": "max", "bottleneck": true, "reduction": 0.5});
+        let ra = ArchConfig::Ranet(RaNetConfig::cifar10_readme());
+        let ra_args = json!({"data": "cifar10", "nBlocks": 2, "block_step": 2, "step": 2, "stepmode": "lg", "scale_list": [1, 2, 3],
+            "grFactor": [4, 2, 1], "bnFactor": [4, 2, 1], "nScales": 3, "compress_factor": 0.25, "reduction": 0.5, "growthRate": 6, "nChannels": 16});
+        for (label, cfg, args) in
+            [("MSDNet CIFAR budgeted (README)", msd, msd_args), ("RANet CIFAR-10 (README)", ra, ra_args)]
+        {
+            v.push(model(label, cfg.clone(), args.clone(), 64, 32, "train")?);
+            v.push(model(label, cfg.clone(), args.clone(), 64, 32, "forward")?);
+            v.push(model(label, cfg, args, 1, 32, "forward")?);
+        }
+    }
+    Ok(v)
+}
+
+/// Peak GFLOP/s of a 2048³ f32 matmul with the gemm crate.
+fn peak(threads: usize) -> Result<f64> {
+    let n = 2048;
+    let a = vec![1.0f32; n * n];
+    let b = vec![1.0f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let t = median_time(|| {
+        // SAFETY: all three buffers are n x n, row-major.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+        Ok(())
+    })?;
+    Ok(2.0 * (n * n * n) as f64 / t / 1e9)
+}
+
+fn python(a: &BenchArgs) -> Result<String> {
+    if let Some(p) = &a.python {
+        return Ok(p.clone());
+    }
+    let venv = crate::root().join(".venv-bench");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        eprintln!("creating {} with torch from PyPI (one time)", venv.display());
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()
+            && Command::new(&py).args(["-m", "pip", "install", "-q", "torch", "numpy"]).status()?.success();
+        if !ok {
+            bail!("could not create the benchmark virtualenv; pass --python PATH to a Python with torch");
+        }
+    }
+    Ok(py.display().to_string())
+}
+
+/// Runs the benchmark.
+pub fn run(a: &BenchArgs) -> Result<()> {
+    // SAFETY: set before any thread of ours starts; read by rayon and candle.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    }
+    let py = python(a)?;
+    let peak = peak(a.threads)?;
+    let mut cases = cases(a.kernels_only)?;
+    let mut ours = Vec::new();
+    let mut stock = Vec::new();
+    for c in &mut cases {
+        anytime_ops::set_stock_ops(false);
+        ours.push(median_time(&mut c.run)?);
+        anytime_ops::set_stock_ops(true);
+        // Candle's stock conv backward fails on some shapes; record that.
+        stock.push(median_time(&mut c.run).ok());
+        anytime_ops::set_stock_ops(false);
+    }
+    let spec_path = std::env::temp_dir().join(format!("anytime-bench-{}.json", std::process::id()));
+    std::fs::write(&spec_path, serde_json::to_string(&cases.iter().map(|c| c.spec.clone()).collect::<Vec<_>>())?)?;
+    let out = Command::new(&py)
+        .arg(crate::root().join("xtask/bench/torch_bench.py"))
+        .arg(&spec_path)
+        .arg(a.threads.to_string())
+        .output()
+        .context("running the torch benchmark")?;
+    if !out.status.success() {
+        bail!("torch benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let torch: Value = serde_json::from_slice(&out.stdout).context("torch benchmark output")?;
+    let fmt = |t: Option<f64>| t.map_or("—".to_string(), |t| format!("{:.2}", t * 1e3));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}", a / b),
+        _ => "—".into(),
+    };
+    let mut table = String::from(
+        "| case | ours ms | stock Candle ms | torch ms | ours / torch | stock / torch | ours GFLOP/s | % of peak |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for (i, c) in cases.iter().enumerate() {
+        let name = c.spec["name"].as_str().unwrap_or("");
+        let t = torch[name].as_f64();
+        let gf = c.flops.map(|f| f / ours[i] / 1e9);
+        table.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
+            fmt(Some(ours[i])),
+            fmt(stock[i]),
+            fmt(t),
+            ratio(Some(ours[i]), t),
+            ratio(stock[i], t),
+            gf.map_or("—".into(), |g| format!("{g:.1}")),
+            gf.map_or("—".into(), |g| format!("{:.0}%", 100.0 * g / peak)),
+        ));
+    }
+    let header = format!(
+        "Measured by `cargo xtask bench` ({} threads for ours, stock Candle and torch {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). Times are medians; model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET) and show — without them.\n\n",
+        a.threads,
+        String::from_utf8_lossy(
+            &Command::new(&py).args(["-c", "import torch; print(torch.__version__)"]).output()?.stdout
+        )
+        .trim(),
+        peak
+    );
+    println!("{header}{table}");
+    std::fs::write(crate::root().join("docs/bench.md"), format!("# Kernel and model benchmark\n\n{header}{table}"))?;
+    Ok(())
+}
