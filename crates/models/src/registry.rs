@@ -323,3 +323,91 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+    use crate::testutil;
+    use anytime_flops::Mode;
+    use candle_core::{DType, Device};
+
+    /// (fixture, architecture) of every reference fixture with weights.
+    const FIXTURES: &[(&str, &str)] = &[
+        ("msdnet_cifar100_lingrow", "msdnet"),
+        ("msdnet_imagenet_tiny", "msdnet"),
+        ("msdnet_prune_min", "msdnet"),
+        ("msdnet_nobottleneck_r0", "msdnet"),
+        ("ranet_cifar10_lg", "ranet"),
+        ("ranet_imagenet_tiny", "ranet"),
+        ("ranet_repeated_scale", "ranet"),
+    ];
+
+    /// Logits at every input size a fixture has, and FLOPs / params at every
+    /// size its reference counter measured.
+    #[test]
+    fn every_fixture_matches_the_reference() {
+        for &(name, arch) in FIXTURES {
+            let cfg = ArchConfig::from_json(arch, &testutil::json(name, "config.json")).expect(name);
+            let model = load_model(&cfg, &testutil::fixture(name).join("state_dict.safetensors")).expect(name);
+            let extra = testutil::json(name, "config.json")["extra_io_files"].as_object().cloned().unwrap_or_default();
+            for file in std::iter::once("io.safetensors".to_string()).chain(extra.keys().cloned()) {
+                let (input, expected) = testutil::io(name, &file);
+                let got = model.forward_exits(&input, false).expect(name);
+                assert_eq!(got.len(), expected.len(), "{name}");
+                for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                    testutil::assert_close(&format!("{name} {file} exit {i}"), g, e);
+                }
+            }
+            let flops = testutil::json(name, "flops.json");
+            for (size, entry) in flops["by_input_size"].as_object().expect("sizes") {
+                let (h, w) = size.split_once('x').expect("HxW");
+                let (h, w): (usize, usize) = (h.parse().expect("h"), w.parse().expect("w"));
+                let costs = model.exit_costs(h, w).expect(name);
+                let (f, p) = testutil::flops_entry(entry);
+                assert_eq!(costs.params(), p, "{name} params at {size}");
+                if h == w {
+                    assert_eq!(costs.flops(Mode::Reference), f, "{name} flops at {size}");
+                } else {
+                    // The reference sizes pooling windows from the height only;
+                    // we count the real width. The only pooling before the
+                    // heads' (1x1) is the ImageNet stem's 3x3/2 max-pool.
+                    let stem_c = first_width(&cfg);
+                    let (ch, cw) = ((h + 6 - 7) / 2 + 1, (w + 6 - 7) / 2 + 1);
+                    let (ph, pw) = ((ch + 2 - 3) / 2 + 1, (cw + 2 - 3) / 2 + 1);
+                    let delta = (stem_c * 9 * ph * pw) as i64 - (stem_c * 9 * ph * ph) as i64;
+                    for (ours, theirs) in costs.flops(Mode::Reference).iter().zip(&f) {
+                        assert_eq!(*ours as i64 - *theirs as i64, delta, "{name} flops at {size}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Channels of the stem's output.
+    fn first_width(cfg: &ArchConfig) -> usize {
+        match cfg {
+            ArchConfig::Msdnet(c) => c.n_channels * c.gr_factor[0],
+            ArchConfig::Ranet(c) => c.n_channels * c.gr_factor[c.gr_factor.len() - 1],
+            _ => 0,
+        }
+    }
+
+    /// The full-size README and training-script configurations, from their
+    /// command lines, at every measured size.
+    #[test]
+    fn full_size_configurations_match_the_reference_counter() {
+        let all = testutil::json("", "fullsize_flops.json");
+        for (name, v) in all.as_object().expect("object") {
+            let arch = v["architecture"].as_str().expect("arch");
+            let cfg = ArchConfig::from_json(arch, &serde_json::json!({ "cli_args": v["cli_args"] })).expect(name);
+            let model = cfg.build(VarBuilder::zeros(DType::F32, &Device::Cpu)).expect(name);
+            for (size, entry) in v["by_input_size"].as_object().expect("sizes") {
+                let (h, w) = size.split_once('x').expect("HxW");
+                let costs = model.exit_costs(h.parse().expect("h"), w.parse().expect("w")).expect(name);
+                let (f, p) = testutil::flops_entry(entry);
+                assert_eq!(costs.flops(Mode::Reference), f, "{name} flops at {size}");
+                assert_eq!(costs.params(), p, "{name} params at {size}");
+            }
+        }
+    }
+}
