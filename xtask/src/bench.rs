@@ -57,6 +57,7 @@ struct Case {
     run: Box<dyn FnMut() -> candle_core::Result<()>>,
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per geometry parameter
 fn conv(
     n: usize,
     cin: usize,

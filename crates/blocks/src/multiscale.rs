@@ -129,6 +129,9 @@ impl ConvDownNormal {
     }
 }
 
+// A handful of units per layer, built once: the size difference between the
+// variants (a few hundred bytes of tensor handles) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum ScaleUnit {
     Normal(ConvNormal),

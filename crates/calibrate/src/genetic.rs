@@ -65,7 +65,11 @@ pub fn genetic_search(
             "genetic search needs population >= 2, tournament >= 1, elite < population: {p:?}"
         )));
     }
-    if !(0.0..=1.0).contains(&p.mutation_rate) || !(p.mutation_scale >= 0.0) || !p.lambda.is_finite() {
+    if !(0.0..=1.0).contains(&p.mutation_rate)
+        || p.mutation_scale.is_nan()
+        || p.mutation_scale < 0.0
+        || !p.lambda.is_finite()
+    {
         return Err(Error::Input(format!("bad genetic search rates: {p:?}")));
     }
     if let Some(b) = budget {

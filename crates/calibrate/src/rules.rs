@@ -171,9 +171,9 @@ pub fn dynamic_eval(scores: &ExitScores, costs: &[f64], q: f64) -> Result<(Thres
                 per_exit[e] = scores.conf[e][last];
             }
         }
-        for i in 0..n {
-            if scores.conf[e][i] >= per_exit[e] {
-                gone[i] = true;
+        for (g, &c) in gone.iter_mut().zip(&scores.conf[e]) {
+            if c >= per_exit[e] {
+                *g = true;
             }
         }
     }
@@ -252,8 +252,8 @@ fn refine(
         .collect();
     for _round in 0..4 {
         let mut improved = false;
-        for e in 0..k - 1 {
-            for &t in &candidates[e] {
+        for (e, cands) in candidates.iter().enumerate() {
+            for &t in cands {
                 let mut cand = th.clone();
                 cand.per_exit[e] = t;
                 let o = simulate(&cand, scores, costs)?;

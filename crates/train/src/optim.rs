@@ -60,7 +60,7 @@ impl OptimConfig {
                 if !in01(beta1) || !in01(beta2) {
                     return Err(format!("betas must be in [0, 1), got {beta1}, {beta2}"));
                 }
-                if !(eps > 0.0) || !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                if eps.is_nan() || eps <= 0.0 || !(weight_decay.is_finite() && weight_decay >= 0.0) {
                     return Err(format!("eps must be > 0 and weight decay >= 0, got {eps}, {weight_decay}"));
                 }
             }

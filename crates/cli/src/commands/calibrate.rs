@@ -82,8 +82,11 @@ pub struct Args {
     output: PathBuf,
 }
 
-/// Every exit's logits `[exit][sample][class]` and the labels of `ds`.
-pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(Vec<Vec<Vec<f32>>>, Vec<u32>)> {
+/// Logits `[exit][sample][class]`.
+pub type ExitLogits = Vec<Vec<Vec<f32>>>;
+
+/// Every exit's logits and the labels of `ds`.
+pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLogits, Vec<u32>)> {
     let loader = Loader::new(
         ds,
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
