@@ -1,90 +1,20 @@
-//! The exit rule, MSDNet's dynamic evaluation and the budget solver.
+//! The exit rule and MSDNet's dynamic evaluation.
+//!
+//! Reference: kalviny/MSDNet-PyTorch `adaptive_inference.py`
+//! (`dynamic_evaluate`, `Tester.dynamic_eval_find_threshold`).
 
 use crate::confidence::Confidence;
+use crate::scores::ExitScores;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// Per-exit confidences and predictions of a labelled set.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExitScores {
-    /// How `conf` was measured.
-    pub confidence: Confidence,
-    /// `conf[k][i]`: confidence of exit k on sample i.
-    pub conf: Vec<Vec<f32>>,
-    /// `pred[k][i]`: prediction of exit k on sample i.
-    pub pred: Vec<Vec<u32>>,
-    /// True labels.
-    pub labels: Vec<u32>,
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-impl ExitScores {
-    /// Scores from logits `[exit][sample][class]`.
-    pub fn from_logits(logits: &[Vec<Vec<f32>>], labels: &[u32], confidence: Confidence) -> Result<Self> {
-        let conf = logits.iter().map(|e| e.iter().map(|r| confidence.score(r)).collect()).collect();
-        let pred = logits.iter().map(|e| e.iter().map(|r| argmax(r)).collect()).collect();
-        let s = Self { confidence, conf, pred, labels: labels.to_vec() };
-        s.validate()?;
-        Ok(s)
-    }
-
-    /// Checks the shapes agree and nothing is empty.
-    pub fn validate(&self) -> Result<()> {
-        let n = self.labels.len();
-        if self.conf.is_empty() {
-            return Err(Error::Input("no exits".into()));
-        }
-        if n == 0 {
-            return Err(Error::Input("no samples".into()));
-        }
-        if self.conf.len() != self.pred.len() {
-            return Err(Error::Input(format!(
-                "{} confidence rows for {} prediction rows",
-                self.conf.len(),
-                self.pred.len()
-            )));
-        }
-        for (k, (c, p)) in self.conf.iter().zip(&self.pred).enumerate() {
-            if c.len() != n || p.len() != n {
-                return Err(Error::Input(format!(
-                    "exit {k}: {} confidences, {} predictions for {n} labels",
-                    c.len(),
-                    p.len()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Number of exits.
-    pub fn exits(&self) -> usize {
-        self.conf.len()
-    }
-
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// True when there are no samples.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-}
-
 /// One threshold per exit; a sample leaves at the first exit whose confidence
-/// is at least its threshold. The last exit always accepts. Confidences lie in
-/// [0, 1], so `f32::MAX` means "nobody leaves here" and `f32::MIN` "everybody
-/// does" (both finite, so calibrations stay valid JSON).
+/// is at least its threshold. The last exit always accepts. `f32::MAX` means
+/// "nobody leaves here" and `f32::MIN` "everybody does" (both finite, so
+/// calibrations stay valid JSON).
+///
+/// # Shapes
+/// - `per_exit`: `[exits]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     /// The confidence measure the thresholds apply to.
@@ -94,9 +24,34 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
-    /// Whether a sample with confidence `conf` leaves at `exit`.
+    /// Thresholds that let every sample out at the first exit.
+    pub fn first_exit(confidence: Confidence, exits: usize) -> Self {
+        Self { confidence, per_exit: vec![f32::MIN; exits] }
+    }
+
+    /// Whether a sample with confidence `conf` leaves at `exit`: always at the
+    /// last exit (and past it), else when `conf` reaches the exit's threshold.
     pub fn stops(&self, exit: usize, conf: f32) -> bool {
         exit + 1 >= self.per_exit.len() || self.per_exit.get(exit).is_some_and(|&t| conf >= t)
+    }
+
+    /// Checks the thresholds fit `scores`: one per exit, none NaN, the same
+    /// confidence measure.
+    fn check(&self, scores: &ExitScores) -> Result<()> {
+        if self.per_exit.len() != scores.exits() {
+            return Err(Error::Length {
+                what: "thresholds (one per exit)".into(),
+                expected: scores.exits(),
+                got: self.per_exit.len(),
+            });
+        }
+        if let Some(exit) = self.per_exit.iter().position(|t| t.is_nan()) {
+            return Err(Error::NanThreshold(exit));
+        }
+        if self.confidence != scores.confidence {
+            return Err(Error::ConfidenceMismatch { thresholds: self.confidence, scores: scores.confidence });
+        }
+        Ok(())
     }
 }
 
@@ -107,81 +62,125 @@ pub struct Outcome {
     pub accuracy: f64,
     /// Average cumulative cost per sample (the unit of the costs given).
     pub avg_cost: f64,
-    /// Samples leaving at each exit.
+    /// Samples leaving at each exit, `[exits]`.
     pub exit_counts: Vec<usize>,
+    /// The exit each sample leaves at, `[N]`.
+    pub exits: Vec<usize>,
 }
 
-fn check_costs(scores: &ExitScores, costs: &[f64]) -> Result<()> {
+impl Outcome {
+    /// Whether `self` is preferable to `other`: more accurate, or as accurate
+    /// and cheaper.
+    pub(crate) fn better_than(&self, other: &Outcome) -> bool {
+        self.accuracy > other.accuracy || (self.accuracy == other.accuracy && self.avg_cost < other.avg_cost)
+    }
+}
+
+/// Checks `scores` and that `costs` has one finite, non-negative, cumulative
+/// (non-decreasing) cost per exit.
+pub(crate) fn check_inputs(scores: &ExitScores, costs: &[f64]) -> Result<()> {
     scores.validate()?;
     if costs.len() != scores.exits() {
-        return Err(Error::Input(format!("{} exit costs for {} exits", costs.len(), scores.exits())));
+        return Err(Error::Length {
+            what: "exit costs (one per exit)".into(),
+            expected: scores.exits(),
+            got: costs.len(),
+        });
     }
+    check_costs(costs)
+}
+
+/// Checks `costs` are finite, non-negative and cumulative.
+pub(crate) fn check_costs(costs: &[f64]) -> Result<()> {
     if costs.iter().any(|c| !c.is_finite() || *c < 0.0) || costs.windows(2).any(|w| w[1] < w[0]) {
-        return Err(Error::Input(format!("exit costs must be finite, non-negative and cumulative, got {costs:?}")));
+        return Err(Error::Costs(costs.to_vec()));
     }
     Ok(())
 }
 
-/// Applies `th` to `scores`.
-pub fn simulate(th: &Thresholds, scores: &ExitScores, costs: &[f64]) -> Result<Outcome> {
-    check_costs(scores, costs)?;
-    if th.per_exit.len() != scores.exits() {
-        return Err(Error::Input(format!("{} thresholds for {} exits", th.per_exit.len(), scores.exits())));
-    }
-    if th.confidence != scores.confidence {
-        return Err(Error::Input(format!(
-            "thresholds for {:?} confidences applied to {:?} scores",
-            th.confidence, scores.confidence
-        )));
-    }
+/// [`simulate`] on inputs already checked.
+pub(crate) fn apply(th: &Thresholds, scores: &ExitScores, costs: &[f64]) -> Outcome {
     let k = scores.exits();
-    let mut counts = vec![0usize; k];
+    let mut exit_counts = vec![0usize; k];
+    let mut exits = Vec::with_capacity(scores.len());
     let (mut correct, mut cost) = (0usize, 0f64);
-    for i in 0..scores.len() {
+    for (i, &label) in scores.labels.iter().enumerate() {
         let e = (0..k).find(|&e| th.stops(e, scores.conf[e][i])).unwrap_or(k - 1);
-        counts[e] += 1;
+        exit_counts[e] += 1;
+        exits.push(e);
         cost += costs[e];
-        correct += usize::from(scores.pred[e][i] == scores.labels[i]);
+        correct += usize::from(scores.pred[e][i] == label);
     }
     let n = scores.len() as f64;
-    Ok(Outcome { accuracy: correct as f64 / n, avg_cost: cost / n, exit_counts: counts })
+    Outcome { accuracy: correct as f64 / n, avg_cost: cost / n, exit_counts, exits }
 }
 
-/// MSDNet's dynamic evaluation: exit proportions `p_k = q^(k+1) / Σ_j q^(j+1)`;
-/// walking the exits in order, among the samples not yet gone the top
-/// `floor(N·p_k)` by exit-k confidence leave (the threshold is the confidence
-/// of the last one taken; none leave when that count is 0). `q` must be > 0:
-/// q < 1 favours early exits, q > 1 late ones.
-pub fn dynamic_eval(scores: &ExitScores, costs: &[f64], q: f64) -> Result<(Thresholds, Outcome)> {
-    check_costs(scores, costs)?;
-    if !(q > 0.0 && q.is_finite()) {
-        return Err(Error::Input(format!("q must be a finite number > 0, got {q}")));
-    }
-    let (k, n) = (scores.exits(), scores.len());
-    let w: Vec<f64> = (1..=k).map(|j| q.powi(j as i32)).collect();
+/// Applies the exit rule of `th` to every sample of `scores`.
+///
+/// # Shapes
+/// - `costs`: `[exits]`, cumulative cost of reaching each exit (earlier
+///   exits included), e.g. MFLOPs per image
+pub fn simulate(th: &Thresholds, scores: &ExitScores, costs: &[f64]) -> Result<Outcome> {
+    check_inputs(scores, costs)?;
+    th.check(scores)?;
+    Ok(apply(th, scores, costs))
+}
+
+/// The exit proportions of the q rule: `p_k = q^(k+1) / Σ_j q^(j+1)`
+/// (computed in log space, so extreme q neither overflow nor underflow).
+fn proportions(q: f64, exits: usize) -> Vec<f64> {
+    let logs: Vec<f64> = (1..=exits).map(|j| j as f64 * q.ln()).collect();
+    let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = logs.iter().map(|l| (l - top).exp()).collect();
     let z: f64 = w.iter().sum();
+    w.iter().map(|v| v / z).collect()
+}
+
+/// [`dynamic_eval_thresholds`] on inputs already checked.
+pub(crate) fn q_rule(scores: &ExitScores, q: f64) -> Thresholds {
+    let (k, n) = (scores.exits(), scores.len());
+    let p = proportions(q, k);
     let mut per_exit = vec![f32::MAX; k];
     let mut gone = vec![false; n];
-    for e in 0..k.saturating_sub(1) {
-        let take = ((n as f64) * w[e] / z).floor() as usize;
-        let mut order: Vec<usize> = (0..n).filter(|&i| !gone[i]).collect();
-        order.sort_by(|&a, &b| scores.conf[e][b].total_cmp(&scores.conf[e][a]));
-        if take > 0 {
-            if let Some(&last) = order.get(take - 1) {
-                per_exit[e] = scores.conf[e][last];
-            }
+    for e in 0..k - 1 {
+        let conf = &scores.conf[e];
+        let take = (n as f64 * p[e]).floor() as usize;
+        let mut remaining: Vec<f32> = (0..n).filter(|&i| !gone[i]).map(|i| conf[i]).collect();
+        remaining.sort_by(|a, b| b.total_cmp(a));
+        if let Some(&t) = take.checked_sub(1).and_then(|last| remaining.get(last)) {
+            per_exit[e] = t;
         }
-        for (g, &c) in gone.iter_mut().zip(&scores.conf[e]) {
-            if c >= per_exit[e] {
-                *g = true;
-            }
+        for (g, &c) in gone.iter_mut().zip(conf) {
+            *g |= c >= per_exit[e];
         }
     }
-    if let Some(last) = per_exit.last_mut() {
-        *last = f32::MIN;
+    per_exit[k - 1] = f32::MIN;
+    Thresholds { confidence: scores.confidence, per_exit }
+}
+
+/// MSDNet's dynamic-evaluation thresholds for `q`: exit k should take the
+/// share `p_k = q^(k+1) / Σ_j q^(j+1)` of the samples (q < 1 favours early
+/// exits, q > 1 late ones). Walking the exits in order, among the samples not
+/// yet gone the `floor(N·p_k)` most confident at exit k leave: the threshold
+/// is the confidence of the last one taken (ties with it leave too). As in the
+/// reference, an exit whose count is 0, or larger than the samples left, lets
+/// nobody out (`f32::MAX`); the last exit takes the rest (`f32::MIN`).
+pub fn dynamic_eval_thresholds(scores: &ExitScores, q: f64) -> Result<Thresholds> {
+    scores.validate()?;
+    if !(q > 0.0 && q.is_finite()) {
+        return Err(Error::Q(q));
     }
-    let th = Thresholds { confidence: scores.confidence, per_exit };
-    let out = simulate(&th, scores, costs)?;
+    Ok(q_rule(scores, q))
+}
+
+/// [`dynamic_eval_thresholds`] and what they do on `scores` ([`simulate`]).
+///
+/// # Shapes
+/// - `costs`: `[exits]`, cumulative per-exit cost
+pub fn dynamic_eval(scores: &ExitScores, costs: &[f64], q: f64) -> Result<(Thresholds, Outcome)> {
+    check_inputs(scores, costs)?;
+    let th = dynamic_eval_thresholds(scores, q)?;
+    let out = apply(&th, scores, costs);
     Ok((th, out))
 }
 
@@ -190,173 +189,145 @@ pub fn default_qs() -> Vec<f64> {
     (1..40).map(|p| p as f64 / 20.0).collect()
 }
 
-/// [`dynamic_eval`] for every q.
+/// [`dynamic_eval`] for every q: the held-out accuracy/cost curve.
 pub fn sweep_q(scores: &ExitScores, costs: &[f64], qs: &[f64]) -> Result<Vec<(f64, Thresholds, Outcome)>> {
     qs.iter().map(|&q| dynamic_eval(scores, costs, q).map(|(t, o)| (q, t, o))).collect()
 }
 
-/// Thresholds whose average cost on `scores` is at most `budget`, with the
-/// best accuracy found: the q family is searched by bisection for the budget,
-/// then each threshold is moved along the held-out confidences while the cost
-/// stays within budget and the accuracy rises.
-pub fn solve_budget(scores: &ExitScores, costs: &[f64], budget: f64) -> Result<(Thresholds, Outcome)> {
-    check_costs(scores, costs)?;
-    let (min, max) = (costs[0], costs[costs.len() - 1]);
-    if !(budget >= min && budget <= max) {
-        return Err(Error::Budget { budget, min, max });
-    }
-    // Bisection over log q: cost grows with q.
-    let (mut lo, mut hi) = (-12f64, 12f64);
-    let mut best = dynamic_eval(scores, costs, lo.exp())?;
-    if best.1.avg_cost > budget {
-        // Even the earliest-heavy split is too costly: everything at exit 0.
-        let th = Thresholds { confidence: scores.confidence, per_exit: vec![f32::MIN; scores.exits()] };
-        best = (th.clone(), simulate(&th, scores, costs)?);
-    }
-    for _ in 0..60 {
-        let mid = 0.5 * (lo + hi);
-        let cand = dynamic_eval(scores, costs, mid.exp())?;
-        if cand.1.avg_cost <= budget {
-            if cand.1.accuracy >= best.1.accuracy || best.1.avg_cost > budget {
-                best = cand;
-            }
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    refine(scores, costs, budget, best)
-}
-
-/// Greedy coordinate moves of single thresholds over the observed confidences.
-fn refine(
-    scores: &ExitScores,
-    costs: &[f64],
-    budget: f64,
-    start: (Thresholds, Outcome),
-) -> Result<(Thresholds, Outcome)> {
-    let (mut th, mut out) = start;
-    let k = scores.exits();
-    let candidates: Vec<Vec<f32>> = scores.conf[..k - 1]
-        .iter()
-        .map(|c| {
-            let mut v = c.clone();
-            v.sort_by(f32::total_cmp);
-            v.dedup();
-            // At most 64 quantiles per exit keep the search cheap.
-            let step = v.len().div_ceil(64).max(1);
-            let mut q: Vec<f32> = v.into_iter().step_by(step).collect();
-            q.push(f32::MAX);
-            q
-        })
-        .collect();
-    for _round in 0..4 {
-        let mut improved = false;
-        for (e, cands) in candidates.iter().enumerate() {
-            for &t in cands {
-                let mut cand = th.clone();
-                cand.per_exit[e] = t;
-                let o = simulate(&cand, scores, costs)?;
-                if o.avg_cost <= budget && o.accuracy > out.accuracy {
-                    th = cand;
-                    out = o;
-                    improved = true;
-                }
-            }
-        }
-        if !improved {
-            break;
-        }
-    }
-    Ok((th, out))
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::test_util::synthetic;
 
-    /// A synthetic 3-exit set: later exits are more accurate and confident.
-    pub(crate) fn synthetic(n: usize) -> ExitScores {
-        let mut state = 7u64;
-        let mut rnd = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) % 10_000) as f32 / 10_000.0
-        };
-        let mut conf = vec![vec![0.0; n]; 3];
-        let mut pred = vec![vec![0u32; n]; 3];
-        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
-        for i in 0..n {
-            let difficulty = rnd();
-            for k in 0..3 {
-                let skill = 0.5 + 0.2 * k as f32;
-                let c = (1.0 - difficulty) * skill + 0.3 * rnd();
-                conf[k][i] = c.min(1.0);
-                pred[k][i] = if c > 0.45 { labels[i] } else { (labels[i] + 1) % 10 };
-            }
+    const COSTS: [f64; 3] = [1.0, 2.0, 4.0];
+
+    /// 4 samples, 3 exits; exit k predicts class k for everyone.
+    fn tiny() -> ExitScores {
+        ExitScores {
+            confidence: Confidence::MaxSoftmax,
+            conf: vec![vec![0.9, 0.2, 0.5, 0.1], vec![0.3, 0.8, 0.7, 0.2], vec![0.5; 4]],
+            pred: vec![vec![0; 4], vec![1; 4], vec![2; 4]],
+            labels: vec![0, 1, 2, 2],
         }
-        ExitScores { confidence: Confidence::MaxSoftmax, conf, pred, labels }
     }
 
     #[test]
     fn hand_computed_q_rule() {
-        // 4 samples, 3 exits, q = 1: p = 1/3 each, floor(4/3) = 1 per exit.
-        let s = ExitScores {
-            confidence: Confidence::MaxSoftmax,
-            conf: vec![vec![0.9, 0.2, 0.5, 0.1], vec![0.3, 0.8, 0.7, 0.2], vec![0.5; 4]],
-            pred: vec![vec![0, 0, 0, 0], vec![1, 1, 1, 1], vec![2, 2, 2, 2]],
-            labels: vec![0, 1, 2, 2],
-        };
-        let (th, out) = dynamic_eval(&s, &[1.0, 2.0, 4.0], 1.0).unwrap();
-        // Exit 0 takes sample 0 (0.9); exit 1 takes sample 1 (0.8) among the rest.
-        assert_eq!(th.per_exit[..2], [0.9, 0.8]);
+        let s = tiny();
+        // q = 1: p = 1/3 each, floor(4/3) = 1 per exit. Exit 0 takes sample 0
+        // (0.9); among samples 1-3, exit 1 takes sample 1 (0.8).
+        let (th, out) = dynamic_eval(&s, &COSTS, 1.0).unwrap();
+        assert_eq!(th.per_exit, vec![0.9, 0.8, f32::MIN]);
+        assert_eq!(out.exits, vec![0, 1, 2, 2]);
         assert_eq!(out.exit_counts, vec![1, 1, 2]);
         assert_eq!(out.accuracy, 1.0);
-        assert!((out.avg_cost - (1.0 + 2.0 + 8.0) / 4.0).abs() < 1e-12);
+        assert_eq!(out.avg_cost, (1.0 + 2.0 + 4.0 + 4.0) / 4.0);
+        // q = 0.5: p = [4/7, 2/7, 1/7], floor -> [2, 1]. Exit 0 takes samples 0
+        // and 2 (0.9, 0.5); exit 1 takes sample 1 (0.8) of samples 1 and 3.
+        let (th, out) = dynamic_eval(&s, &COSTS, 0.5).unwrap();
+        assert_eq!(th.per_exit, vec![0.5, 0.8, f32::MIN]);
+        assert_eq!(out.exits, vec![0, 1, 0, 2]);
+        assert_eq!(out.accuracy, 0.75);
+        assert_eq!(out.avg_cost, (1.0 + 2.0 + 1.0 + 4.0) / 4.0);
+        // q = 3: p = [3, 9, 27] / 39 -> floor [0, 0]: nobody leaves early.
+        let (th, out) = dynamic_eval(&s, &COSTS, 3.0).unwrap();
+        assert_eq!(th.per_exit, vec![f32::MAX, f32::MAX, f32::MIN]);
+        assert_eq!(out.exit_counts, vec![0, 0, 4]);
     }
 
     #[test]
-    fn proportions_follow_q_and_cost_grows_with_q() {
-        let s = synthetic(2000);
-        let costs = [1.0, 2.0, 3.0];
-        let (_, out) = dynamic_eval(&s, &costs, 0.5).unwrap();
-        // p ∝ [0.5, 0.25, 0.125] -> [4/7, 2/7, 1/7] of 2000.
-        assert_eq!(out.exit_counts[0], 1142);
-        assert_eq!(out.exit_counts[1], 571);
-        let curve = sweep_q(&s, &costs, &default_qs()).unwrap();
-        assert!(curve.windows(2).all(|w| w[0].2.avg_cost <= w[1].2.avg_cost + 1e-12));
-        assert!(dynamic_eval(&s, &costs, 0.0).is_err());
-        assert!(dynamic_eval(&s, &costs, -1.0).is_err());
-        assert!(dynamic_eval(&s, &costs, f64::NAN).is_err());
+    fn ties_leave_together_and_short_exits_let_nobody_out() {
+        // q = 0.1: p ≈ [0.9009, 0.0901, 0.0090], floor(4p) = [3, 0]. The third
+        // most confident at exit 0 has 0.4, tied with the fourth: all 4 leave.
+        let mut s = tiny();
+        s.conf[0] = vec![0.9, 0.4, 0.6, 0.4];
+        let (th, out) = dynamic_eval(&s, &COSTS, 0.1).unwrap();
+        assert_eq!(th.per_exit[0], 0.4);
+        assert_eq!(out.exit_counts, vec![4, 0, 0]);
+        // Two exits, q = 1e-3: floor(4 · 0.999) = 3 of 4 leave at exit 0.
+        let two = ExitScores {
+            confidence: Confidence::MaxSoftmax,
+            conf: vec![vec![0.9, 0.8, 0.7, 0.6]; 2],
+            pred: vec![vec![0; 4]; 2],
+            labels: vec![0; 4],
+        };
+        let (th, _) = dynamic_eval(&two, &[1.0, 2.0], 1e-3).unwrap();
+        assert_eq!(th.per_exit, vec![0.7, f32::MIN]);
+        // One exit: everything leaves there.
+        let one = ExitScores { conf: vec![vec![0.1; 3]], pred: vec![vec![0; 3]], labels: vec![0, 0, 1], ..two };
+        let (th, out) = dynamic_eval(&one, &[5.0], 0.5).unwrap();
+        assert_eq!(th.per_exit, vec![f32::MIN]);
+        assert!((out.accuracy - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]
-    fn solver_meets_the_budget_and_beats_the_q_rule() {
+    fn proportions_match_q() {
+        let p = proportions(0.5, 3);
+        for (got, want) in p.iter().zip([4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0]) {
+            assert!((got - want).abs() < 1e-12);
+        }
+        // Extreme q stay finite and normalised.
+        for q in [1e-300, 1e300] {
+            let p = proportions(q, 10);
+            assert!(p.iter().all(|v| v.is_finite()) && (p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        }
         let s = synthetic(2000);
-        let costs = [1.0, 2.0, 3.0];
-        let (_, q_out) = dynamic_eval(&s, &costs, 0.6).unwrap();
-        let (th, out) = solve_budget(&s, &costs, q_out.avg_cost).unwrap();
-        assert!(out.avg_cost <= q_out.avg_cost + 1e-12);
-        assert!(out.accuracy >= q_out.accuracy, "{out:?} vs {q_out:?}");
-        assert_eq!(simulate(&th, &s, &costs).unwrap(), out);
-        assert!(matches!(solve_budget(&s, &costs, 0.5), Err(Error::Budget { .. })));
-        assert!(matches!(solve_budget(&s, &costs, 3.5), Err(Error::Budget { .. })));
-        // The full model's budget gives the full model's accuracy or better.
-        let (_, full) = solve_budget(&s, &costs, 3.0).unwrap();
-        let last = s.pred[2].iter().zip(&s.labels).filter(|(p, y)| p == y).count() as f64 / 2000.0;
-        assert!(full.accuracy >= last);
+        for q in [0.3, 0.5, 1.0, 1.7] {
+            let (_, out) = dynamic_eval(&s, &COSTS, q).unwrap();
+            let p = proportions(q, 3);
+            // Continuous confidences, few ties: exits 0 and 1 take exactly floor(N p_k).
+            for e in 0..2 {
+                assert_eq!(out.exit_counts[e], (2000.0 * p[e]).floor() as usize, "q = {q}, exit {e}");
+            }
+            assert_eq!(out.exit_counts.iter().sum::<usize>(), 2000);
+        }
+    }
+
+    #[test]
+    fn cost_grows_with_q() {
+        let s = synthetic(2000);
+        let curve = sweep_q(&s, &COSTS, &default_qs()).unwrap();
+        assert_eq!(curve.len(), 39);
+        assert!(curve.windows(2).all(|w| w[0].2.avg_cost <= w[1].2.avg_cost));
+        assert!(curve[0].2.avg_cost < curve[38].2.avg_cost);
+    }
+
+    #[test]
+    fn simulate_uses_the_thresholds_and_the_last_exit_accepts() {
+        let s = tiny();
+        // Exit 0 lets out samples with confidence >= 0.5 (0 and 2), exit 1
+        // nobody; the last exit ignores its threshold. Right: samples 0 and 3.
+        let th = Thresholds { confidence: Confidence::MaxSoftmax, per_exit: vec![0.5, f32::MAX, f32::MAX] };
+        let out = simulate(&th, &s, &COSTS).unwrap();
+        assert_eq!(out.exits, vec![0, 2, 0, 2]);
+        assert_eq!(out.accuracy, 0.5);
+        assert_eq!(out.avg_cost, 2.5);
+        let out = simulate(&Thresholds::first_exit(Confidence::MaxSoftmax, 3), &s, &COSTS).unwrap();
+        assert_eq!((out.exit_counts, out.avg_cost), (vec![4, 0, 0], 1.0));
     }
 
     #[test]
     fn bad_inputs_are_errors() {
-        let mut s = synthetic(10);
-        assert!(
-            simulate(&Thresholds { confidence: Confidence::MaxSoftmax, per_exit: vec![0.5; 2] }, &s, &[1.0, 2.0, 3.0])
-                .is_err()
-        );
-        assert!(dynamic_eval(&s, &[1.0, 2.0], 1.0).is_err());
-        assert!(dynamic_eval(&s, &[3.0, 2.0, 1.0], 1.0).is_err());
-        s.labels.pop();
-        assert!(s.validate().is_err());
-        assert!(ExitScores::from_logits(&[], &[], Confidence::Margin).is_err());
+        let s = tiny();
+        let msg = |r: Result<Outcome>| r.unwrap_err().to_string();
+        let th = |per_exit: Vec<f32>| Thresholds { confidence: Confidence::MaxSoftmax, per_exit };
+        assert!(msg(simulate(&th(vec![0.5; 2]), &s, &COSTS)).contains("thresholds (one per exit): expected 3, got 2"));
+        assert!(msg(simulate(&th(vec![0.5, f32::NAN, 0.0]), &s, &COSTS)).contains("threshold of exit 1 is NaN"));
+        let margin = Thresholds { confidence: Confidence::Margin, per_exit: vec![0.5; 3] };
+        assert!(msg(simulate(&margin, &s, &COSTS)).contains("Margin confidences applied to MaxSoftmax"));
+        assert!(msg(simulate(&th(vec![0.5; 3]), &s, &[1.0, 2.0])).contains("exit costs (one per exit)"));
+        for costs in [[3.0, 2.0, 1.0], [-1.0, 2.0, 3.0], [1.0, f64::NAN, 3.0]] {
+            assert!(msg(simulate(&th(vec![0.5; 3]), &s, &costs)).contains("cumulative"), "{costs:?}");
+        }
+        for q in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = dynamic_eval_thresholds(&s, q).unwrap_err().to_string();
+            assert!(e.contains("q must be a finite number > 0"), "{e}");
+            assert!(sweep_q(&s, &COSTS, &[0.5, q]).is_err());
+        }
+        let mut nan = s.clone();
+        nan.conf[2][3] = f32::NAN;
+        assert!(dynamic_eval(&nan, &COSTS, 1.0).unwrap_err().to_string().contains("exit 2, sample 3"));
+        let empty = ExitScores { conf: vec![], pred: vec![], ..s };
+        assert!(matches!(dynamic_eval_thresholds(&empty, 1.0), Err(Error::NoExits)));
     }
 }

@@ -8,7 +8,9 @@
 //!   augmented split; we do not);
 //! - [`loader`]: seeded augmentation (pad + random crop, horizontal flip) and
 //!   a prefetching, shuffling batch iterator that yields Candle tensors;
-//! - [`idx`]: the IDX format.
+//! - [`idx`]: the IDX format;
+//! - [`cifar`]: CIFAR-10/100 binary batches;
+//! - [`folder`] and [`image`]: image folders and single PNG/JPEG images.
 //!
 //! ```
 //! use anytime_data::fmnist::{fashion_mnist, fashion_mnist_sample_dir, Split};
@@ -23,9 +25,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cifar;
 pub mod dataset;
 pub mod error;
 pub mod fmnist;
+pub mod folder;
 pub mod idx;
 pub mod image;
 pub mod loader;

@@ -23,6 +23,10 @@ pub struct Augment {
     pub pad_crop: Option<usize>,
     /// Flip horizontally with probability 1/2.
     pub hflip: bool,
+    /// Random-resized crop (Inception style): a window covering a random
+    /// share of the area in `[min_scale, 1]` with an aspect ratio in
+    /// `[3/4, 4/3]`, resized (bilinear) back to the image size.
+    pub random_resized_crop: Option<f32>,
 }
 
 /// How a [`Loader`] batches an epoch.
@@ -102,6 +106,10 @@ impl Loader {
             _ => (0, 0),
         };
         let flip = aug.hflip && rng.random_bool(0.5);
+        if let Some(min_scale) = aug.random_resized_crop {
+            self.resized_crop(img, (c, h, w), min_scale, flip, &mut rng, out);
+            return;
+        }
         for ch in 0..c {
             let (m, s) = (norm.mean[ch], norm.std[ch]);
             let zero = (0.0 - m) / s;
@@ -115,6 +123,51 @@ impl Loader {
                         (img[(ch * h + sy as usize) * w + sx as usize] as f32 / 255.0 - m) / s
                     };
                     out[(ch * h + y) * w + x] = v;
+                }
+            }
+        }
+    }
+
+    /// Random-resized crop of `img` into `out` (normalised), bilinear.
+    fn resized_crop(
+        &self,
+        img: &[u8],
+        (c, h, w): (usize, usize, usize),
+        min_scale: f32,
+        flip: bool,
+        rng: &mut ChaCha8Rng,
+        out: &mut [f32],
+    ) {
+        let area = (h * w) as f32;
+        let (mut ch_, mut cw, mut y0, mut x0) = (h as f32, w as f32, 0f32, 0f32);
+        for _ in 0..10 {
+            let s = rng.random_range(min_scale.clamp(0.01, 1.0)..=1.0);
+            let r = (rng.random_range((0.75f32).ln()..=(4.0f32 / 3.0).ln())).exp();
+            let (tw, th) = ((area * s * r).sqrt(), (area * s / r).sqrt());
+            if tw <= w as f32 && th <= h as f32 {
+                (ch_, cw) = (th, tw);
+                y0 = rng.random_range(0.0..=(h as f32 - th));
+                x0 = rng.random_range(0.0..=(w as f32 - tw));
+                break;
+            }
+        }
+        let norm = self.ds.normalization();
+        for chn in 0..c {
+            let plane = &img[chn * h * w..(chn + 1) * h * w];
+            let (m, sd) = (norm.mean[chn], norm.std[chn]);
+            for y in 0..h {
+                let sy = (y0 + (y as f32 + 0.5) * ch_ / h as f32 - 0.5).clamp(0.0, (h - 1) as f32);
+                let (iy, fy) = (sy.floor() as usize, sy.fract());
+                let iy1 = (iy + 1).min(h - 1);
+                for x in 0..w {
+                    let xx = if flip { w - 1 - x } else { x };
+                    let sx = (x0 + (xx as f32 + 0.5) * cw / w as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+                    let (ix, fx) = (sx.floor() as usize, sx.fract());
+                    let ix1 = (ix + 1).min(w - 1);
+                    let p = |yy: usize, xq: usize| plane[yy * w + xq] as f32;
+                    let v = (1.0 - fy) * ((1.0 - fx) * p(iy, ix) + fx * p(iy, ix1))
+                        + fy * ((1.0 - fx) * p(iy1, ix) + fx * p(iy1, ix1));
+                    out[(chn * h + y) * w + x] = (v / 255.0 - m) / sd;
                 }
             }
         }
@@ -203,7 +256,7 @@ mod tests {
 
     #[test]
     fn augmentation_is_deterministic_and_does_something() {
-        let aug = Augment { pad_crop: Some(1), hflip: true };
+        let aug = Augment { pad_crop: Some(1), hflip: true, random_resized_crop: None };
         let l = Loader::new(toy(6), cfg(aug)).unwrap();
         let a =
             l.batch(0, &[0, 1, 2, 3, 4, 5], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -222,6 +275,17 @@ mod tests {
         assert_ne!(a, c);
         // Without augmentation, pixel 0 of image 0 is (0/255 - 0.5) / 0.5.
         assert_eq!(c[0], -1.0);
+    }
+
+    #[test]
+    fn random_resized_crop_is_deterministic_and_in_range() {
+        let aug = Augment { pad_crop: None, hflip: true, random_resized_crop: Some(0.3) };
+        let l = Loader::new(toy(4), cfg(aug)).unwrap();
+        let a = l.batch(2, &[0, 1, 2, 3], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = l.batch(2, &[0, 1, 2, 3], &Device::Cpu).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+        // Normalised bytes stay within [(0 - 0.5) / 0.5, (1 - 0.5) / 0.5].
+        assert!(a.iter().all(|v| (-1.0..=1.0).contains(v)));
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn fmnist_spec(epochs: usize) -> TrainSpec {
     }
 }
 
-const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true };
+const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true, random_resized_crop: None };
 
 /// The recipe for `model`, or an error listing the trainable models.
 pub fn recipe(model: &str) -> Result<Recipe> {

@@ -1,0 +1,26 @@
+//! A synthetic held-out set for the tests.
+
+use crate::{Confidence, ExitScores};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `n` samples, 3 exits, 10 classes. Each sample has a difficulty; later exits
+/// are more skilled, so more often right, and their confidence tracks (with
+/// noise) whether they are right. Confidences are continuous (ties are rare).
+pub(crate) fn synthetic(n: usize) -> ExitScores {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+    let mut conf = vec![Vec::with_capacity(n); 3];
+    let mut pred = vec![Vec::with_capacity(n); 3];
+    for &label in &labels {
+        let difficulty: f32 = rng.random();
+        for k in 0..3 {
+            let skill = 0.5 + 0.2 * k as f32;
+            let ease = (1.0 - difficulty) * skill;
+            conf[k].push(0.7 * ease + 0.3 * rng.random::<f32>());
+            let right = ease + 0.3 * rng.random::<f32>() > 0.45;
+            pred[k].push(if right { label } else { (label + 1) % 10 });
+        }
+    }
+    ExitScores { confidence: Confidence::MaxSoftmax, conf, pred, labels }
+}
