@@ -267,21 +267,15 @@ mod tests {
     #[test]
     fn solver_meets_the_budget_and_beats_the_q_rule() {
         let s = synthetic(2000);
-        let mut strictly_better = 0;
         for q in [0.2, 0.45, 0.8, 1.3] {
             let (_, q_out) = dynamic_eval(&s, &COSTS, q).unwrap();
             let (th, out) = solve_budget(&s, &COSTS, q_out.avg_cost).unwrap();
             assert!(out.avg_cost <= q_out.avg_cost, "q = {q}: {} > {}", out.avg_cost, q_out.avg_cost);
-            assert!(out.accuracy >= q_out.accuracy, "q = {q}: {} < {}", out.accuracy, q_out.accuracy);
-            strictly_better += usize::from(out.accuracy > q_out.accuracy);
-            eprintln!(
-                "DBG q {q}: q-rule {} {} solver {} {} {:?}",
-                q_out.accuracy, q_out.avg_cost, out.accuracy, out.avg_cost, th.per_exit
-            );
+            // On this set the coordinate moves find real gains (0.05 to 0.85
+            // points), so the solver is strictly more accurate than the q rule.
+            assert!(out.accuracy > q_out.accuracy, "q = {q}: {} <= {}", out.accuracy, q_out.accuracy);
             assert_eq!(crate::simulate(&th, &s, &COSTS).unwrap(), out);
         }
-        // The refinement finds real gains, not just the q rule again.
-        assert!(strictly_better >= 2, "{strictly_better}");
     }
 
     #[test]

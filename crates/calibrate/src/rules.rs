@@ -276,8 +276,8 @@ mod tests {
             let (_, out) = dynamic_eval(&s, &COSTS, q).unwrap();
             let p = proportions(q, 3);
             // Continuous confidences, few ties: exits 0 and 1 take exactly floor(N p_k).
-            for e in 0..2 {
-                assert_eq!(out.exit_counts[e], (2000.0 * p[e]).floor() as usize, "q = {q}, exit {e}");
+            for (e, share) in p.iter().take(2).enumerate() {
+                assert_eq!(out.exit_counts[e], (2000.0 * share).floor() as usize, "q = {q}, exit {e}");
             }
             assert_eq!(out.exit_counts.iter().sum::<usize>(), 2000);
         }

@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 pub(crate) fn synthetic(n: usize) -> ExitScores {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
-    let mut conf = vec![Vec::with_capacity(n); 3];
-    let mut pred = vec![Vec::with_capacity(n); 3];
+    let mut conf = vec![Vec::new(); 3];
+    let mut pred = vec![Vec::new(); 3];
     for &label in &labels {
         let difficulty: f32 = rng.random();
         for k in 0..3 {

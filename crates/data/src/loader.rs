@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 /// Training-time augmentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Augment {
     /// Zero-pad by this many pixels, then crop a random window of the
     /// original size.
@@ -30,7 +30,7 @@ pub struct Augment {
 }
 
 /// How a [`Loader`] batches an epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchConfig {
     /// Samples per batch.
     pub batch_size: usize,
