@@ -9,7 +9,9 @@
 
 mod util;
 
+mod adaptive;
 mod bad_input;
 mod flops;
+mod hub;
 mod infer;
 mod resume;

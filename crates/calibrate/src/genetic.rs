@@ -19,7 +19,7 @@
 //! - a seeded ChaCha8 generator makes it deterministic.
 
 use crate::budget::Budget;
-use crate::rules::{Outcome, Thresholds, apply, check_inputs, default_qs, q_rule};
+use crate::rules::{Outcome, Thresholds, apply, check_inputs, default_qs, penalised, q_rule};
 use crate::scores::ExitScores;
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
@@ -127,8 +127,7 @@ impl Problem<'_> {
     fn evaluate(&self, genes: Vec<f64>) -> Scored {
         let outcome = apply(&self.thresholds(&genes), self.scores, self.costs);
         let full = self.costs.last().copied().unwrap_or(0.0);
-        let relative_cost = if full > 0.0 { outcome.avg_cost / full } else { 0.0 };
-        let fitness = outcome.accuracy - self.params.lambda * relative_cost;
+        let fitness = penalised(outcome.accuracy, outcome.avg_cost, self.params.lambda, full);
         let over = self.budget.map_or(0.0, |b| (outcome.avg_cost - b).max(0.0));
         Scored { genes, outcome, over, fitness }
     }

@@ -76,6 +76,12 @@ impl Outcome {
     }
 }
 
+/// `accuracy − weight · avg_cost / full`: accuracy penalised by the cost
+/// relative to the full model's (`full`; no penalty when it is 0).
+pub(crate) fn penalised(accuracy: f64, avg_cost: f64, weight: f64, full: f64) -> f64 {
+    if full > 0.0 { accuracy - weight * avg_cost / full } else { accuracy }
+}
+
 /// Checks `scores` and that `costs` has one finite, non-negative, cumulative
 /// (non-decreasing) cost per exit.
 pub(crate) fn check_inputs(scores: &ExitScores, costs: &[f64]) -> Result<()> {

@@ -100,7 +100,7 @@ impl ArchConfig {
 /// The data a registered model expects.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DataSpec {
-    /// Dataset name (`fashion-mnist`, `cifar100`, `imagenet`).
+    /// Dataset name (`fashion-mnist`, `cifar10`, `cifar100`, `imagenet`).
     pub dataset: &'static str,
     /// Input channels, height and width.
     pub input: (usize, usize, usize),
@@ -126,7 +126,13 @@ pub struct ModelEntry {
 }
 
 const FMNIST: DataSpec = DataSpec { dataset: "fashion-mnist", input: (1, 28, 28), mean: &[0.2860], std: &[0.3530] };
-const CIFAR: DataSpec = DataSpec {
+const CIFAR10: DataSpec = DataSpec {
+    dataset: "cifar10",
+    input: (3, 32, 32),
+    mean: &[0.4914, 0.4824, 0.4467],
+    std: &[0.2471, 0.2435, 0.2616],
+};
+const CIFAR100: DataSpec = DataSpec {
     dataset: "cifar100",
     input: (3, 32, 32),
     mean: &[0.5071, 0.4865, 0.4409],
@@ -183,6 +189,12 @@ pub fn densenet_mc_fmnist() -> DenseNetMcConfig {
     }
 }
 
+/// RANet for Fashion-MNIST, sized to MSDNet's compute: the README's CIFAR-10
+/// layout (3 flows at 7/14/28, lg step mode, 6 exits) on 1-channel 28×28.
+pub fn ranet_fmnist() -> RaNetConfig {
+    RaNetConfig { in_channels: 1, n_channels: 12, growth_rate: 4, ..RaNetConfig::cifar10_readme() }
+}
+
 /// A tiny MSDNet (3 scales, 3 exits) for smoke tests and CI.
 pub fn msdnet_tiny() -> MsdNetConfig {
     MsdNetConfig { n_blocks: 3, n_channels: 4, base: 1, step: 1, growth_rate: 2, ..msdnet_fmnist() }
@@ -212,6 +224,13 @@ pub static REGISTRY: &[ModelEntry] = &[
         weights: Some("densenet-mc-fmnist.safetensors"),
     },
     ModelEntry {
+        name: "ranet-fmnist",
+        description: "RANet, 3 flows (7/14/28), 6 exits, trained on Fashion-MNIST",
+        config: || ArchConfig::Ranet(ranet_fmnist()),
+        data: FMNIST,
+        weights: Some("ranet-fmnist.safetensors"),
+    },
+    ModelEntry {
         name: "msdnet-tiny",
         description: "tiny MSDNet (3 exits) for smoke tests, trains in seconds on the bundled sample",
         config: || ArchConfig::Msdnet(msdnet_tiny()),
@@ -222,21 +241,21 @@ pub static REGISTRY: &[ModelEntry] = &[
         name: "msdnet-cifar100-anytime",
         description: "MSDNet paper/README: CIFAR-100 anytime model (7 blocks, even, step 2, base 4)",
         config: || ArchConfig::Msdnet(MsdNetConfig::cifar100_anytime()),
-        data: CIFAR,
+        data: CIFAR100,
         weights: None,
     },
     ModelEntry {
         name: "msdnet-cifar100-budgeted",
         description: "MSDNet paper/README: CIFAR-100 budgeted model (5 blocks, lin_grow, step 1, base 1)",
         config: || ArchConfig::Msdnet(MsdNetConfig::cifar100_budgeted()),
-        data: CIFAR,
+        data: CIFAR100,
         weights: None,
     },
     ModelEntry {
         name: "ranet-cifar10",
         description: "RANet README: CIFAR-10 (lg, step 2, scale-list 1-2-3, grFactor 4-2-1)",
         config: || ArchConfig::Ranet(RaNetConfig::cifar10_readme()),
-        data: CIFAR,
+        data: CIFAR10,
         weights: None,
     },
     ModelEntry {

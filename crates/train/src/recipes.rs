@@ -55,6 +55,7 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         "msdnet-fmnist" => fmnist("msdnet-fmnist", 30),
         "resnet-mc-fmnist" => fmnist("resnet-mc-fmnist", 30),
         "densenet-mc-fmnist" => fmnist("densenet-mc-fmnist", 30),
+        "ranet-fmnist" => fmnist("ranet-fmnist", 30),
         "msdnet-tiny" => Recipe {
             spec: TrainSpec { checkpoint_minutes: 0.002, ..fmnist_spec(2) },
             batch_size: 50,
@@ -63,7 +64,7 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         },
         other => {
             return Err(Error::Config(format!(
-                "no training recipe for '{other}' (trainable: msdnet-fmnist, resnet-mc-fmnist, densenet-mc-fmnist, msdnet-tiny)"
+                "no training recipe for '{other}' (trainable: msdnet-fmnist, resnet-mc-fmnist, densenet-mc-fmnist, ranet-fmnist, msdnet-tiny)"
             )));
         }
     })

@@ -89,7 +89,14 @@ pub fn resolve_weights(entry: &anytime_models::registry::ModelEntry, w: &Weights
                 let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
                     bail!("bad hub weights '{spec}': expected hf:<owner>/<repo>/<file>");
                 };
-                let cache = hf_hub::Cache::from_env();
+                // HF_HOME/hub, else ~/.cache/huggingface/hub (hf-hub's own
+                // default panics without a home directory).
+                let hub = match (std::env::var_os("HF_HOME"), std::env::var_os("HOME")) {
+                    (Some(h), _) => PathBuf::from(h).join("hub"),
+                    (None, Some(home)) => PathBuf::from(home).join(".cache/huggingface/hub"),
+                    (None, None) => bail!("cannot locate the Hugging Face cache: set HF_HOME"),
+                };
+                let cache = hf_hub::Cache::new(hub);
                 cache.model(format!("{owner}/{repo}")).get(file).with_context(|| {
                     format!(
                         "{file} of {owner}/{repo} is not in the Hugging Face cache at {} (this tool never downloads; \

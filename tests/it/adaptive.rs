@@ -1,0 +1,73 @@
+//! The adaptive-inference commands on the shipped weights and the bundled
+//! sample: the demo (the README's main command), anytime classification under
+//! a deadline, and the bad inputs of budgets and deadlines.
+
+use crate::util::{fails, ok, root, s, temp_dir};
+
+fn sample_idx() -> std::path::PathBuf {
+    root().join("data/fashion-mnist-sample/t10k-images-idx3-ubyte.gz")
+}
+
+#[test]
+fn r07_demo_runs_every_exit_and_real_early_exit() {
+    let out = ok(&["demo"]);
+    assert!(out.contains("anytime prediction, every exit"), "{out}");
+    assert!(out.contains("budgeted, real early exit"), "{out}");
+    assert!(out.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).count() >= 5, "{out}");
+}
+
+/// The first `n` sample images as a raw (uncompressed) IDX file.
+fn small_idx(n: usize) -> std::path::PathBuf {
+    let raw = gunzip(&sample_idx());
+    let mut out = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(&raw[16..16 + n * 784]);
+    let p = temp_dir("small-idx").join("images.idx");
+    std::fs::write(&p, out).expect("write");
+    p
+}
+
+/// Inflates through the system's `gzip -dc`, which keeps the test free of
+/// extra dependencies (the binary's own gzip reader is what is under test).
+fn gunzip(gz: &std::path::Path) -> Vec<u8> {
+    let out = std::process::Command::new("gzip").arg("-dc").arg(gz).output().expect("gzip");
+    assert!(out.status.success(), "gzip -dc {}", gz.display());
+    out.stdout
+}
+
+#[test]
+fn r07_classify_under_a_deadline_and_without_budget() {
+    let idx = small_idx(20);
+    let out = ok(&["classify", "--model", "msdnet-fmnist", s(&idx), "--deadline", "1000"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 20);
+    assert!(lines[0].contains("#0: ") && lines[0].contains("exit 4"), "{}", lines[0]);
+    let full = ok(&["classify", "--model", "msdnet-fmnist", s(&idx)]);
+    assert!(full.lines().all(|l| l.contains("exit 4")));
+    // The gzip sample is read as well.
+    assert_eq!(
+        ok(&["classify", "--model", "msdnet-fmnist", s(&sample_idx()), "--deadline", "0.001"]).lines().count(),
+        1000
+    );
+}
+
+#[test]
+fn r07_bad_budgets_deadlines_and_images() {
+    let idx = sample_idx();
+    let e = fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--budget", "1.0"]);
+    assert!(e.contains("outside") && e.contains("first exit"), "{e}");
+    let e = fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--budget", "99"]);
+    assert!(e.contains("outside") && e.contains("full model"), "{e}");
+    assert!(fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--deadline=0"]).contains("positive"));
+    assert!(fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--budget-fraction", "1.5"]).contains("(0, 1]"));
+    let dir = temp_dir("bad-image");
+    let img = dir.join("broken.png");
+    std::fs::write(&img, b"\x89PNG\r\n\x1a\nbroken").expect("write");
+    assert!(fails(&["classify", "--model", "msdnet-fmnist", s(&img)]).contains("unreadable image"));
+    let cal = dir.join("cal.json");
+    std::fs::write(&cal, r#"{"model":"x","weights_sha256":"0000","method":{"kind":"q","q":0.5},"thresholds":{"confidence":"max_softmax","per_exit":[0.5,0.5,0.5,0.5,0.5]},"exit_mflops":[1,2,3,4,5],"holdout_images":1,"holdout_accuracy":1,"holdout_mflops":1}"#).expect("write");
+    let e = fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--calibration", s(&cal)]);
+    assert!(e.contains("made for weights 0000"), "{e}");
+}
