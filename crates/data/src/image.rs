@@ -18,11 +18,24 @@ pub struct LoadedImage {
 /// Reads a PNG or JPEG, converts it to `channels` (1: grey, 3: RGB) and
 /// resizes it (bilinear, whole image) to `height`x`width` when its size differs.
 pub fn load_image(path: &Path, channels: usize, (height, width): (usize, usize)) -> Result<LoadedImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    decode_image(&bytes, path, channels, (height, width))
+}
+
+/// [`load_image`] on the bytes of a file (`path` names it in errors).
+pub fn decode_image(
+    bytes: &[u8],
+    path: &Path,
+    channels: usize,
+    (height, width): (usize, usize),
+) -> Result<LoadedImage> {
     if channels != 1 && channels != 3 {
         return Err(Error::Invalid(format!("images can be loaded with 1 or 3 channels, not {channels}")));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    let img = image::load_from_memory(&bytes)
+    if height == 0 || width == 0 {
+        return Err(Error::Invalid(format!("cannot resize an image to {height}x{width}")));
+    }
+    let img = image::load_from_memory(bytes)
         .map_err(|e| Error::Format { path: path.to_path_buf(), msg: format!("unreadable image: {e}") })?;
     let original = (img.width(), img.height());
     let resized = original != (width as u32, height as u32);
@@ -66,5 +79,41 @@ mod tests {
         assert!(load_image(&bad, 1, (28, 28)).unwrap_err().to_string().contains("unreadable image"));
         assert!(load_image(&dir.join("none.png"), 1, (28, 28)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Mutated and truncated PNG and JPEG files give an image or an error,
+    /// never a panic.
+    #[test]
+    fn fuzzed_images_never_panic() {
+        let img = image::RgbImage::from_fn(20, 12, |x, y| image::Rgb([x as u8 * 9, y as u8 * 17, (x ^ y) as u8]));
+        let mut valid = Vec::new();
+        for format in [image::ImageFormat::Png, image::ImageFormat::Jpeg] {
+            let mut buf = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut buf, format).unwrap();
+            valid.push(buf.into_inner());
+        }
+        let p = Path::new("fuzz.img");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        for file in &valid {
+            assert!(decode_image(file, p, 3, (28, 28)).is_ok());
+            for _ in 0..300 {
+                let mut bytes = file.clone();
+                for _ in 0..1 + next() % 8 {
+                    let i = next() % bytes.len();
+                    bytes[i] = next() as u8;
+                }
+                if next() % 3 == 0 {
+                    bytes.truncate(next() % bytes.len());
+                }
+                if let Err(e) = decode_image(&bytes, p, 1, (28, 28)) {
+                    assert!(e.to_string().contains("fuzz.img"), "{e}");
+                }
+            }
+        }
+        assert!(decode_image(&valid[0], p, 1, (0, 28)).is_err());
     }
 }
