@@ -111,6 +111,18 @@ def model_case(c):
             opt.step()
         return run
     model.eval()
+    if c["mode"] == "exit":
+        # The reference forward, stopped after classifier k (MSDNet only).
+        if c["arch"] != "msdnet":
+            return None
+        k = c["exit"]
+        def run():
+            with torch.no_grad():
+                h = x
+                for i in range(k + 1):
+                    h = model.blocks[i](h)
+                    model.classifier[i](h)
+        return run
     def run():
         with torch.no_grad():
             model(x)

@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Skip the model cases.
     #[arg(long)]
     kernels_only: bool,
+    /// Run only the cases whose name contains this text (docs/bench.md is
+    /// then left as it is).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn median_time(mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
@@ -156,6 +160,22 @@ fn model(label: &str, cfg: ArchConfig, args: Value, n: usize, hw: usize, mode: &
         vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut opt = anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params);
     let train = mode == "train";
+    // "exit K": batch-1 latency to exit K (0-based), stopping there.
+    let upto = mode.strip_prefix("exit ").map(str::parse::<usize>).transpose()?;
+    if let Some(k) = upto {
+        let macs = *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).get(k).context("no such exit")? as f64;
+        return Ok(Case {
+            spec: json!({"kind": "model", "name": format!("{label} to exit {k} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": "exit", "exit": k}),
+            flops: Some(2.0 * macs * n as f64),
+            run: Box::new(move || {
+                let mut state = m.begin(&x, false)?;
+                for _ in 0..=k {
+                    m.advance(&mut state, false)?;
+                }
+                Ok(())
+            }),
+        });
+    }
     Ok(Case {
         spec: json!({"kind": "model", "name": format!("{label} {mode} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": mode}),
         flops: Some(2.0 * macs * n as f64 * if train { 3.0 } else { 1.0 }),
@@ -206,7 +226,12 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
         {
             v.push(model(label, cfg.clone(), args.clone(), 64, 32, "train")?);
             v.push(model(label, cfg.clone(), args.clone(), 64, 32, "forward")?);
-            v.push(model(label, cfg, args, 1, 32, "forward")?);
+            v.push(model(label, cfg.clone(), args.clone(), 1, 32, "forward")?);
+            if cfg.arch() == "msdnet" {
+                for k in 0..5 {
+                    v.push(model(label, cfg.clone(), args.clone(), 1, 32, &format!("exit {k}"))?);
+                }
+            }
         }
     }
     Ok(v)
@@ -274,6 +299,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let py = python(a)?;
     let peak = peak(a.threads)?;
     let mut cases = cases(a.kernels_only)?;
+    if let Some(only) = &a.only {
+        cases.retain(|c| c.spec["name"].as_str().is_some_and(|n| n.contains(only.as_str())));
+        if cases.is_empty() {
+            bail!("no benchmark case name contains '{only}'");
+        }
+    }
     let mut ours = Vec::new();
     let mut stock = Vec::new();
     for c in &mut cases {
@@ -329,6 +360,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         peak
     );
     println!("{header}{table}");
-    std::fs::write(crate::root().join("docs/bench.md"), format!("# Kernel and model benchmark\n\n{header}{table}"))?;
+    if a.only.is_none() {
+        let doc = format!("# Kernel and model benchmark\n\n{header}{table}");
+        anytime_io::atomic_write(crate::root().join("docs/bench.md"), doc.as_bytes())?;
+    }
     Ok(())
 }

@@ -87,7 +87,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            // The context chain on one line; a cause whose text the line
+            // already holds (library errors often print their source) is
+            // not repeated.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            let msg = msg.replace('\n', " ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

@@ -2,7 +2,7 @@
 
 use super::{WeightsArgs, load_registry_model};
 use anyhow::{Context, Result};
-use anytime_calibrate::{Confidence, ExitScores, sweep_q};
+use anytime_calibrate::{Calibration, Confidence, ExitScores, Thresholds, sweep_q};
 use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
 use anytime_flops::Mode;
@@ -41,6 +41,10 @@ pub struct Args {
     /// Images per batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Evaluate only the first N images of the split (e.g. for quick
+    /// batch-1 latency runs); default: all.
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -48,6 +52,10 @@ pub struct Args {
     /// of q (thresholds calibrated on the held-out split), and write SVG plots.
     #[arg(long)]
     pub budgeted: bool,
+    /// Also measure real early exit with the thresholds of this calibration
+    /// file (made by `anytime calibrate` for these weights).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
     /// Where `--budgeted` writes its plots (default `results/<model>`).
     #[arg(long)]
     pub plots: Option<PathBuf>,
@@ -69,7 +77,13 @@ pub fn load_split(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> 
 pub fn report(a: &Args) -> Result<serde_json::Value> {
     let entry = lookup(&a.model)?;
     let model = load_registry_model(entry, &a.weights)?;
-    let ds = load_split(&a.model, &a.data_dir, a.split)?;
+    let mut ds = load_split(&a.model, &a.data_dir, a.split)?;
+    if let Some(n) = a.limit {
+        anyhow::ensure!(n > 0, "--limit must be at least 1");
+        if n < ds.len() {
+            ds = ds.take(n)?;
+        }
+    }
     let images = ds.len();
     let (_, h, w) = ds.image_shape();
     let loader = Loader::new(
@@ -103,9 +117,30 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
         "batch_size": a.batch_size,
         "exits": exits,
     });
+    let full_ms = ev.ms_per_image().last().copied().unwrap_or(0.0);
+    let full_mflops = mflops.last().copied().unwrap_or(0.0);
+    if let Some(path) = &a.calibration {
+        let sha = anytime_io::sha256_file(super::resolve_weights(entry, &a.weights)?)?;
+        let cal = Calibration::load(path, &sha)?;
+        anyhow::ensure!(
+            cal.thresholds.per_exit.len() == mflops.len(),
+            "{} has {} thresholds, {} has {} exits",
+            path.display(),
+            cal.thresholds.per_exit.len(),
+            a.model,
+            mflops.len()
+        );
+        let mut row = early_exit(model.as_ref(), &loader, &cal.thresholds, &mflops)?;
+        row["saving_ratio"] = saving_ratio(&row, full_mflops, full_ms);
+        row["file"] = path.display().to_string().into();
+        out["calibrated"] = row;
+        out["full_ms_per_image"] = full_ms.into();
+    }
     if a.budgeted {
-        let full_ms = ev.ms_per_image().last().copied().unwrap_or(0.0);
-        let budgeted = budgeted_sweep(a, model.as_ref(), &loader, &mflops)?;
+        let mut budgeted = budgeted_sweep(a, model.as_ref(), &loader, &mflops)?;
+        for b in &mut budgeted {
+            b["saving_ratio"] = saving_ratio(b, full_mflops, full_ms);
+        }
         let dir = a.plots.clone().unwrap_or_else(|| PathBuf::from("results").join(&a.model));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let anytime_pts = |x: &dyn Fn(usize) -> f64| -> Vec<(f64, f64)> {
@@ -159,31 +194,51 @@ fn budgeted_sweep(
     let qs: Vec<f64> = (1..=10).map(|i| 0.2 * i as f64 - 0.1).collect();
     let mut rows = Vec::new();
     for (q, th, val_out) in sweep_q(&scores, mflops, &qs)? {
-        let (mut correct, mut spent, mut n) = (0usize, 0f64, 0usize);
-        let mut counts = vec![0usize; mflops.len()];
-        let start = Instant::now();
-        for b in loader.epoch(0, 0) {
-            let (xs, ys) = b?;
-            let ys = ys.to_vec1::<u32>()?;
-            for (d, y) in classify_budgeted(model, &xs, &th, mflops)?.iter().zip(&ys) {
-                correct += usize::from(d.prediction == *y);
-                spent += d.mflops;
-                counts[d.exit] += 1;
-                n += 1;
-            }
-        }
-        let secs = start.elapsed().as_secs_f64();
-        rows.push(serde_json::json!({
-            "q": q,
-            "accuracy": correct as f64 / n.max(1) as f64,
-            "mflops": spent / n.max(1) as f64,
-            "ms_per_image": 1e3 * secs / n.max(1) as f64,
-            "exit_counts": counts,
-            "holdout_accuracy": val_out.accuracy,
-            "holdout_mflops": val_out.avg_cost,
-        }));
+        let mut row = early_exit(model, loader, &th, mflops)?;
+        row["q"] = q.into();
+        row["holdout_accuracy"] = val_out.accuracy.into();
+        row["holdout_mflops"] = val_out.avg_cost.into();
+        rows.push(row);
     }
     Ok(rows)
+}
+
+/// Real early exit with `th` over every batch of `loader`: accuracy, average
+/// MFLOPs, wall-clock ms per image and the images per exit.
+fn early_exit(
+    model: &dyn anytime_models::MultiExit,
+    loader: &Loader,
+    th: &Thresholds,
+    mflops: &[f64],
+) -> Result<serde_json::Value> {
+    let (mut correct, mut spent, mut n) = (0usize, 0f64, 0usize);
+    let mut counts = vec![0usize; mflops.len()];
+    let start = Instant::now();
+    for b in loader.epoch(0, 0) {
+        let (xs, ys) = b?;
+        let ys = ys.to_vec1::<u32>()?;
+        for (d, y) in classify_budgeted(model, &xs, th, mflops)?.iter().zip(&ys) {
+            correct += usize::from(d.prediction == *y);
+            spent += d.mflops;
+            counts[d.exit] += 1;
+            n += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "accuracy": correct as f64 / n.max(1) as f64,
+        "mflops": spent / n.max(1) as f64,
+        "ms_per_image": 1e3 * secs / n.max(1) as f64,
+        "exit_counts": counts,
+    }))
+}
+
+/// Wall-clock saving over FLOP saving of an early-exit `row`, both against
+/// running every exit; `None` when nothing is saved.
+fn saving_ratio(row: &serde_json::Value, full_mflops: f64, full_ms: f64) -> serde_json::Value {
+    let flop_saving = 1.0 - row["mflops"].as_f64().unwrap_or(0.0) / full_mflops;
+    let time_saving = 1.0 - row["ms_per_image"].as_f64().unwrap_or(0.0) / full_ms;
+    if flop_saving > 1e-9 && full_ms > 0.0 { (time_saving / flop_saving).into() } else { serde_json::Value::Null }
 }
 
 /// Runs the command.
@@ -210,19 +265,31 @@ pub fn run(a: Args) -> Result<()> {
             e["ms_per_image"].as_f64().unwrap_or(0.0)
         );
     }
+    if let Some(c) = r.get("calibrated") {
+        println!(
+            "real early exit with {}: {:.2}% at {:.2} MFLOPs/image, {:.3} ms/image (full model {:.3}), exits used {}",
+            c["file"].as_str().unwrap_or(""),
+            100.0 * c["accuracy"].as_f64().unwrap_or(0.0),
+            c["mflops"].as_f64().unwrap_or(0.0),
+            c["ms_per_image"].as_f64().unwrap_or(0.0),
+            r["full_ms_per_image"].as_f64().unwrap_or(0.0),
+            c["exit_counts"]
+        );
+    }
     if let Some(rows) = r["budgeted"].as_array() {
         println!(
             "budgeted classification, real early exit (full model: {:.3} ms/image):",
             r["full_ms_per_image"].as_f64().unwrap_or(0.0)
         );
-        println!("{:>5}  {:>9}  {:>8}  {:>9}", "q", "accuracy", "MFLOPs", "ms/image");
+        println!("{:>5}  {:>9}  {:>8}  {:>9}  {:>22}", "q", "accuracy", "MFLOPs", "ms/image", "time / FLOP saving");
         for b in rows {
             println!(
-                "{:>5.2}  {:>8.2}%  {:>8.2}  {:>9.3}",
+                "{:>5.2}  {:>8.2}%  {:>8.2}  {:>9.3}  {:>22}",
                 b["q"].as_f64().unwrap_or(0.0),
                 100.0 * b["accuracy"].as_f64().unwrap_or(0.0),
                 b["mflops"].as_f64().unwrap_or(0.0),
-                b["ms_per_image"].as_f64().unwrap_or(0.0)
+                b["ms_per_image"].as_f64().unwrap_or(0.0),
+                b["saving_ratio"].as_f64().map_or("—".into(), |r| format!("{r:.2}"))
             );
         }
         println!("plots in {}", r["plots"].as_str().unwrap_or(""));

@@ -58,6 +58,8 @@ pub fn run(a: Args) -> Result<()> {
         data_dir: a.data_dir.clone(),
         split: EvalSplit::Test,
         batch_size: 256,
+        limit: None,
+        calibration: None,
         json: true,
         budgeted: false,
         plots: None,
