@@ -223,6 +223,26 @@ mod tests {
     }
 
     #[test]
+    fn depthwise_matches_stock_candle() -> Result<()> {
+        // The direct depthwise kernels: 3x3 and 5x5, stride 1 and 2, odd
+        // sizes, padding, dilation, batch 1.
+        let mut rng = crate::test_util::Lcg(777);
+        for case in 0..24 {
+            let k = [3, 5][case % 2];
+            let stride = 1 + (case / 2) % 2;
+            let dilation = 1 + usize::from(case % 7 == 0);
+            let padding = rng.below(k / 2 + 2);
+            let c = 1 + rng.below(6);
+            let n = 1 + rng.below(3);
+            let span = dilation * (k - 1) + 1;
+            let h = span.saturating_sub(2 * padding).max(1) + rng.below(8);
+            let w = span.saturating_sub(2 * padding).max(1) + rng.below(8);
+            check(n, c, c, (h, w), k, Conv2dParams { stride, padding, dilation, groups: c }, 900 + case as u64)?;
+        }
+        Ok(())
+    }
+
+    #[test]
     fn bad_shapes_are_errors() -> Result<()> {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &dev)?;

@@ -1,7 +1,8 @@
 //! Convolution kernels: im2col + GEMM forward, GEMM + col2im input gradient,
-//! GEMM weight gradient. NCHW, f32, square kernels, groups.
+//! GEMM weight gradient. NCHW, f32, square kernels, groups; depthwise
+//! convolutions go to the direct kernels of [`super::depthwise`].
 
-use super::{gemm, threads, with_scratch};
+use super::{depthwise, gemm, threads, with_scratch};
 use rayon::prelude::*;
 
 /// Geometry of one convolution.
@@ -43,7 +44,7 @@ impl ConvGeom {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
     /// Valid output columns `[lo, hi)` for kernel column offset `off = kj·dil`.
-    fn ox_range(&self, off: usize) -> (usize, usize) {
+    pub(crate) fn ox_range(&self, off: usize) -> (usize, usize) {
         let (s, p) = (self.stride, self.pad);
         let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
         let hi = if self.w + p > off { ((self.w + p - off - 1) / s + 1).min(self.ow) } else { 0 };
@@ -151,6 +152,9 @@ fn per_chunk(g: &ConvGeom, out: &mut [f32], per: usize, f: impl Fn(usize, &mut [
 
 /// `y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w [c_out, cig, k, k])`.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if depthwise::applies(g) {
+        return depthwise::forward(g, x, w);
+    }
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let mut y = vec![0f32; g.n * g.c_out * ohw];
     per_chunk(g, &mut y, g.c_out * ohw, |first, yc, par| {
@@ -198,6 +202,9 @@ fn gather_dy(g: &ConvGeom, dy: &[f32], first: usize, s: usize, gi: usize, buf: &
 
 /// Input gradient `dx [n, c_in, h, w]` from `dy [n, c_out, oh, ow]`.
 pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if depthwise::applies(g) {
+        return depthwise::backward_input(g, dy, w);
+    }
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let mut dx = vec![0f32; g.n * g.c_in * hw];
     per_chunk(g, &mut dx, g.c_in * hw, |first, dxc, par| {
@@ -229,6 +236,9 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// the batch chunk by chunk in a fixed order (deterministic for a given
 /// thread count).
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if depthwise::applies(g) {
+        return depthwise::backward_weight(g, x, dy);
+    }
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let wlen = g.c_out * kcol;
     let chunk = g.chunk();

@@ -1,4 +1,5 @@
-//! CPU kernels behind the custom ops: GEMM wrapper, im2col / col2im, and
+//! CPU kernels behind the custom ops: GEMM wrapper, im2col / col2im, direct
+//! depthwise convolution, and
 //! helpers to read Candle storages.
 //!
 //! Every kernel is deterministic for a given thread count: work is split into
@@ -6,6 +7,7 @@
 
 pub(crate) mod bn;
 pub(crate) mod conv;
+pub(crate) mod depthwise;
 pub(crate) mod pool;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
