@@ -96,6 +96,11 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
             drop_last: false,
         },
     )?;
+    // One untimed batch first, so that no timing below includes a cold start
+    // (allocator, thread pool, caches).
+    if let Some(b) = loader.epoch(0, 0).next() {
+        model.forward_exits(&b?.0, false)?;
+    }
     let ev = evaluate_anytime(
         model.as_ref(),
         loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))),
