@@ -139,7 +139,6 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
         row["saving_ratio"] = saving_ratio(&row, full_mflops, full_ms);
         row["file"] = path.display().to_string().into();
         out["calibrated"] = row;
-        out["full_ms_per_image"] = full_ms.into();
     }
     if a.budgeted {
         let mut budgeted = budgeted_sweep(a, model.as_ref(), &loader, &mflops)?;
@@ -179,8 +178,10 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
             ],
         )?;
         out["budgeted"] = serde_json::Value::Array(budgeted);
-        out["full_ms_per_image"] = full_ms.into();
         out["plots"] = dir.display().to_string().into();
+    }
+    if a.calibration.is_some() || a.budgeted {
+        out["full_ms_per_image"] = full_ms.into();
     }
     Ok(out)
 }
