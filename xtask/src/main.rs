@@ -6,6 +6,7 @@
 
 mod bench;
 mod ci;
+mod results;
 mod train;
 
 use anyhow::Result;
@@ -37,7 +38,12 @@ enum Task {
     },
     /// Times our kernels, stock Candle and PyTorch side by side (writes docs/bench.md).
     Bench(bench::BenchArgs),
-    /// Retrains every shipped Fashion-MNIST model and re-exports its weights.
+    /// Measures every trained Fashion-MNIST model (anytime, budgeted at batch 64
+    /// and 1, a 50 % calibration) and rewrites the generated tables of
+    /// docs/results.md, the raw JSON in docs/data/ and the plots in docs/plots/.
+    Results(results::ResultsArgs),
+    /// Retrains every shipped Fashion-MNIST model, re-exports its weights and
+    /// rewrites the results tables (`results`).
     Reproduce {
         /// Dataset family (only `fmnist` exists).
         #[arg(default_value = "fmnist")]
@@ -56,6 +62,7 @@ fn main() -> Result<()> {
         Task::Bench(a) => bench::run(&a),
         Task::Train(a) => train::run(&a),
         Task::Eval { model } => train::anytime(&["eval", "--model", &model, "--json"]),
+        Task::Results(a) => results::run(&a),
         Task::Reproduce { what } => train::reproduce(&what),
     }
 }

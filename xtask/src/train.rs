@@ -51,13 +51,13 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     anytime(&["export", "--model", &a.model])
 }
 
-/// Retrains every shipped model of a dataset family.
+/// Retrains every shipped model of a dataset family, then rewrites the results.
 pub fn reproduce(what: &str) -> Result<()> {
     if what != "fmnist" {
         bail!("unknown family '{what}' (known: fmnist)");
     }
-    for model in ["msdnet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist"] {
-        run(&TrainArgs { model: model.into(), epochs: None, resume: true, max_minutes: None })?;
+    for model in crate::results::FMNIST_MODELS {
+        run(&TrainArgs { model: model.to_string(), epochs: None, resume: true, max_minutes: None })?;
     }
-    Ok(())
+    crate::results::run(&crate::results::ResultsArgs::default())
 }
