@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+use std::cmp::Ordering;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -292,8 +293,9 @@ struct Comparison {
     /// Largest lead of `a` and of `b`, in accuracy points.
     max_a: f64,
     max_b: f64,
-    /// Contiguous stretches `(from, to, a_higher)`.
-    stretches: Vec<(f64, f64, bool)>,
+    /// Contiguous stretches `(from, to, how a compares with b)`; differences
+    /// below 0.005 points count as equal.
+    stretches: Vec<(f64, f64, Ordering)>,
 }
 
 fn compare(a: &[(f64, f64)], b: &[(f64, f64)]) -> Option<Comparison> {
@@ -304,12 +306,18 @@ fn compare(a: &[(f64, f64)], b: &[(f64, f64)]) -> Option<Comparison> {
     }
     const N: usize = 200;
     let (mut higher, mut max_a, mut max_b) = (0usize, 0f64, 0f64);
-    let mut stretches: Vec<(f64, f64, bool)> = Vec::new();
+    let mut stretches: Vec<(f64, f64, Ordering)> = Vec::new();
     for i in 0..=N {
         let x = lo + (hi - lo) * i as f64 / N as f64;
         let d = interp(a, x)? - interp(b, x)?;
-        let up = d > 0.0;
-        higher += usize::from(up);
+        let up = if d.abs() < 0.005 {
+            Ordering::Equal
+        } else if d > 0.0 {
+            Ordering::Greater
+        } else {
+            Ordering::Less
+        };
+        higher += usize::from(up == Ordering::Greater);
         max_a = max_a.max(d);
         max_b = max_b.max(-d);
         match stretches.last_mut() {
@@ -321,8 +329,18 @@ fn compare(a: &[(f64, f64)], b: &[(f64, f64)]) -> Option<Comparison> {
 }
 
 fn describe(a: &str, b: &str, c: &Comparison) -> String {
-    let parts: Vec<String> =
-        c.stretches.iter().map(|&(x0, x1, up)| format!("{x0:.1}–{x1:.1}: {}", if up { a } else { b })).collect();
+    let parts: Vec<String> = c
+        .stretches
+        .iter()
+        .map(|&(x0, x1, up)| {
+            let who = match up {
+                Ordering::Greater => a,
+                Ordering::Less => b,
+                Ordering::Equal => "equal",
+            };
+            format!("{x0:.1}–{x1:.1}: {who}")
+        })
+        .collect();
     format!(
         "shared range {:.1}–{:.1} MFLOPs; {a} higher on {:.0} % of it (by up to {:.2} points), {b} higher by up to {:.2} points; higher curve by stretch: {}",
         c.lo,
@@ -449,9 +467,13 @@ mod tests {
         let c = compare(&a, &b).unwrap();
         assert_eq!((c.lo, c.hi), (1.0, 3.0));
         assert!((c.max_a - 1.0).abs() < 1e-9 && (c.max_b - 1.0).abs() < 1e-9);
-        assert_eq!(c.stretches.len(), 2);
-        assert!(c.stretches[0].2 && !c.stretches[1].2);
+        assert_eq!(c.stretches.len(), 3);
+        let order: Vec<Ordering> = c.stretches.iter().map(|s| s.2).collect();
+        assert_eq!(order, [Ordering::Greater, Ordering::Equal, Ordering::Less]);
         assert!((c.stretches[1].0 - 2.0).abs() < 1e-9, "{:?}", c.stretches);
+        // A curve against itself is equal everywhere.
+        let same = compare(&a, &a).unwrap();
+        assert_eq!((same.a_higher, same.stretches.len(), same.stretches[0].2), (0.0, 1, Ordering::Equal));
         assert!((c.a_higher - 100.0 / 201.0).abs() < 1e-9);
         // Disjoint ranges cannot be compared.
         assert_eq!(compare(&a, &[(4.0, 1.0), (5.0, 2.0)]), None);
