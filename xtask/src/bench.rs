@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// then left as it is).
     #[arg(long)]
     only: Option<String>,
+    /// Run our stride-1 convolutions through im2col instead of the shifted
+    /// GEMMs (to compare the two; docs/bench.md is then left as it is).
+    #[arg(long)]
+    im2col: bool,
 }
 
 fn median_time(mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
@@ -305,6 +309,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             bail!("no benchmark case name contains '{only}'");
         }
     }
+    anytime_ops::conv::set_shifted_gemm(!a.im2col);
     let mut ours = Vec::new();
     let mut stock = Vec::new();
     for c in &mut cases {
@@ -360,7 +365,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         peak
     );
     println!("{header}{table}");
-    if a.only.is_none() {
+    if a.only.is_none() && !a.im2col {
         let doc = format!("# Kernel and model benchmark\n\n{header}{table}");
         anytime_io::atomic_write(crate::root().join("docs/bench.md"), doc.as_bytes())?;
     }

@@ -142,6 +142,15 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dPara
     }
 }
 
+/// Chooses how our CPU kernels run stride-1 convolutions that are not
+/// depthwise: shifted GEMMs on padded planes (`true`, the default) or im2col +
+/// GEMM (`false`). Both give the same results up to float rounding; the switch
+/// exists for the benchmark (`cargo xtask bench`) and the tests.
+#[doc(hidden)]
+pub fn set_shifted_gemm(on: bool) {
+    kernels::conv::set_shifted(on);
+}
+
 /// Candle's stock convolution with the same interface (the comparison point
 /// of the tests and the benchmark).
 pub fn conv2d_stock(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
@@ -219,6 +228,18 @@ mod tests {
             let w = span.saturating_sub(2 * padding).max(1) + rng.below(9);
             check(n, c_in, c_out, (h, w), k, Conv2dParams { stride, padding, dilation, groups }, 100 + case)?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn large_maps_match_stock_candle() -> Result<()> {
+        // Maps big enough for the per-sample 1x1 GEMMs, several samples per
+        // chunk, and 3x3 shifted GEMMs over several chunks.
+        let p1 = Conv2dParams::default();
+        check(5, 6, 4, (14, 14), 1, p1, 31)?;
+        check(4, 4, 6, (16, 13), 1, Conv2dParams { groups: 2, ..p1 }, 32)?;
+        check(7, 3, 5, (28, 28), 1, p1, 33)?;
+        check(9, 4, 3, (20, 17), 3, Conv2dParams { padding: 1, ..p1 }, 34)?;
         Ok(())
     }
 

@@ -1,8 +1,22 @@
 //! Convolution kernels: im2col + GEMM forward, GEMM + col2im input gradient,
 //! GEMM weight gradient. NCHW, f32, square kernels, groups; depthwise
-//! convolutions go to the direct kernels of [`super::depthwise`].
+//! convolutions go to the direct kernels of [`super::depthwise`], other
+//! stride-1 convolutions to the shifted GEMMs of [`super::shift`].
 
-use super::{depthwise, gemm, threads, with_scratch};
+use super::{depthwise, gemm, shift, threads, with_scratch};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static SHIFTED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the shifted-GEMM kernels for stride-1 convolutions on or off (then
+/// im2col handles them too); for benchmarks and tests.
+pub(crate) fn set_shifted(on: bool) {
+    SHIFTED.store(on, Ordering::Relaxed);
+}
+
+fn use_shift(g: &ConvGeom) -> bool {
+    SHIFTED.load(Ordering::Relaxed) && shift::applies(g)
+}
 use rayon::prelude::*;
 
 /// Geometry of one convolution.
@@ -43,6 +57,12 @@ impl ConvGeom {
     fn pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
+    /// A 1x1 convolution on `s` samples runs as one GEMM per sample on the
+    /// input as it is (no copy) when there is one sample or the maps are big
+    /// enough for per-sample GEMMs to be efficient.
+    fn direct_pointwise(&self, s: usize) -> bool {
+        self.pointwise() && (s == 1 || self.hw() >= POINTWISE_DIRECT_HW)
+    }
     /// Valid output columns `[lo, hi)` for kernel column offset `off = kj·dil`.
     pub(crate) fn ox_range(&self, off: usize) -> (usize, usize) {
         let (s, p) = (self.stride, self.pad);
@@ -56,10 +76,13 @@ impl ConvGeom {
 /// (small feature maps would otherwise make skinny, slow GEMMs).
 const TARGET_COLS: usize = 2048;
 
+/// Feature-map size from which 1x1 convolutions skip the column matrix.
+const POINTWISE_DIRECT_HW: usize = 196;
+
 impl ConvGeom {
     /// Samples per chunk: enough columns per GEMM, and at least one chunk per
     /// thread when the batch allows.
-    fn chunk(&self) -> usize {
+    pub(crate) fn chunk(&self) -> usize {
         let by_cols = TARGET_COLS.div_ceil(self.ohw().max(1));
         by_cols.min(self.n.div_ceil(threads())).clamp(1, self.n.max(1))
     }
@@ -141,7 +164,7 @@ fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
 /// in parallel over chunks when there are several (GEMMs single-threaded),
 /// else one chunk with multi-threaded GEMMs. `per` is the output size of one
 /// sample.
-fn per_chunk(g: &ConvGeom, out: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
+pub(crate) fn per_chunk(g: &ConvGeom, out: &mut [f32], per: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
     let chunk = g.chunk();
     if g.n > chunk && threads() > 1 {
         out.par_chunks_mut(per * chunk).enumerate().for_each(|(c, o)| f(c * chunk, o, false));
@@ -155,6 +178,14 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     if depthwise::applies(g) {
         return depthwise::forward(g, x, w);
     }
+    if use_shift(g) {
+        return shift::forward(g, x, w);
+    }
+    forward_im2col(g, x, w)
+}
+
+/// The im2col + GEMM forward (any geometry).
+fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let mut y = vec![0f32; g.n * g.c_out * ohw];
     per_chunk(g, &mut y, g.c_out * ohw, |first, yc, par| {
@@ -162,11 +193,13 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
         let ld = s * ohw;
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
-            if s == 1 && g.pointwise() {
-                // One sample, 1x1: the input already is the column matrix.
-                let xg = &x[(first * g.c_in + gi * cig) * hw..(first * g.c_in + (gi + 1) * cig) * hw];
-                let yg = &mut yc[gi * cog * ohw..(gi + 1) * cog * ohw];
-                gemm(cog, ohw, cig, yg, (ohw, 1), false, wg, (cig, 1), xg, (hw, 1), par);
+            if g.direct_pointwise(s) {
+                // 1x1: each sample's input already is its column matrix.
+                for j in 0..s {
+                    let xg = &x[((first + j) * g.c_in + gi * cig) * hw..][..cig * hw];
+                    let yg = &mut yc[(j * g.c_out + gi * cog) * ohw..][..cog * ohw];
+                    gemm(cog, ohw, cig, yg, (ohw, 1), false, wg, (cig, 1), xg, (hw, 1), par);
+                }
                 continue;
             }
             with_scratch(kcol * ld, cog * ld, |col, out| {
@@ -205,6 +238,14 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     if depthwise::applies(g) {
         return depthwise::backward_input(g, dy, w);
     }
+    if use_shift(g) {
+        return shift::backward_input(g, dy, w);
+    }
+    backward_input_im2col(g, dy, w)
+}
+
+/// The GEMM + col2im input gradient (any geometry).
+fn backward_input_im2col(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let mut dx = vec![0f32; g.n * g.c_in * hw];
     per_chunk(g, &mut dx, g.c_in * hw, |first, dxc, par| {
@@ -212,10 +253,12 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         let ld = s * ohw;
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
-            if s == 1 && g.pointwise() {
-                let dyg = &dy[(first * g.c_out + gi * cog) * ohw..(first * g.c_out + (gi + 1) * cog) * ohw];
-                let dxg = &mut dxc[gi * cig * hw..(gi + 1) * cig * hw];
-                gemm(cig, hw, cog, dxg, (hw, 1), false, wg, (1, cig), dyg, (ohw, 1), par);
+            if g.direct_pointwise(s) {
+                for j in 0..s {
+                    let dyg = &dy[((first + j) * g.c_out + gi * cog) * ohw..][..cog * ohw];
+                    let dxg = &mut dxc[(j * g.c_in + gi * cig) * hw..][..cig * hw];
+                    gemm(cig, hw, cog, dxg, (hw, 1), false, wg, (1, cig), dyg, (ohw, 1), par);
+                }
                 continue;
             }
             with_scratch(kcol * ld, cog * ld, |col, dyb| {
@@ -239,6 +282,14 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if depthwise::applies(g) {
         return depthwise::backward_weight(g, x, dy);
     }
+    if use_shift(g) {
+        return shift::backward_weight(g, x, dy);
+    }
+    backward_weight_im2col(g, x, dy)
+}
+
+/// The im2col + GEMM weight gradient (any geometry).
+fn backward_weight_im2col(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let wlen = g.c_out * kcol;
     let chunk = g.chunk();
@@ -251,6 +302,15 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let ld = s * ohw;
         for gi in 0..g.groups {
             let dwg = &mut dw[gi * cog * kcol..(gi + 1) * cog * kcol];
+            if g.direct_pointwise(s) {
+                for j in 0..s {
+                    let dyg = &dy[((first + j) * g.c_out + gi * cog) * ohw..][..cog * ohw];
+                    let xg = &x[((first + j) * g.c_in + gi * cig) * hw..][..cig * hw];
+                    // dw (cog x cig) += dy_j (cog x hw) · x_jᵀ (hw x cig)
+                    gemm(cog, kcol, ohw, dwg, (kcol, 1), j > 0, dyg, (ohw, 1), xg, (1, hw), !parallel);
+                }
+                continue;
+            }
             with_scratch(kcol * ld, cog * ld, |col, dyb| {
                 gather_dy(g, dy, first, s, gi, dyb);
                 for j in 0..s {
@@ -312,6 +372,42 @@ mod tests {
         y
     }
 
+    /// The shifted-GEMM kernels against the im2col ones: forward and both
+    /// gradients, several chunks per batch (so partial sums are reduced),
+    /// groups, padding 0..2 and dilation.
+    #[test]
+    fn shifted_gemm_matches_im2col() {
+        for &(n, c_in, c_out, k, pad, dil, groups, h, w) in &[
+            (37, 5, 4, 3, 1, 1, 1, 7, 7),
+            (9, 6, 9, 3, 0, 1, 3, 9, 6),
+            (5, 4, 3, 5, 2, 1, 1, 11, 8),
+            (4, 3, 5, 3, 2, 2, 1, 6, 7),
+            (3, 2, 2, 1, 1, 1, 2, 4, 5),
+            (1, 8, 16, 3, 1, 1, 1, 28, 28),
+        ] {
+            let oh = h + 2 * pad - dil * (k - 1);
+            let ow = w + 2 * pad - dil * (k - 1);
+            let g = ConvGeom { n, c_in, h, w, c_out, k, stride: 1, pad, dil, groups, oh, ow };
+            assert!(shift::applies(&g));
+            let x: Vec<f32> = (0..n * c_in * h * w).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+            let wt: Vec<f32> =
+                (0..c_out * c_in / groups * k * k).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
+            let dy: Vec<f32> = (0..n * c_out * oh * ow).map(|i| ((i * 613) % 19) as f32 / 9.0 - 1.0).collect();
+            let pairs = [
+                ("forward", shift::forward(&g, &x, &wt), forward_im2col(&g, &x, &wt)),
+                ("dx", shift::backward_input(&g, &dy, &wt), backward_input_im2col(&g, &dy, &wt)),
+                ("dw", shift::backward_weight(&g, &x, &dy), backward_weight_im2col(&g, &x, &dy)),
+            ];
+            for (what, a, b) in pairs {
+                assert_eq!(a.len(), b.len(), "{g:?} {what}");
+                for (u, v) in a.iter().zip(&b) {
+                    assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{g:?} {what}: {u} vs {v}");
+                }
+            }
+            assert_eq!(forward(&g, &x, &wt), shift::forward(&g, &x, &wt), "dispatch");
+        }
+    }
+
     #[test]
     fn forward_matches_naive_on_awkward_geometry() {
         for &(k, stride, pad, dil, groups, h, w) in &[
@@ -320,6 +416,8 @@ mod tests {
             (3, 1, 2, 2, 1, 6, 5),
             (5, 3, 1, 1, 2, 11, 8),
             (1, 2, 0, 1, 1, 5, 5),
+            (1, 1, 0, 1, 1, 14, 14),
+            (1, 1, 0, 1, 2, 16, 13),
         ] {
             let (n, c_in, c_out) = (3, 4, 6);
             let oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;

@@ -9,6 +9,7 @@ pub(crate) mod bn;
 pub(crate) mod conv;
 pub(crate) mod depthwise;
 pub(crate) mod pool;
+pub(crate) mod shift;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 use std::cell::RefCell;
