@@ -155,10 +155,32 @@ fn dense(n: usize, c: usize, hw: usize, layers: usize, growth: usize) -> Result<
 }
 
 fn model(label: &str, cfg: ArchConfig, args: Value, n: usize, hw: usize, mode: &str) -> Result<Case> {
+    model_with_channels(label, cfg, args, n, 3, hw, mode)
+}
+
+/// A training step of a registry model on its own input size (ours and stock
+/// Candle only: the reference code has no 1-channel stems).
+fn registry_train(name: &str, n: usize) -> Result<Case> {
+    let e = anytime_models::registry::lookup(name)?;
+    let (c, h, _) = e.data.input;
+    let mut case = model_with_channels(name, (e.config)(), Value::Null, n, c, h, "train")?;
+    case.spec["kind"] = "registry".into();
+    Ok(case)
+}
+
+fn model_with_channels(
+    label: &str,
+    cfg: ArchConfig,
+    args: Value,
+    n: usize,
+    channels: usize,
+    hw: usize,
+    mode: &str,
+) -> Result<Case> {
     let vm = VarMap::new();
     let m: Box<dyn MultiExit> = cfg.build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
     let macs = *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).last().context("no exits")? as f64;
-    let x = rand(&[n, 3, hw, hw])?;
+    let x = rand(&[n, channels, hw, hw])?;
     let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
     let params: Vec<(String, Var)> =
         vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -236,6 +258,9 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
                     v.push(model(label, cfg.clone(), args.clone(), 1, 32, &format!("exit {k}"))?);
                 }
             }
+        }
+        for name in crate::results::FMNIST_MODELS {
+            v.push(registry_train(name, 64)?);
         }
     }
     Ok(v)
