@@ -77,7 +77,7 @@ impl ConvGeom {
 const TARGET_COLS: usize = 2048;
 
 /// Feature-map size from which 1x1 convolutions skip the column matrix.
-const POINTWISE_DIRECT_HW: usize = 196;
+pub(crate) const POINTWISE_DIRECT_HW: usize = 196;
 
 impl ConvGeom {
     /// Samples per chunk: enough columns per GEMM, and at least one chunk per
@@ -383,6 +383,7 @@ mod tests {
             (5, 4, 3, 5, 2, 1, 1, 11, 8),
             (4, 3, 5, 3, 2, 2, 1, 6, 7),
             (3, 2, 2, 1, 1, 1, 2, 4, 5),
+            (50, 6, 5, 1, 0, 1, 1, 7, 7),
             (1, 8, 16, 3, 1, 1, 1, 28, 28),
         ] {
             let oh = h + 2 * pad - dil * (k - 1);

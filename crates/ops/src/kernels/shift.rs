@@ -13,13 +13,16 @@
 //! weight gradient reduces over the wide grid, whose extra columns carry zero
 //! output gradient.
 
-use super::conv::{ConvGeom, per_chunk};
+use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk};
 use super::{gemm, threads, with_scratch};
 use rayon::prelude::*;
 
-/// Whether the shifted-GEMM kernels handle `g` (stride 1, a real kernel).
+/// Whether the shifted-GEMM kernels handle `g`: stride 1, except 1x1
+/// convolutions on maps big enough for per-sample GEMMs without any copy
+/// (those stay with [`super::conv`]). On a 1x1 convolution the padded planes
+/// are plain copies, one per channel and sample.
 pub(crate) fn applies(g: &ConvGeom) -> bool {
-    g.stride == 1 && !(g.k == 1 && g.pad == 0)
+    g.stride == 1 && !(g.k == 1 && g.pad == 0 && g.h * g.w >= POINTWISE_DIRECT_HW)
 }
 
 /// The wide-grid layout of a chunk of `s` samples.
