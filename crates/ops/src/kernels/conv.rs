@@ -1,15 +1,16 @@
 //! Convolution kernels: im2col + GEMM forward, GEMM + col2im input gradient,
 //! GEMM weight gradient. NCHW, f32, square kernels, groups; depthwise
-//! convolutions go to the direct kernels of [`super::depthwise`], other
-//! stride-1 convolutions to the shifted GEMMs of [`super::shift`].
+//! convolutions go to the direct kernels of [`super::depthwise`], the others
+//! (except 1x1 on large maps, direct GEMMs here) to the shifted GEMMs of
+//! [`super::shift`]; the im2col path remains for comparison.
 
 use super::{depthwise, gemm, shift, threads, with_scratch};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static SHIFTED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the shifted-GEMM kernels for stride-1 convolutions on or off (then
-/// im2col handles them too); for benchmarks and tests.
+/// Turns the shifted-GEMM kernels on or off (then im2col handles those
+/// convolutions); for benchmarks and tests.
 pub(crate) fn set_shifted(on: bool) {
     SHIFTED.store(on, Ordering::Relaxed);
 }
@@ -377,18 +378,24 @@ mod tests {
     /// groups, padding 0..2 and dilation.
     #[test]
     fn shifted_gemm_matches_im2col() {
-        for &(n, c_in, c_out, k, pad, dil, groups, h, w) in &[
-            (37, 5, 4, 3, 1, 1, 1, 7, 7),
-            (9, 6, 9, 3, 0, 1, 3, 9, 6),
-            (5, 4, 3, 5, 2, 1, 1, 11, 8),
-            (4, 3, 5, 3, 2, 2, 1, 6, 7),
-            (3, 2, 2, 1, 1, 1, 2, 4, 5),
-            (50, 6, 5, 1, 0, 1, 1, 7, 7),
-            (1, 8, 16, 3, 1, 1, 1, 28, 28),
+        for &(n, c_in, c_out, k, stride, pad, dil, groups, h, w) in &[
+            (37, 5, 4, 3, 1, 1, 1, 1, 7, 7),
+            (9, 6, 9, 3, 1, 0, 1, 3, 9, 6),
+            (5, 4, 3, 5, 1, 2, 1, 1, 11, 8),
+            (4, 3, 5, 3, 1, 2, 2, 1, 6, 7),
+            (3, 2, 2, 1, 1, 1, 1, 2, 4, 5),
+            (50, 6, 5, 1, 1, 0, 1, 1, 7, 7),
+            (1, 8, 16, 3, 1, 1, 1, 1, 28, 28),
+            (40, 4, 6, 3, 2, 1, 1, 1, 7, 7),
+            (6, 4, 6, 3, 2, 1, 1, 2, 16, 15),
+            (3, 3, 2, 5, 3, 2, 1, 1, 13, 11),
+            (4, 3, 4, 3, 2, 0, 2, 1, 12, 9),
+            (5, 4, 4, 1, 2, 0, 1, 1, 9, 8),
+            (2, 2, 3, 2, 2, 1, 1, 1, 6, 5),
         ] {
-            let oh = h + 2 * pad - dil * (k - 1);
-            let ow = w + 2 * pad - dil * (k - 1);
-            let g = ConvGeom { n, c_in, h, w, c_out, k, stride: 1, pad, dil, groups, oh, ow };
+            let oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+            let ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+            let g = ConvGeom { n, c_in, h, w, c_out, k, stride, pad, dil, groups, oh, ow };
             assert!(shift::applies(&g));
             let x: Vec<f32> = (0..n * c_in * h * w).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
             let wt: Vec<f32> =
