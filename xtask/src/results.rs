@@ -70,37 +70,40 @@ fn measure(path: &Path, reuse: bool, args: &[&str]) -> Result<Value> {
 
 fn measure_model(name: &str, reuse: bool) -> Result<Measured> {
     let root = crate::root();
-    let dir = root.join("docs/data").join(name);
-    std::fs::create_dir_all(&dir)?;
-    let s = |p: &Path| p.display().to_string();
+    // Paths handed to `anytime` are relative to the repository root (its
+    // working directory), so the JSON it writes names no machine path.
+    let rel = format!("docs/data/{name}");
+    std::fs::create_dir_all(root.join(&rel))?;
+    let file = |f: &str| format!("{rel}/{f}");
     let n1 = BATCH1_IMAGES.to_string();
     let plots64 = format!("docs/plots/{name}");
     let plots1 = format!("docs/plots/{name}-batch1");
     let b64 = measure(
-        &dir.join("budgeted-b64.json"),
+        &root.join(file("budgeted-b64.json")),
         reuse,
         &["eval", "--model", name, "--budgeted", "--json", "--plots", &plots64],
     )?;
     let b1 = measure(
-        &dir.join("budgeted-b1.json"),
+        &root.join(file("budgeted-b1.json")),
         reuse,
         &["eval", "--model", name, "--budgeted", "--batch-size", "1", "--limit", &n1, "--json", "--plots", &plots1],
     )?;
-    let cal_path = dir.join("calibration-50.json");
+    let cal_rel = file("calibration-50.json");
+    let cal_path = root.join(&cal_rel);
     if !(reuse && cal_path.exists()) {
-        anytime_stdout(&["calibrate", "--model", name, "--budget-fraction", "0.5", "--output", &s(&cal_path)])?;
+        anytime_stdout(&["calibrate", "--model", name, "--budget-fraction", "0.5", "--output", &cal_rel])?;
     }
     let cal: Value = serde_json::from_str(&std::fs::read_to_string(&cal_path)?)
         .with_context(|| format!("{} is not JSON", cal_path.display()))?;
     let cal_b64 = measure(
-        &dir.join("calibrated-b64.json"),
+        &root.join(file("calibrated-b64.json")),
         reuse,
-        &["eval", "--model", name, "--calibration", &s(&cal_path), "--json"],
+        &["eval", "--model", name, "--calibration", &cal_rel, "--json"],
     )?;
     let cal_b1 = measure(
-        &dir.join("calibrated-b1.json"),
+        &root.join(file("calibrated-b1.json")),
         reuse,
-        &["eval", "--model", name, "--calibration", &s(&cal_path), "--batch-size", "1", "--limit", &n1, "--json"],
+        &["eval", "--model", name, "--calibration", &cal_rel, "--batch-size", "1", "--limit", &n1, "--json"],
     )?;
     Ok(Measured { name: name.into(), b64, b1, cal, cal_b64, cal_b1 })
 }
