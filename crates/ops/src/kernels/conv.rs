@@ -5,6 +5,7 @@
 //! [`super::shift`]; the im2col path remains for comparison.
 
 use super::{depthwise, gemm, shift, threads, with_scratch};
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static SHIFTED: AtomicBool = AtomicBool::new(true);
@@ -18,7 +19,6 @@ pub(crate) fn set_shifted(on: bool) {
 fn use_shift(g: &ConvGeom) -> bool {
     SHIFTED.load(Ordering::Relaxed) && shift::applies(g)
 }
-use rayon::prelude::*;
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
