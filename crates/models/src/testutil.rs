@@ -37,7 +37,7 @@ pub fn assert_close_tol(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
     let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
     let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1e-4 + 1e-4 * y.abs())).fold(0f32, f32::max);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (tol + tol * y.abs())).fold(0f32, f32::max);
     assert!(worst <= 1.0, "{what}: worst |a-b| / ({tol} + {tol}|b|) = {worst}");
 }
 
