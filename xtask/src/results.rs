@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The shipped Fashion-MNIST models, MSDNet first (the comparison's reference).
 pub const FMNIST_MODELS: &[&str] = &["msdnet-fmnist", "ranet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist"];
@@ -42,14 +42,7 @@ struct Measured {
 
 /// Runs the release `anytime` binary with `args` and returns what it printed on stdout.
 fn anytime_stdout(args: &[&str]) -> Result<String> {
-    eprintln!("$ anytime {}", args.join(" "));
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--release", "-q", "-p", "anytime-cli", "--"])
-        .args(args)
-        .env("MIMALLOC_PURGE_DELAY", "-1")
-        .current_dir(crate::root())
-        .stderr(Stdio::inherit())
-        .output()?;
+    let out = crate::train::anytime_command(args).stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
         bail!("anytime {} failed", args.join(" "));
     }

@@ -20,15 +20,21 @@ pub struct TrainArgs {
     max_minutes: Option<f64>,
 }
 
-/// Runs the release `anytime` binary (building it first) with `args`.
-pub fn anytime(args: &[&str]) -> Result<()> {
+/// `cargo run --release -p anytime-cli -- args` (building it first), from the
+/// repository root, with the allocator setting the training runs use.
+pub fn anytime_command(args: &[&str]) -> Command {
     eprintln!("$ anytime {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
-        .args(["run", "--release", "-q", "-p", "anytime-cli", "--"])
+    let mut c = Command::new(env!("CARGO"));
+    c.args(["run", "--release", "-q", "-p", "anytime-cli", "--"])
         .args(args)
         .env("MIMALLOC_PURGE_DELAY", "-1")
-        .current_dir(crate::root())
-        .status()?;
+        .current_dir(crate::root());
+    c
+}
+
+/// Runs the release `anytime` binary with `args`.
+pub fn anytime(args: &[&str]) -> Result<()> {
+    let status = anytime_command(args).status()?;
     if !status.success() {
         bail!("anytime {} failed", args.join(" "));
     }

@@ -325,10 +325,22 @@ fn backward_weight_im2col(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
         dw
     };
+    sum_chunk_partials(chunks, parallel, wlen, partial)
+}
+
+/// Sums the per-chunk partial weight gradients `partial(c)` of `chunks`
+/// chunks (computed in parallel when `parallel`) in chunk order, so the
+/// result is the same for a given thread count.
+pub(crate) fn sum_chunk_partials(
+    chunks: usize,
+    parallel: bool,
+    len: usize,
+    partial: impl Fn(usize) -> Vec<f32> + Sync + Send,
+) -> Vec<f32> {
     let parts: Vec<Vec<f32>> =
         if parallel { (0..chunks).into_par_iter().map(partial).collect() } else { (0..chunks).map(partial).collect() };
     let mut it = parts.into_iter();
-    let mut dw = it.next().unwrap_or_else(|| vec![0f32; wlen]);
+    let mut dw = it.next().unwrap_or_else(|| vec![0f32; len]);
     for p in it {
         for (a, b) in dw.iter_mut().zip(&p) {
             *a += b;

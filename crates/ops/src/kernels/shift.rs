@@ -20,9 +20,8 @@
 //! `(ki·dil div st, kj·dil div st)`, so the same GEMMs run on the phase
 //! planes, and each input pixel is still copied once.
 
-use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk};
+use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk, sum_chunk_partials};
 use super::{gemm, threads, with_scratch};
-use rayon::prelude::*;
 
 /// Whether the shifted-GEMM kernels handle `g`: every geometry except 1x1,
 /// stride-1 convolutions on maps big enough for per-sample GEMMs without any
@@ -266,14 +265,5 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
         dw
     };
-    let parts: Vec<Vec<f32>> =
-        if parallel { (0..chunks).into_par_iter().map(partial).collect() } else { (0..chunks).map(partial).collect() };
-    let mut it = parts.into_iter();
-    let mut dw = it.next().unwrap_or_else(|| vec![0f32; wlen]);
-    for p in it {
-        for (a, b) in dw.iter_mut().zip(&p) {
-            *a += b;
-        }
-    }
-    dw
+    sum_chunk_partials(chunks, parallel, wlen, partial)
 }
