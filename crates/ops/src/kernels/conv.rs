@@ -38,20 +38,20 @@ pub(crate) struct ConvGeom {
 }
 
 impl ConvGeom {
-    fn cig(&self) -> usize {
+    pub(crate) fn cig(&self) -> usize {
         self.c_in / self.groups
     }
-    fn cog(&self) -> usize {
+    pub(crate) fn cog(&self) -> usize {
         self.c_out / self.groups
     }
     /// Rows of a group's column matrix.
-    fn kcol(&self) -> usize {
+    pub(crate) fn kcol(&self) -> usize {
         self.cig() * self.k * self.k
     }
-    fn ohw(&self) -> usize {
+    pub(crate) fn ohw(&self) -> usize {
         self.oh * self.ow
     }
-    fn hw(&self) -> usize {
+    pub(crate) fn hw(&self) -> usize {
         self.h * self.w
     }
     /// A 1x1, stride-1, unpadded conv needs no column matrix.
@@ -293,13 +293,8 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 fn backward_weight_im2col(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let wlen = g.c_out * kcol;
-    let chunk = g.chunk();
-    let chunks = g.n.div_ceil(chunk);
-    let parallel = chunks > 1 && threads() > 1;
-    let partial = |c: usize| -> Vec<f32> {
+    sum_chunk_partials(g, wlen, |first, s, par| {
         let mut dw = vec![0f32; wlen];
-        let first = c * chunk;
-        let s = chunk.min(g.n - first);
         let ld = s * ohw;
         for gi in 0..g.groups {
             let dwg = &mut dw[gi * cog * kcol..(gi + 1) * cog * kcol];
@@ -308,7 +303,7 @@ fn backward_weight_im2col(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     let dyg = &dy[((first + j) * g.c_out + gi * cog) * ohw..][..cog * ohw];
                     let xg = &x[((first + j) * g.c_in + gi * cig) * hw..][..cig * hw];
                     // dw (cog x cig) += dy_j (cog x hw) · x_jᵀ (hw x cig)
-                    gemm(cog, kcol, ohw, dwg, (kcol, 1), j > 0, dyg, (ohw, 1), xg, (1, hw), !parallel);
+                    gemm(cog, kcol, ohw, dwg, (kcol, 1), j > 0, dyg, (ohw, 1), xg, (1, hw), par);
                 }
                 continue;
             }
@@ -320,25 +315,32 @@ fn backward_weight_im2col(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     im2col(g, xg, &mut col[j * ohw..], ld);
                 }
                 // dw (cog x kcol) = dy (cog x s·ohw) · colᵀ (s·ohw x kcol)
-                gemm(cog, kcol, ld, dwg, (kcol, 1), false, dyb, (ld, 1), col, (1, ld), !parallel);
+                gemm(cog, kcol, ld, dwg, (kcol, 1), false, dyb, (ld, 1), col, (1, ld), par);
             });
         }
         dw
-    };
-    sum_chunk_partials(chunks, parallel, wlen, partial)
+    })
 }
 
-/// Sums the per-chunk partial weight gradients `partial(c)` of `chunks`
-/// chunks (computed in parallel when `parallel`) in chunk order, so the
-/// result is the same for a given thread count.
+/// Sums per-chunk partial weight gradients of length `len`:
+/// `partial(first, samples, parallel_gemm)` covers samples `first..first +
+/// samples`; chunks run in parallel when there are several (their GEMMs then
+/// single-threaded) and are summed in chunk order, so the result is the same
+/// for a given thread count.
 pub(crate) fn sum_chunk_partials(
-    chunks: usize,
-    parallel: bool,
+    g: &ConvGeom,
     len: usize,
-    partial: impl Fn(usize) -> Vec<f32> + Sync + Send,
+    partial: impl Fn(usize, usize, bool) -> Vec<f32> + Sync + Send,
 ) -> Vec<f32> {
+    let chunk = g.chunk();
+    let chunks = g.n.div_ceil(chunk);
+    let parallel = chunks > 1 && threads() > 1;
+    let run = |c: usize| {
+        let first = c * chunk;
+        partial(first, chunk.min(g.n - first), !parallel)
+    };
     let parts: Vec<Vec<f32>> =
-        if parallel { (0..chunks).into_par_iter().map(partial).collect() } else { (0..chunks).map(partial).collect() };
+        if parallel { (0..chunks).into_par_iter().map(run).collect() } else { (0..chunks).map(run).collect() };
     let mut it = parts.into_iter();
     let mut dw = it.next().unwrap_or_else(|| vec![0f32; len]);
     for p in it {

@@ -21,7 +21,7 @@
 //! planes, and each input pixel is still copied once.
 
 use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk, sum_chunk_partials};
-use super::{gemm, threads, with_scratch};
+use super::{gemm, with_scratch};
 
 /// Whether the shifted-GEMM kernels handle `g`: every geometry except 1x1,
 /// stride-1 convolutions on maps big enough for per-sample GEMMs without any
@@ -78,7 +78,7 @@ impl Wide {
 
 /// Copies group `gi` of samples `first..` into zero-padded phase planes.
 fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mut [f32]) {
-    let (cig, hw, p, w, st) = (g.c_in / g.groups, g.h * g.w, g.pad, g.w, l.st);
+    let (cig, hw, p, w, st) = (g.cig(), g.hw(), g.pad, g.w, l.st);
     for ci in 0..cig {
         for j in 0..l.samples {
             let src = &x[((first + j) * g.c_in + gi * cig + ci) * hw..][..hw];
@@ -117,7 +117,7 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
 
 /// Copies the output gradients of group `gi` onto the wide grid, zero elsewhere.
 fn wide_dy(g: &ConvGeom, dy: &[f32], first: usize, gi: usize, l: &Wide, dyw: &mut [f32]) {
-    let (cog, ohw) = (g.c_out / g.groups, g.oh * g.ow);
+    let (cog, ohw) = (g.cog(), g.ohw());
     for co in 0..cog {
         for j in 0..l.samples {
             let src = &dy[((first + j) * g.c_out + gi * cog + co) * ohw..][..ohw];
@@ -134,7 +134,7 @@ fn wide_dy(g: &ConvGeom, dy: &[f32], first: usize, gi: usize, l: &Wide, dyw: &mu
 
 /// Adds the phase planes of a padded input gradient back into `dx` (crop).
 fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, gi: usize, dxc: &mut [f32]) {
-    let (cig, hw, p, st) = (g.c_in / g.groups, g.h * g.w, g.pad, l.st);
+    let (cig, hw, p, st) = (g.cig(), g.hw(), g.pad, l.st);
     for j in 0..l.samples {
         for ci in 0..cig {
             let dst = &mut dxc[(j * g.c_in + gi * cig + ci) * hw..][..hw];
@@ -161,10 +161,10 @@ fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, gi: usize, dxc: &mut [f32]) {
     }
 }
 
-/// `y [n, c_out, oh, ow]` for a stride-1 convolution.
+/// `y [n, c_out, oh, ow]` of a convolution.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let (cig, cog, ohw) = (g.c_in / g.groups, g.c_out / g.groups, g.oh * g.ow);
-    let (k, kk, kcol) = (g.k, g.k * g.k, g.c_in / g.groups * g.k * g.k);
+    let (cig, cog, ohw) = (g.cig(), g.cog(), g.ohw());
+    let (k, kk, kcol) = (g.k, g.k * g.k, g.kcol());
     let mut y = vec![0f32; g.n * g.c_out * ohw];
     per_chunk(g, &mut y, g.c_out * ohw, |first, yc, par| {
         let s = yc.len() / (g.c_out * ohw);
@@ -195,10 +195,10 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Input gradient `dx [n, c_in, h, w]` of a stride-1 convolution.
+/// Input gradient `dx [n, c_in, h, w]` of a convolution.
 pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    let (cig, cog, hw) = (g.c_in / g.groups, g.c_out / g.groups, g.h * g.w);
-    let (k, kk, kcol) = (g.k, g.k * g.k, g.c_in / g.groups * g.k * g.k);
+    let (cig, cog, hw) = (g.cig(), g.cog(), g.hw());
+    let (k, kk, kcol) = (g.k, g.k * g.k, g.kcol());
     let mut dx = vec![0f32; g.n * g.c_in * hw];
     per_chunk(g, &mut dx, g.c_in * hw, |first, dxc, par| {
         let s = dxc.len() / (g.c_in * hw);
@@ -223,19 +223,15 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// Weight gradient `dw [c_out, cig, k, k]` of a stride-1 convolution, summed
-/// over the batch chunk by chunk in a fixed order.
+/// Weight gradient `dw [c_out, cig, k, k]` of a convolution, summed over the
+/// batch chunk by chunk in a fixed order.
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (cig, cog) = (g.c_in / g.groups, g.c_out / g.groups);
-    let (k, kk, kcol) = (g.k, g.k * g.k, g.c_in / g.groups * g.k * g.k);
+    let (cig, cog) = (g.cig(), g.cog());
+    let (k, kk, kcol) = (g.k, g.k * g.k, g.kcol());
     let wlen = g.c_out * kcol;
-    let chunk = g.chunk();
-    let chunks = g.n.div_ceil(chunk);
-    let parallel = chunks > 1 && threads() > 1;
-    let partial = |c: usize| -> Vec<f32> {
+    sum_chunk_partials(g, wlen, |first, samples, par| {
         let mut dw = vec![0f32; wlen];
-        let first = c * chunk;
-        let l = Wide::new(g, chunk.min(g.n - first));
+        let l = Wide::new(g, samples);
         for gi in 0..g.groups {
             let dwg = &mut dw[gi * cog * kcol..(gi + 1) * cog * kcol];
             with_scratch(cig * l.crow(), cog * l.ld, |xp, dyw| {
@@ -257,13 +253,12 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                             (l.ld, 1),
                             rhs,
                             (1, l.crow()),
-                            !parallel,
+                            par,
                         );
                     }
                 }
             });
         }
         dw
-    };
-    sum_chunk_partials(chunks, parallel, wlen, partial)
+    })
 }
