@@ -33,8 +33,7 @@ pub struct BenchArgs {
     /// then left as it is).
     #[arg(long)]
     only: Option<String>,
-    /// Run our stride-1 convolutions through im2col instead of the shifted
-    /// GEMMs (to compare the two; docs/bench.md is then left as it is).
+    /// Run our convolutions through im2col instead of the shifted GEMMs (to compare the two; docs/bench.md is then left as it is).
     #[arg(long)]
     im2col: bool,
 }

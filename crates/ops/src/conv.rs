@@ -142,9 +142,9 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dPara
     }
 }
 
-/// Chooses how our CPU kernels run stride-1 convolutions that are not
-/// depthwise: shifted GEMMs on padded planes (`true`, the default) or im2col +
-/// GEMM (`false`). Both give the same results up to float rounding; the switch
+/// Chooses how our CPU kernels run convolutions that are neither depthwise
+/// nor 1x1 on large maps: shifted GEMMs on padded (phase) planes (`true`, the
+/// default) or im2col + GEMM (`false`). Both give the same results up to float rounding; the switch
 /// exists for the benchmark (`cargo xtask bench`) and the tests.
 #[doc(hidden)]
 pub fn set_shifted_gemm(on: bool) {
