@@ -128,6 +128,9 @@ pub fn batch_norm_train(xs: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, re
     if gamma.dims() != [c] || beta.dims() != [c] {
         bail!("batch norm: weight {:?} and bias {:?} must both be [{c}]", gamma.dims(), beta.dims())
     }
+    if xs.elem_count() == 0 {
+        bail!("batch norm in training mode needs a non-empty input, got {:?}", xs.dims())
+    }
     if !(xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32) || crate::stock_ops() {
         return batch_norm_train_stock(xs, gamma, beta, eps, relu);
     }
@@ -302,6 +305,18 @@ mod tests {
         assert_close("folded", &conv2d(&x, &fw, Some(&fb), p)?, &reference, 1e-4)?;
         let relu = batch_norm_eval(&y, &g, &b, &m, &v, 1e-5, true)?;
         assert_close("relu", &relu, &reference.relu()?, 1e-6)?;
+        Ok(())
+    }
+
+    #[test]
+    fn empty_inputs() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((0, 3, 4, 4), candle_core::DType::F32, &dev)?;
+        let (g, b) = (Tensor::ones(3, candle_core::DType::F32, &dev)?, Tensor::zeros(3, candle_core::DType::F32, &dev)?);
+        let err = batch_norm_train(&x, &g, &b, 1e-5, true).expect_err("an empty batch has no statistics");
+        assert!(err.to_string().contains("non-empty"), "{err}");
+        let y = batch_norm_eval(&x, &g, &b, &b, &g, 1e-5, true)?;
+        assert_eq!(y.dims(), [0, 3, 4, 4]);
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ pub struct ModelArgs {
     /// A registered model name (see `anytime models`).
     #[arg(long, conflicts_with_all = ["arch", "config"])]
     pub model: Option<String>,
-    /// Architecture of a configuration file: msdnet, resnet_mc, densenet_mc.
+    /// Architecture of a configuration file: msdnet, ranet, resnet_mc, densenet_mc.
     #[arg(long, requires = "config")]
     pub arch: Option<String>,
     /// Configuration JSON: the project's own form, or a reference-style object

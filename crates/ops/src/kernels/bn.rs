@@ -2,6 +2,7 @@
 //! optionally fused with a ReLU.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Lanes of the vectorisable accumulations: independent partial sums the
 /// compiler can keep in one SIMD register (a single running sum cannot be
@@ -30,22 +31,30 @@ fn sum_sq(x: &[f32]) -> (f32, f32) {
 
 /// `(Σ d, Σ d·(x − μ))` with `d = dz` masked by `z > 0` when `relu`.
 fn grad_sums(x: &[f32], z: &[f32], dz: &[f32], mu: f32, relu: bool) -> (f32, f32) {
+    if relu { grad_sums_masked::<true>(x, z, dz, mu) } else { grad_sums_masked::<false>(x, z, dz, mu) }
+}
+
+/// [`grad_sums`] with the mask decided at compile time; the zipped fixed-size
+/// chunks carry no bounds checks (indexing three slices did, which kept the
+/// loop scalar).
+fn grad_sums_masked<const RELU: bool>(x: &[f32], z: &[f32], dz: &[f32], mu: f32) -> (f32, f32) {
+    let mask = |z: f32, d: f32| if RELU && z <= 0.0 { 0.0 } else { d };
     let mut a = [0f32; LANES];
     let mut b = [0f32; LANES];
-    let n = x.len() / LANES * LANES;
-    for i in (0..n).step_by(LANES) {
+    let (cx, cz, cd) = (x.chunks_exact(LANES), z.chunks_exact(LANES), dz.chunks_exact(LANES));
+    let (rx, rz, rd) = (cx.remainder(), cz.remainder(), cd.remainder());
+    for ((xc, zc), dc) in cx.zip(cz).zip(cd) {
         for l in 0..LANES {
-            let j = i + l;
-            let d = if relu && z[j] <= 0.0 { 0.0 } else { dz[j] };
+            let d = mask(zc[l], dc[l]);
             a[l] += d;
-            b[l] += d * (x[j] - mu);
+            b[l] += d * (xc[l] - mu);
         }
     }
     let (mut sa, mut sb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
-    for j in n..x.len() {
-        let d = if relu && z[j] <= 0.0 { 0.0 } else { dz[j] };
+    for ((&xv, &zv), &dv) in rx.iter().zip(rz).zip(rd) {
+        let d = mask(zv, dv);
         sa += d;
-        sb += d * (x[j] - mu);
+        sb += d * (xv - mu);
     }
     (sa, sb)
 }
@@ -85,27 +94,35 @@ pub(crate) fn stats(x: &[f32], n: usize, c: usize, hw: usize, eps: f64) -> Stats
 
 /// `y = x · scale[c] + shift[c]`, then a ReLU when `relu`.
 pub(crate) fn affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(ys, xs)| {
-        for ci in 0..c {
-            let (a, b) = (scale[ci], shift[ci]);
-            let (yo, xi) = (&mut ys[ci * hw..(ci + 1) * hw], &xs[ci * hw..(ci + 1) * hw]);
-            if relu {
-                for (o, &v) in yo.iter_mut().zip(xi) {
-                    *o = (v * a + b).max(0.0);
-                }
-            } else {
-                for (o, &v) in yo.iter_mut().zip(xi) {
-                    *o = v * a + b;
+    if x.is_empty() {
+        return Vec::new();
+    }
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(ys, xs)| {
+            for ci in 0..c {
+                let (a, b) = (scale[ci], shift[ci]);
+                let (yo, xi) = (&mut ys[ci * hw..(ci + 1) * hw], &xs[ci * hw..(ci + 1) * hw]);
+                if relu {
+                    for (o, &v) in yo.iter_mut().zip(xi) {
+                        o.write((v * a + b).max(0.0));
+                    }
+                } else {
+                    for (o, &v) in yo.iter_mut().zip(xi) {
+                        o.write(v * a + b);
+                    }
                 }
             }
-        }
-    });
-    y
+        });
+    };
+    // SAFETY: the chunks cover `x.len()` elements (a whole number of samples)
+    // and every channel plane of every chunk is written.
+    unsafe { super::written_vec(x.len(), 0, fill) }
 }
 
 /// Gradients of training-mode batch norm. `z` is the forward output (used
-/// for the ReLU mask). Returns `(dx, dgamma, dbeta)`.
+/// for the ReLU mask). Returns `(dx, dgamma, dbeta)`; `dx` has room for
+/// `2·c` more elements, so the caller can append `dgamma` and `dbeta` to it
+/// without a copy.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     x: &[f32],
@@ -133,21 +150,31 @@ pub(crate) fn backward(
         .collect();
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
     let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-    let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_mut(c * hw).enumerate().for_each(|(ni, out)| {
-        for ci in 0..c {
-            let (mu, inv) = (st.mean[ci], st.invstd[ci]);
-            let k = gamma[ci] * inv;
-            let (mb, mg) = ((sums[ci].0 / m) as f32, (sums[ci].1 / m) as f32);
-            // dx = k·(d − mb − (x − μ)·inv·mg) = k·d − k·mb + k·inv·mg·μ − k·inv·mg·x
-            let (a, b) = (k * inv * mg, k * (inv * mg * mu - mb));
-            let o = (ni * c + ci) * hw;
-            let (xs, zs, ds) = (&x[o..o + hw], &z[o..o + hw], &dz[o..o + hw]);
-            for (j, d) in out[ci * hw..(ci + 1) * hw].iter_mut().enumerate() {
-                let g = if relu && zs[j] <= 0.0 { 0.0 } else { ds[j] };
-                *d = k * g + b - a * xs[j];
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        dx.par_chunks_mut(c * hw).enumerate().for_each(|(ni, out)| {
+            for ci in 0..c {
+                let (mu, inv) = (st.mean[ci], st.invstd[ci]);
+                let k = gamma[ci] * inv;
+                let (mb, mg) = ((sums[ci].0 / m) as f32, (sums[ci].1 / m) as f32);
+                // dx = k·(d − mb − (x − μ)·inv·mg) = k·d − k·mb + k·inv·mg·μ − k·inv·mg·x
+                let (a, b) = (k * inv * mg, k * (inv * mg * mu - mb));
+                let o = (ni * c + ci) * hw;
+                let (xs, zs, ds) = (&x[o..o + hw], &z[o..o + hw], &dz[o..o + hw]);
+                let dst = out[ci * hw..(ci + 1) * hw].iter_mut().zip(xs).zip(zs.iter().zip(ds));
+                if relu {
+                    for ((d, &xv), (&zv, &dv)) in dst {
+                        d.write(k * if zv <= 0.0 { 0.0 } else { dv } + b - a * xv);
+                    }
+                } else {
+                    for ((d, &xv), (_, &dv)) in dst {
+                        d.write(k * dv + b - a * xv);
+                    }
+                }
             }
-        }
-    });
+        });
+    };
+    // SAFETY: the chunks are whole samples of `x.len()` elements, and every
+    // channel plane of each is written.
+    let dx = unsafe { super::written_vec(x.len(), 2 * c, fill) };
     (dx, dgamma, dbeta)
 }

@@ -13,6 +13,21 @@ pub(crate) mod shift;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+/// A vector of `len` floats written by `fill`, with room for `extra` more,
+/// without first zero-filling it (a full memory pass per output otherwise).
+///
+/// # Safety
+/// `fill` must write every one of the `len` elements it is given.
+pub(crate) unsafe fn written_vec(len: usize, extra: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len + extra);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is at least `len`, and the caller guarantees that
+    // `fill` initialised elements `0..len`.
+    unsafe { v.set_len(len) };
+    v
+}
 
 /// The contiguous f32 data of a storage/layout pair.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
