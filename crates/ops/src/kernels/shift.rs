@@ -104,9 +104,10 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
                     let x0 = st * vlo + b - p;
                     if st == 1 {
                         row[vlo..vhi].copy_from_slice(&srow[x0..x0 + vhi - vlo]);
-                    } else {
-                        for (o, i) in row[vlo..vhi].iter_mut().zip((x0..).step_by(st)) {
-                            *o = srow[i];
+                    } else if vlo < vhi {
+                        // x0 < w here; with no valid column it may lie past the row.
+                        for (o, &v) in row[vlo..vhi].iter_mut().zip(srow[x0..].iter().step_by(st)) {
+                            *o = v;
                         }
                     }
                 }
@@ -147,14 +148,23 @@ fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, gi: usize, dxc: &mut [f32]) {
             }
             for (y, row) in dst.chunks_exact_mut(g.w).enumerate() {
                 let (u, a) = ((y + p) / st, (y + p) % st);
-                for (x, o) in row.iter_mut().enumerate() {
-                    let (v, b) = ((x + p) / st, (x + p) % st);
+                // Columns x with (x + p) mod st = b come from phase (a, b),
+                // consecutive there from v = (x0 + p) / st.
+                for b in 0..st {
+                    let x0 = (b + st - p % st) % st;
+                    if x0 >= g.w {
+                        continue;
+                    }
                     let phase = a * st + b;
-                    *o = if l.used[phase] {
-                        dxp[ci * l.crow() + phase * l.ld + j * l.plane + u * l.wq + v]
+                    let cols = row[x0..].iter_mut().step_by(st);
+                    if l.used[phase] {
+                        let src = &dxp[ci * l.crow() + phase * l.ld + j * l.plane + u * l.wq + (x0 + p) / st..];
+                        for (o, &v) in cols.zip(src) {
+                            *o = v;
+                        }
                     } else {
-                        0.0
-                    };
+                        cols.for_each(|o| *o = 0.0);
+                    }
                 }
             }
         }
