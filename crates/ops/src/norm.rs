@@ -312,7 +312,8 @@ mod tests {
     fn empty_inputs() -> Result<()> {
         let dev = Device::Cpu;
         let x = Tensor::zeros((0, 3, 4, 4), candle_core::DType::F32, &dev)?;
-        let (g, b) = (Tensor::ones(3, candle_core::DType::F32, &dev)?, Tensor::zeros(3, candle_core::DType::F32, &dev)?);
+        let (g, b) =
+            (Tensor::ones(3, candle_core::DType::F32, &dev)?, Tensor::zeros(3, candle_core::DType::F32, &dev)?);
         let err = batch_norm_train(&x, &g, &b, 1e-5, true).expect_err("an empty batch has no statistics");
         assert!(err.to_string().contains("non-empty"), "{err}");
         let y = batch_norm_eval(&x, &g, &b, &b, &g, 1e-5, true)?;
