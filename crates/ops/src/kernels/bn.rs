@@ -163,7 +163,8 @@ pub(crate) fn backward(
                 let dst = out[ci * hw..(ci + 1) * hw].iter_mut().zip(xs).zip(zs.iter().zip(ds));
                 if relu {
                     for ((d, &xv), (&zv, &dv)) in dst {
-                        d.write(k * if zv <= 0.0 { 0.0 } else { dv } + b - a * xv);
+                        let g = if zv <= 0.0 { 0.0 } else { dv };
+                        d.write(k * g + b - a * xv);
                     }
                 } else {
                     for ((d, &xv), (_, &dv)) in dst {
