@@ -323,10 +323,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     // SAFETY: set before any thread of ours starts; read by rayon and candle.
     unsafe {
         std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
-        // As the `anytime` binary does (see its `no_barrier_spin`).
-        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-        }
+        anytime_ops::no_barrier_spin_unless_set();
     }
     let py = python(a)?;
     let peak = peak(a.threads)?;

@@ -44,20 +44,6 @@ enum Command {
     Classify(commands::classify::Args),
 }
 
-/// Candle's CPU backend runs large element-wise ops on its own "barrier
-/// pool" threads, which spin for 25,000 iterations after each op before they
-/// sleep. On a 2-core machine that spinning takes a core from our rayon
-/// kernels: a `ranet-fmnist` training step took 1057 ms with the default
-/// and 956 ms with no spinning (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`, mean of
-/// three alternating `cargo xtask bench` runs). Use no spinning unless the
-/// user chose a limit.
-fn no_barrier_spin() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // SAFETY: called first thing in main, before any thread exists.
-        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") };
-    }
-}
-
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`anytime flops | head`), as Unix tools do,
     // instead of panicking in println!.
@@ -66,7 +52,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    no_barrier_spin();
+    // SAFETY: first thing in main, before any thread exists.
+    unsafe { anytime_ops::no_barrier_spin_unless_set() };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)

@@ -4,7 +4,8 @@
 //! provides them with forward **and** backward passes, and fast CPU kernels
 //! for the hot ones:
 //!
-//! - [`conv`]: 2-D convolution (im2col/GEMM custom ops on CPU);
+//! - [`conv`]: 2-D convolution (custom ops on CPU: shifted GEMMs on padded
+//!   planes, direct depthwise kernels, im2col + GEMM kept for comparison);
 //! - [`norm`]: batch normalisation (training and eval, fused ReLU, folding);
 //! - [`pool`]: average / max pooling with padding and correct gradients,
 //!   adaptive and global average pooling;
@@ -40,6 +41,14 @@
 
 pub mod act;
 pub mod batch;
+pub mod conv;
+mod kernels;
+pub mod loss;
+pub mod norm;
+pub mod pool;
+pub mod resize;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -55,14 +64,26 @@ pub fn set_stock_ops(on: bool) {
 pub fn stock_ops() -> bool {
     STOCK.load(Ordering::Relaxed)
 }
-pub mod conv;
-mod kernels;
-pub mod loss;
-pub mod norm;
-pub mod pool;
-pub mod resize;
-#[cfg(test)]
-pub(crate) mod test_util;
+
+/// Stops Candle's CPU "barrier pool" threads from spinning, unless the user
+/// chose a limit in `CANDLE_BARRIER_POOL_SPIN_LIMIT`. Candle runs large
+/// element-wise ops on those threads, which spin for 25,000 iterations after
+/// each op before they sleep; on a 2-core machine the spinning takes a core
+/// from this crate's rayon kernels. A `ranet-fmnist` training step took
+/// 1057 ms with the default and 956 ms without spinning (mean of three
+/// alternating `cargo xtask bench` runs, docs/results.md). Binaries call it
+/// first thing in `main`.
+///
+/// # Safety
+/// It sets an environment variable: call it before any other thread exists
+/// (see [`std::env::set_var`]).
+pub unsafe fn no_barrier_spin_unless_set() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        // SAFETY: the caller guarantees that no other thread exists.
+        unsafe { std::env::set_var(VAR, "0") };
+    }
+}
 
 /// Compiles and runs the README's example as a doctest.
 #[cfg(doctest)]

@@ -105,7 +105,7 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
                     if st == 1 {
                         row[vlo..vhi].copy_from_slice(&srow[x0..x0 + vhi - vlo]);
                     } else if vlo < vhi {
-                        // x0 < w here; with no valid column it may lie past the row.
+                        // With no valid column x0 may lie past the row.
                         for (o, &v) in row[vlo..vhi].iter_mut().zip(srow[x0..].iter().step_by(st)) {
                             *o = v;
                         }
