@@ -151,6 +151,14 @@ pub fn set_shifted_gemm(on: bool) {
     kernels::conv::set_shifted(on);
 }
 
+/// Turns the AVX2/FMA micro-kernel of the shifted convolutions off (`false`:
+/// one GEMM per kernel tap instead) or back on (the default where the CPU
+/// has AVX2 and FMA). For the benchmark and the tests.
+#[doc(hidden)]
+pub fn set_direct_kernel(on: bool) {
+    kernels::direct::set_enabled(on);
+}
+
 /// Candle's stock convolution with the same interface (the comparison point
 /// of the tests and the benchmark).
 pub fn conv2d_stock(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {

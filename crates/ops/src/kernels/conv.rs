@@ -387,11 +387,20 @@ mod tests {
         y
     }
 
-    /// The shifted-GEMM kernels against the im2col ones: forward and both
-    /// gradients, several chunks per batch (so partial sums are reduced),
-    /// groups, padding 0..2 and dilation.
+    /// The shifted-GEMM kernels, with and without the direct micro-kernel,
+    /// against the im2col ones: forward and both gradients, several chunks
+    /// per batch (so partial sums are reduced), groups, padding 0..3 (also
+    /// beyond the kernel's reach) and dilation.
     #[test]
     fn shifted_gemm_matches_im2col() {
+        for direct_on in [true, false] {
+            super::super::direct::set_enabled(direct_on);
+            shifted_gemm_matches_im2col_once();
+        }
+        super::super::direct::set_enabled(true);
+    }
+
+    fn shifted_gemm_matches_im2col_once() {
         for &(n, c_in, c_out, k, stride, pad, dil, groups, h, w) in &[
             (37, 5, 4, 3, 1, 1, 1, 1, 7, 7),
             (9, 6, 9, 3, 1, 0, 1, 3, 9, 6),
@@ -406,6 +415,8 @@ mod tests {
             (4, 3, 4, 3, 2, 0, 2, 1, 12, 9),
             (5, 4, 4, 1, 2, 0, 1, 1, 9, 8),
             (2, 2, 3, 2, 2, 1, 1, 1, 6, 5),
+            (3, 3, 4, 3, 1, 3, 1, 1, 5, 6),
+            (2, 7, 13, 3, 1, 1, 1, 1, 8, 8),
         ] {
             let oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
             let ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;

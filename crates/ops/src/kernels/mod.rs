@@ -8,6 +8,7 @@
 pub(crate) mod bn;
 pub(crate) mod conv;
 pub(crate) mod depthwise;
+pub(crate) mod direct;
 pub(crate) mod pool;
 pub(crate) mod shift;
 

@@ -1,18 +1,23 @@
 //! Convolution without a column matrix ("shifted GEMMs").
 //!
 //! Stride 1 first. The inputs of a chunk of samples are copied once into
-//! zero-padded planes laid side by side, `xp [cig, s·P]` with
-//! `P = (h + 2p)·(w + 2p)`. On that
-//! layout the input seen by kernel tap `(ki, kj)` for output position
-//! `q = oy·wp + ox` is `xp[.., q + off]` with `off = (ki·wp + kj)·dil`: one
-//! contiguous, shifted view per tap. The output is computed on the same wide
-//! grid (`ox < wp`, the extra columns are discarded) as `k²` accumulated GEMMs
-//! `y += w[.., .., tap] · xp[.., off..]`, so nothing is copied `k²` times as
-//! im2col does; small feature maps, where im2col's short rows cost more than
-//! the GEMM, gain most. The gradients are the same GEMMs transposed: the
-//! input gradient accumulates into shifted views of a padded buffer, the
-//! weight gradient reduces over the wide grid, whose extra columns carry zero
-//! output gradient.
+//! zero-padded planes laid one after another, `xp [cig, lead + s·P]`, that
+//! share their padding: rows are `wq = w + p` wide (a row's right zeros are
+//! the next row's left ones), planes `P = (h + p)·wq` (a sample's bottom zeros
+//! are the next one's top), after `lead = p·wq + p` zeros. On that layout the
+//! input seen by kernel tap `(ki, kj)` for output position `q = oy·wq + ox`
+//! is `xp[.., q + off]` with `off = (ki·wq + kj)·dil`: one contiguous, shifted
+//! view per tap. The output is computed on the same wide grid (`ox < wq`, the
+//! extra columns are discarded) as `y = Σ_tap w[.., .., tap] · xp[.., off..]`,
+//! either by the register-blocked kernel of [`super::direct`] (AVX2 + FMA),
+//! which sums all taps in registers, or by one accumulated GEMM per tap; in
+//! both, nothing is copied `k²` times as im2col does, so small feature maps,
+//! where im2col's short rows cost more than the arithmetic, gain most. The
+//! gradients are the same sums transposed: the input gradient is a forward
+//! pass of the output gradient with mirrored taps (direct kernel) or
+//! accumulates into shifted views of a padded buffer (GEMMs); the weight
+//! gradient reduces over the wide grid, whose extra columns carry zero output
+//! gradient.
 //!
 //! Stride `st > 1` reduces to stride 1: the padded input is split into `st²`
 //! phase planes (pixels `(st·u + a, st·v + b)` for phase `(a, b)`); tap
@@ -21,6 +26,7 @@
 //! planes, and each input pixel is still copied once.
 
 use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk, sum_chunk_partials};
+use super::direct::{self, NR, padded_cols};
 use super::{gemm, with_scratch};
 
 /// Whether the shifted-GEMM kernels handle `g`: every geometry except 1x1,
@@ -40,7 +46,9 @@ struct Wide {
     plane: usize,
     /// Samples in the chunk.
     samples: usize,
-    /// Length of one channel-phase row: `samples · plane`.
+    /// Zeros in front of the first sample (stride 1 only, see [`Wide::new`]).
+    lead: usize,
+    /// Length of one channel-phase row: `lead + samples · plane`.
     ld: usize,
     /// Columns each GEMM computes (up to the last valid output).
     cols: usize,
@@ -49,9 +57,21 @@ struct Wide {
 }
 
 impl Wide {
+    /// With stride 1 the planes share their padding: a row's right zeros are
+    /// the next row's left ones and a sample's bottom zeros the next one's
+    /// top, so a row is `w + gap` wide and a plane `h + gap` rows high, with
+    /// `gap = p` (more only when the padding exceeds the kernel's reach and
+    /// the output is wider than that). On 8×8 maps with padding 1 this
+    /// computes 81 columns per sample instead of 100.
     fn new(g: &ConvGeom, samples: usize) -> Self {
         let st = g.stride;
-        let (hq, wq) = ((g.h + 2 * g.pad).div_ceil(st), (g.w + 2 * g.pad).div_ceil(st));
+        let p = g.pad;
+        let (hq, wq, lead) = if st == 1 {
+            let gap = p + p.saturating_sub((g.k - 1) * g.dil);
+            (g.h + gap, g.w + gap, p * (g.w + gap) + p)
+        } else {
+            ((g.h + 2 * p).div_ceil(st), (g.w + 2 * p).div_ceil(st), 0)
+        };
         let plane = hq * wq;
         let mut used = vec![false; st * st];
         for ki in 0..g.k {
@@ -59,7 +79,8 @@ impl Wide {
                 used[(ki * g.dil % st) * st + kj * g.dil % st] = true;
             }
         }
-        Wide { st, wq, plane, samples, ld: samples * plane, cols: (samples - 1) * plane + (g.oh - 1) * wq + g.ow, used }
+        let cols = (samples - 1) * plane + (g.oh - 1) * wq + g.ow;
+        Wide { st, wq, plane, samples, lead, ld: lead + samples * plane, cols, used }
     }
     fn phases(&self) -> usize {
         self.st * self.st
@@ -70,25 +91,43 @@ impl Wide {
     }
     /// Where tap `(ki, kj)` starts reading in a channel's phase buffers.
     fn off(&self, g: &ConvGeom, ki: usize, kj: usize) -> usize {
+        let (phase, shift) = self.tap(g, ki, kj);
+        phase * self.ld + shift
+    }
+    /// The phase plane tap `(ki, kj)` reads, and its shift within it.
+    fn tap(&self, g: &ConvGeom, ki: usize, kj: usize) -> (usize, usize) {
         let (y, x) = (ki * g.dil, kj * g.dil);
-        let phase = (y % self.st) * self.st + x % self.st;
-        phase * self.ld + (y / self.st) * self.wq + x / self.st
+        ((y % self.st) * self.st + x % self.st, (y / self.st) * self.wq + x / self.st)
     }
 }
 
-/// Copies group `gi` of samples `first..` into zero-padded phase planes.
+/// Copies group `gi` of samples `first..` into zero-padded (phase) planes.
 fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mut [f32]) {
     let (cig, hw, p, w, st) = (g.cig(), g.hw(), g.pad, g.w, l.st);
+    if st == 1 {
+        // Shared padding: pixel (y, x) of sample j at lead + j·plane + y·wq + x.
+        for ci in 0..cig {
+            let chan = &mut xp[ci * l.ld..][..l.ld];
+            chan[..l.lead].fill(0.0);
+            for j in 0..l.samples {
+                let src = &x[((first + j) * g.c_in + gi * cig + ci) * hw..][..hw];
+                let dst = &mut chan[l.lead + j * l.plane..][..l.plane];
+                let (rows, band) = dst.split_at_mut(g.h * l.wq);
+                for (row, srow) in rows.chunks_exact_mut(l.wq).zip(src.chunks_exact(w)) {
+                    row[..w].copy_from_slice(srow);
+                    row[w..].fill(0.0);
+                }
+                band.fill(0.0);
+            }
+        }
+        return;
+    }
     for ci in 0..cig {
         for j in 0..l.samples {
             let src = &x[((first + j) * g.c_in + gi * cig + ci) * hw..][..hw];
             for (phase, _) in l.used.iter().enumerate().filter(|u| *u.1) {
                 let (a, b) = (phase / st, phase % st);
                 let dst = &mut xp[ci * l.crow() + phase * l.ld + j * l.plane..][..l.plane];
-                if st == 1 && p == 0 {
-                    dst.copy_from_slice(src);
-                    continue;
-                }
                 // Phase columns v whose input column st·v + b − p lies in [0, w).
                 let vlo = p.saturating_sub(b).div_ceil(st);
                 let vhi = (w + p).saturating_sub(b).div_ceil(st).min(l.wq).max(vlo);
@@ -102,9 +141,7 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
                     row[..vlo].fill(0.0);
                     row[vhi..].fill(0.0);
                     let x0 = st * vlo + b - p;
-                    if st == 1 {
-                        row[vlo..vhi].copy_from_slice(&srow[x0..x0 + vhi - vlo]);
-                    } else if vlo < vhi {
+                    if vlo < vhi {
                         // With no valid column x0 may lie past the row.
                         for (o, &v) in row[vlo..vhi].iter_mut().zip(srow[x0..].iter().step_by(st)) {
                             *o = v;
@@ -116,13 +153,15 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
     }
 }
 
-/// Copies the output gradients of group `gi` onto the wide grid, zero elsewhere.
-fn wide_dy(g: &ConvGeom, dy: &[f32], first: usize, gi: usize, l: &Wide, dyw: &mut [f32]) {
+/// Copies the output gradients of group `gi` onto the wide grid, zero
+/// elsewhere: channel `co`'s grid starts at `base + co·rs` of `dyw`.
+#[allow(clippy::too_many_arguments)]
+fn wide_dy(g: &ConvGeom, dy: &[f32], first: usize, gi: usize, l: &Wide, dyw: &mut [f32], rs: usize, base: usize) {
     let (cog, ohw) = (g.cog(), g.ohw());
     for co in 0..cog {
         for j in 0..l.samples {
             let src = &dy[((first + j) * g.c_out + gi * cog + co) * ohw..][..ohw];
-            let dst = &mut dyw[co * l.ld + j * l.plane..][..l.plane];
+            let dst = &mut dyw[base + co * rs + j * l.plane..][..l.plane];
             dst[g.oh * l.wq..].fill(0.0);
             for (oy, row) in src.chunks_exact(g.ow).enumerate() {
                 let d = &mut dst[oy * l.wq..][..l.wq];
@@ -133,16 +172,17 @@ fn wide_dy(g: &ConvGeom, dy: &[f32], first: usize, gi: usize, l: &Wide, dyw: &mu
     }
 }
 
-/// Adds the phase planes of a padded input gradient back into `dx` (crop).
-fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, gi: usize, dxc: &mut [f32]) {
+/// Adds the phase planes of a padded input gradient back into `dx` (crop);
+/// phase `f` of channel `ci` starts at `ci·crow + f·pstride` of `dxp`.
+fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, (crow, pstride): (usize, usize), gi: usize, dxc: &mut [f32]) {
     let (cig, hw, p, st) = (g.cig(), g.hw(), g.pad, l.st);
     for j in 0..l.samples {
         for ci in 0..cig {
             let dst = &mut dxc[(j * g.c_in + gi * cig + ci) * hw..][..hw];
             if st == 1 {
-                let src = &dxp[ci * l.crow() + j * l.plane..];
+                let src = &dxp[ci * crow + l.lead + j * l.plane..];
                 for (y, row) in dst.chunks_exact_mut(g.w).enumerate() {
-                    row.copy_from_slice(&src[(y + p) * l.wq + p..][..g.w]);
+                    row.copy_from_slice(&src[y * l.wq..][..g.w]);
                 }
                 continue;
             }
@@ -158,7 +198,7 @@ fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, gi: usize, dxc: &mut [f32]) {
                     let phase = a * st + b;
                     let cols = row[x0..].iter_mut().step_by(st);
                     if l.used[phase] {
-                        let src = &dxp[ci * l.crow() + phase * l.ld + j * l.plane + u * l.wq + (x0 + p) / st..];
+                        let src = &dxp[ci * crow + phase * pstride + j * l.plane + u * l.wq + (x0 + p) / st..];
                         for (o, &v) in cols.zip(src) {
                             *o = v;
                         }
@@ -175,25 +215,43 @@ fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, gi: usize, dxc: &mut [f32]) {
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, ohw) = (g.cig(), g.cog(), g.ohw());
     let (k, kk, kcol) = (g.k, g.k * g.k, g.kcol());
+    let fast = direct::enabled();
     let mut y = vec![0f32; g.n * g.c_out * ohw];
     per_chunk(g, &mut y, g.c_out * ohw, |first, yc, par| {
         let s = yc.len() / (g.c_out * ohw);
         let l = Wide::new(g, s);
+        // Output rows on the wide grid; the direct kernel writes whole
+        // register blocks, and reads that far past the last channel row.
+        let (ldy, slack) = if fast { (padded_cols(l.ld), NR) } else { (l.ld, 0) };
+        let offs: Vec<usize> = (0..kk).map(|t| l.off(g, t / k, t % k)).collect();
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
-            with_scratch(cig * l.crow(), cog * l.ld, |xp, yw| {
+            with_scratch(cig * l.crow() + slack, cog * ldy, |xp, yw| {
                 pad_input(g, x, first, gi, &l, xp);
-                for ki in 0..k {
-                    for kj in 0..k {
-                        let tap = ki * k + kj;
-                        let rhs = &xp[l.off(g, ki, kj)..];
-                        gemm(cog, l.cols, cig, yw, (l.ld, 1), tap > 0, &wg[tap..], (kcol, kk), rhs, (l.crow(), 1), par);
+                if fast {
+                    let wp = direct::pack_weights(cog, cig, &(0..kk).collect::<Vec<_>>(), wg, (kcol, kk, 1));
+                    direct::run(cog, l.cols, cig, &offs, &wp, xp, l.crow(), yw, ldy, false, par);
+                } else {
+                    for (tap, &off) in offs.iter().enumerate() {
+                        gemm(
+                            cog,
+                            l.cols,
+                            cig,
+                            yw,
+                            (ldy, 1),
+                            tap > 0,
+                            &wg[tap..],
+                            (kcol, kk),
+                            &xp[off..],
+                            (l.crow(), 1),
+                            par,
+                        );
                     }
                 }
                 for j in 0..s {
                     for co in 0..cog {
                         let dst = &mut yc[((j * g.c_out + gi * cog + co) * ohw)..][..ohw];
-                        let src = &yw[co * l.ld + j * l.plane..];
+                        let src = &yw[co * ldy + j * l.plane..];
                         for (oy, row) in dst.chunks_exact_mut(g.ow).enumerate() {
                             row.copy_from_slice(&src[oy * l.wq..][..g.ow]);
                         }
@@ -209,24 +267,55 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
 pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, hw) = (g.cig(), g.cog(), g.hw());
     let (k, kk, kcol) = (g.k, g.k * g.k, g.kcol());
+    // The input gradient is a forward convolution of the output gradient
+    // (taps mirrored, weights transposed), one per phase plane with that
+    // plane's taps, which the direct kernel runs as a gather; otherwise
+    // GEMMs scatter it into shifted views.
+    let fast = direct::enabled();
     let mut dx = vec![0f32; g.n * g.c_in * hw];
     per_chunk(g, &mut dx, g.c_in * hw, |first, dxc, par| {
         let s = dxc.len() / (g.c_in * hw);
         let l = Wide::new(g, s);
+        let offs: Vec<usize> = (0..kk).map(|t| l.off(g, t / k, t % k)).collect();
+        let taps: Vec<(usize, usize)> = (0..kk).map(|t| l.tap(g, t / k, t % k)).collect();
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
-            with_scratch(cig * l.crow(), cog * l.ld, |dxp, dyw| {
-                wide_dy(g, dy, first, gi, &l, dyw);
-                dxp.fill(0.0);
-                for ki in 0..k {
-                    for kj in 0..k {
-                        let tap = ki * k + kj;
-                        let dst = &mut dxp[l.off(g, ki, kj)..];
-                        // dxp[.., off..] (cig x cols) += w_tapᵀ (cig x cog) · dyw (cog x cols)
-                        gemm(cig, l.cols, cog, dst, (l.crow(), 1), true, &wg[tap..], (kk, kcol), dyw, (l.ld, 1), par);
+            if fast {
+                // dxp[ci, phase, p] = Σ_{taps of phase} Σ_co w[co, ci, tap] ·
+                // dyw[co, p − shift_tap]: each output-gradient row gets a zero
+                // margin of the largest shift in front, so `p − shift` never
+                // goes below zero.
+                let margin = taps.iter().map(|t| t.1).max().unwrap_or(0);
+                let rs = margin + l.ld;
+                let pstride = padded_cols(l.ld);
+                let crow = l.phases() * pstride;
+                with_scratch(crow * cig, cog * rs + NR, |dxp, dyw| {
+                    for row in dyw.chunks_mut(rs) {
+                        let front = margin.min(row.len());
+                        row[..front].fill(0.0);
                     }
+                    dyw[cog * rs..].fill(0.0);
+                    wide_dy(g, dy, first, gi, &l, dyw, rs, margin);
+                    for phase in (0..l.phases()).filter(|&f| l.used[f]) {
+                        let mine: Vec<usize> = (0..kk).filter(|&t| taps[t].0 == phase).collect();
+                        let mirrored: Vec<usize> = mine.iter().map(|&t| margin - taps[t].1).collect();
+                        let wp = direct::pack_weights(cig, cog, &mine, wg, (kk, kcol, 1));
+                        let out = &mut dxp[phase * pstride..];
+                        direct::run(cig, l.ld, cog, &mirrored, &wp, dyw, rs, out, crow, false, par);
+                    }
+                    unpad_grad(g, dxp, &l, (crow, pstride), gi, dxc);
+                });
+                continue;
+            }
+            with_scratch(cig * l.crow(), cog * l.ld, |dxp, dyw| {
+                wide_dy(g, dy, first, gi, &l, dyw, l.ld, 0);
+                dxp.fill(0.0);
+                for (tap, &off) in offs.iter().enumerate() {
+                    // dxp[.., off..] (cig x cols) += w_tapᵀ (cig x cog) · dyw (cog x cols)
+                    let dst = &mut dxp[off..];
+                    gemm(cig, l.cols, cog, dst, (l.crow(), 1), true, &wg[tap..], (kk, kcol), dyw, (l.ld, 1), par);
                 }
-                unpad_grad(g, dxp, &l, gi, dxc);
+                unpad_grad(g, dxp, &l, (l.crow(), l.ld), gi, dxc);
             });
         }
     });
@@ -246,7 +335,12 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let dwg = &mut dw[gi * cog * kcol..(gi + 1) * cog * kcol];
             with_scratch(cig * l.crow(), cog * l.ld, |xp, dyw| {
                 pad_input(g, x, first, gi, &l, xp);
-                wide_dy(g, dy, first, gi, &l, dyw);
+                wide_dy(g, dy, first, gi, &l, dyw, l.ld, 0);
+                if direct::enabled() {
+                    let offs: Vec<usize> = (0..kk).map(|t| l.off(g, t / k, t % k)).collect();
+                    direct::run_weight_grad(cog, cig, &offs, l.cols, dyw, l.ld, xp, l.crow(), dwg, par);
+                    return;
+                }
                 for ki in 0..k {
                     for kj in 0..k {
                         let tap = ki * k + kj;

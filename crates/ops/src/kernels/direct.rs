@@ -1,0 +1,506 @@
+//! A register-blocked micro-kernel for the shifted-GEMM layout of
+//! [`super::shift`] (x86-64 with AVX2 and FMA, detected at run time).
+//!
+//! It computes `out[r, q] = Σ_t Σ_c w(r, c, t) · inp[c·rs + off_t + q]`: on
+//! the padded planes every kernel tap reads a shifted, contiguous row, so a
+//! block of [`MR`] × [`NR`] outputs is accumulated in twelve vector registers
+//! over all taps and input channels and stored once. A GEMM library run per
+//! tap instead packs the shifted input once per tap and reads and writes the
+//! output once per tap; with the 16–64 channels of small feature maps that
+//! traffic costs as much as the arithmetic.
+//!
+//! The sum order (taps, then channels, one accumulator per output) does not
+//! depend on the thread count, so results are deterministic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Output rows per register block.
+pub(crate) const MR: usize = 6;
+/// Output columns per register block (`NV` 8-float vectors).
+pub(crate) const NR: usize = 8 * NV;
+const NV: usize = 2;
+/// Columns per cache tile: the input rows of a tile stay in L2 while every
+/// row block of the output passes over them.
+const TILE: usize = 24 * NR;
+/// Input channels per pass: with 16 channels the input rows one register
+/// block reads (three kernel rows, two cache lines each) and its weights fit
+/// in L1 together; more channels are summed in several passes over the
+/// output.
+const KC: usize = 16;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the kernel off or on (off: callers use their GEMM path); for
+/// benchmarks and tests.
+pub(crate) fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether callers should use the kernel: it is [`available`] and enabled.
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed) && available()
+}
+
+/// Whether this CPU runs the kernel (AVX2 and FMA).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Weights `w(r, c, i) = w[r·rs + c·cs + taps[i]·ts]` for `m` rows, `nc`
+/// channels and the listed taps, in the order the kernel reads them: per
+/// block of [`MR`] rows, per pass of up to [`KC`] channels, per tap, per
+/// channel, the block's `MR` values (zero for rows past `m`).
+pub(crate) fn pack_weights(
+    m: usize,
+    nc: usize,
+    taps: &[usize],
+    w: &[f32],
+    (rs, cs, ts): (usize, usize, usize),
+) -> Vec<f32> {
+    let blocks = m.div_ceil(MR);
+    let mut p = Vec::with_capacity(blocks * taps.len() * nc * MR);
+    for b in 0..blocks {
+        for c0 in (0..nc).step_by(KC) {
+            for &t in taps {
+                for c in c0..(c0 + KC).min(nc) {
+                    for i in 0..MR {
+                        let r = b * MR + i;
+                        p.push(if r < m { w[r * rs + c * cs + t * ts] } else { 0.0 });
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// Columns rounded up to whole register blocks: the kernel reads and writes
+/// this many per row, so input rows need this much room past `off_t` and
+/// output rows at least this stride.
+pub(crate) fn padded_cols(cols: usize) -> usize {
+    cols.div_ceil(NR) * NR
+}
+
+/// `out[r·out_rs + q] (+)= Σ_t Σ_c w(r, c, t) · inp[c·in_rs + offs[t] + q]`
+/// for `r < m`, `q < cols`, with `wp` from [`pack_weights`]. Columns up to
+/// [`padded_cols`]`(cols)` are computed (the extra ones are garbage for the
+/// caller to ignore), so `inp` must extend that far and `out_rs` must be at
+/// least that. `parallel` splits the columns over the rayon threads.
+///
+/// # Panics
+/// If the kernel is not [`available`], or a slice is too short for the
+/// reads and writes above.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    m: usize,
+    cols: usize,
+    nc: usize,
+    offs: &[usize],
+    wp: &[f32],
+    inp: &[f32],
+    in_rs: usize,
+    out: &mut [f32],
+    out_rs: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(available(), "direct kernel: needs AVX2 and FMA");
+    if m == 0 || cols == 0 {
+        return;
+    }
+    let pc = padded_cols(cols);
+    let blocks = m.div_ceil(MR);
+    assert_eq!(wp.len(), blocks * offs.len() * nc * MR, "direct kernel: packed weights");
+    assert!(out_rs >= pc && out.len() >= (m - 1) * out_rs + pc, "direct kernel: output too small");
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    assert!(nc == 0 || inp.len() >= (nc - 1) * in_rs + max_off + pc, "direct kernel: input too small");
+    let (pieces, threads) = (pc / NR, super::threads());
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let per_block = offs.len() * nc * MR;
+    let job = |lo: usize, hi: usize| {
+        let out_ptr = &out_ptr;
+        for t0 in (lo..hi).step_by(TILE) {
+            let t1 = (t0 + TILE).min(hi);
+            for c0 in (0..nc).step_by(KC) {
+                let kc = KC.min(nc - c0);
+                for b in 0..blocks {
+                    let rows = MR.min(m - b * MR);
+                    let wb = &wp[b * per_block + c0 * offs.len() * MR..][..offs.len() * kc * MR];
+                    for q in (t0..t1).step_by(NR) {
+                        // SAFETY: the asserts above bound every read of `inp`
+                        // (channel < nc, offset ≤ max_off, column < pc) and
+                        // every write of `out` (row < m, column < pc ≤ out_rs);
+                        // threads write disjoint column ranges; AVX2 and FMA
+                        // are present.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            block_avx2_rows(
+                                rows,
+                                offs,
+                                kc,
+                                wb.as_ptr(),
+                                inp.as_ptr().add(c0 * in_rs + q),
+                                in_rs,
+                                out_ptr.0.add(b * MR * out_rs + q),
+                                out_rs,
+                                accumulate || c0 > 0,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if parallel && threads > 1 && pieces >= 2 * threads {
+        // Contiguous, NR-aligned column ranges, one per thread.
+        let per = pieces.div_ceil(threads) * NR;
+        rayon::scope(|s| {
+            for i in 0..threads {
+                let (lo, hi) = (i * per, ((i + 1) * per).min(pc));
+                if lo < hi {
+                    let job = &job;
+                    s.spawn(move |_| job(lo, hi));
+                }
+            }
+        });
+    } else {
+        job(0, pc);
+    }
+}
+
+/// Output rows and input rows per register block of [`run_weight_grad`].
+const WR: usize = 6;
+const WC: usize = 2;
+/// Columns per pass of [`run_weight_grad`]: the output-gradient rows of one
+/// pass stay in L1/L2 while every input row is dotted with them.
+const WQ: usize = 512;
+
+/// The weight gradient of the same layout, a sum over the long column axis:
+/// `dw[r·nc·T + c·T + t] = Σ_{q<cols} a[r·a_rs + q] · b[c·b_rs + offs[t] + q]`
+/// for `r < m`, `c < nc`, `t < T = offs.len()`. Blocks of [`WR`] rows and
+/// [`WC`] (channel, tap) pairs are summed in vector registers, per pass of
+/// [`WQ`] columns, in a fixed order; `parallel` gives each rayon thread its
+/// own pairs.
+///
+/// # Panics
+/// If the kernel is not [`available`] or a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_weight_grad(
+    m: usize,
+    nc: usize,
+    offs: &[usize],
+    cols: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    dw: &mut [f32],
+    parallel: bool,
+) {
+    assert!(available(), "direct kernel: needs AVX2 and FMA");
+    let taps = offs.len();
+    let pairs = nc * taps;
+    assert_eq!(dw.len(), m * pairs, "direct kernel: weight gradient size");
+    dw.fill(0.0);
+    if m == 0 || pairs == 0 || cols == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * a_rs + cols, "direct kernel: output gradient too small");
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    assert!(b.len() >= (nc - 1) * b_rs + max_off + cols, "direct kernel: input too small");
+    let dw_ptr = SendPtr(dw.as_mut_ptr());
+    let threads = super::threads();
+    let job = |p_lo: usize, p_hi: usize| {
+        let dw_ptr = &dw_ptr;
+        let mut starts = [std::ptr::null::<f32>(); WC];
+        for q0 in (0..cols).step_by(WQ) {
+            let len = WQ.min(cols - q0);
+            for r0 in (0..m).step_by(WR) {
+                let rows = WR.min(m - r0);
+                for p0 in (p_lo..p_hi).step_by(WC) {
+                    let np = WC.min(p_hi - p0);
+                    for (i, st) in starts.iter_mut().enumerate() {
+                        // A missing second pair repeats the first (its sums are dropped).
+                        let pair = p0 + i.min(np - 1);
+                        let (c, t) = (pair / taps, pair % taps);
+                        *st = b[c * b_rs + offs[t] + q0..].as_ptr();
+                    }
+                    // SAFETY: the asserts above bound the reads (`len`
+                    // columns from q0 of rows < m of `a`, and of each pair's
+                    // shifted row of `b`) and the writes (rows < m, pairs <
+                    // nc·T of `dw`); threads own disjoint pairs; AVX2 and FMA
+                    // are present.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let (a0, d0) = (a.as_ptr().add(r0 * a_rs + q0), dw_ptr.0.add(r0 * pairs + p0));
+                        match rows {
+                            6 => dot_add_avx2::<6>(a0, a_rs, starts, len, d0, pairs, np),
+                            5 => dot_add_avx2::<5>(a0, a_rs, starts, len, d0, pairs, np),
+                            4 => dot_add_avx2::<4>(a0, a_rs, starts, len, d0, pairs, np),
+                            3 => dot_add_avx2::<3>(a0, a_rs, starts, len, d0, pairs, np),
+                            2 => dot_add_avx2::<2>(a0, a_rs, starts, len, d0, pairs, np),
+                            _ => dot_add_avx2::<1>(a0, a_rs, starts, len, d0, pairs, np),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if parallel && threads > 1 && pairs >= 2 * WC * threads {
+        let per = pairs.div_ceil(threads).div_ceil(WC) * WC;
+        rayon::scope(|s| {
+            for i in 0..threads {
+                let (lo, hi) = (i * per, ((i + 1) * per).min(pairs));
+                if lo < hi {
+                    let job = &job;
+                    s.spawn(move |_| job(lo, hi));
+                }
+            }
+        });
+    } else {
+        job(0, pairs);
+    }
+}
+
+/// Dot products of `R ≤ WR` rows of `a` (stride `a_rs`) with the [`WC`]
+/// rows starting at `b`, over `len` columns (vector partial sums, a
+/// horizontal sum, then the scalar tail), added to the first `np` columns of
+/// `R` rows of `dw` (stride `dw_rs`).
+///
+/// # Safety
+/// AVX2 and FMA must be available; the `R` rows of `a` and the rows of `b`
+/// must be readable for `len` floats, and `dw` writable at `r·dw_rs + i` for
+/// `r < R`, `i < np ≤ WC`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_add_avx2<const R: usize>(
+    a: *const f32,
+    a_rs: usize,
+    b: [*const f32; WC],
+    len: usize,
+    dw: *mut f32,
+    dw_rs: usize,
+    np: usize,
+) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(WC == 2 && WR == 6, "two input rows per block; one dispatch arm per row count");
+    // SAFETY (whole body): the caller guarantees the ranges.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); WC]; R];
+        let full = len / 8 * 8;
+        let mut q = 0;
+        while q < full {
+            let bv = [_mm256_loadu_ps(b[0].add(q)), _mm256_loadu_ps(b[1].add(q))];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_loadu_ps(a.add(r * a_rs + q));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm256_fmadd_ps(av, bv, *acc);
+                }
+            }
+            q += 8;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (i, &v) in acc.iter().enumerate().take(np) {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                let mut sum = _mm_cvtss_f32(s);
+                for q in full..len {
+                    sum += *a.add(r * a_rs + q) * *b[i].add(q);
+                }
+                *dw.add(r * dw_rs + i) += sum;
+            }
+        }
+    }
+}
+
+/// The output pointer, shared by the threads of [`run`], which write
+/// disjoint column ranges.
+struct SendPtr(*mut f32);
+// SAFETY: see `run`: each thread writes its own columns.
+unsafe impl Sync for SendPtr {}
+
+/// [`block_avx2`] for `rows` (1 to [`MR`]) rows, so short blocks do no work
+/// for rows that do not exist.
+///
+/// # Safety
+/// As for [`block_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2_rows(
+    rows: usize,
+    offs: &[usize],
+    nc: usize,
+    wp: *const f32,
+    inp: *const f32,
+    rs: usize,
+    out: *mut f32,
+    ors: usize,
+    accumulate: bool,
+) {
+    const _: () = assert!(MR == 6, "one arm per row count");
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match rows {
+            6 => block_avx2::<6>(offs, nc, wp, inp, rs, out, ors, accumulate),
+            5 => block_avx2::<5>(offs, nc, wp, inp, rs, out, ors, accumulate),
+            4 => block_avx2::<4>(offs, nc, wp, inp, rs, out, ors, accumulate),
+            3 => block_avx2::<3>(offs, nc, wp, inp, rs, out, ors, accumulate),
+            2 => block_avx2::<2>(offs, nc, wp, inp, rs, out, ors, accumulate),
+            _ => block_avx2::<1>(offs, nc, wp, inp, rs, out, ors, accumulate),
+        }
+    }
+}
+
+/// One `R × NR` block (`R ≤ MR`): `R` output rows at `out` (stride `ors`),
+/// reading `nc` channels (stride `rs`) at each tap offset from `inp`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `wp` must hold `offs.len() · nc · MR`
+/// floats, `inp` be readable at `c·rs + off + 0..NR` for every channel and
+/// offset, and `out` writable at `r·ors + 0..NR` for `r < rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2<const R: usize>(
+    offs: &[usize],
+    nc: usize,
+    wp: *const f32,
+    inp: *const f32,
+    rs: usize,
+    out: *mut f32,
+    ors: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): the caller guarantees the pointer ranges above.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); NV]; R];
+        let mut w = wp;
+        for &off in offs {
+            let mut x = inp.add(off);
+            for _ in 0..nc {
+                let mut xv = [_mm256_setzero_ps(); NV];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    *xv = _mm256_loadu_ps(x.add(8 * v));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b = _mm256_broadcast_ss(&*w.add(r));
+                    for (a, &xv) in a.iter_mut().zip(&xv) {
+                        *a = _mm256_fmadd_ps(b, xv, *a);
+                    }
+                }
+                w = w.add(MR);
+                x = x.add(rs);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let o = out.add(r * ors);
+            for (v, &a) in a.iter().enumerate() {
+                let o = o.add(8 * v);
+                let a = if accumulate { _mm256_add_ps(a, _mm256_loadu_ps(o)) } else { a };
+                _mm256_storeu_ps(o, a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the plain sum, with row and column tails, several taps,
+    /// accumulation and both thread modes.
+    #[test]
+    fn matches_plain_sum() {
+        if !available() {
+            return;
+        }
+        for &(m, cols, nc, ref offs) in
+            &[(1, 1, 1, vec![0]), (7, 37, 3, vec![0, 1, 5]), (13, 300, 5, vec![2, 0, 9, 4]), (6, 1000, 2, vec![3])]
+        {
+            let offs: &Vec<usize> = offs;
+            let taps = offs.len();
+            let in_rs = padded_cols(cols) + 11;
+            let inp: Vec<f32> = (0..nc * in_rs).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+            let w: Vec<f32> = (0..m * nc * taps).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
+            let wp = pack_weights(m, nc, &(0..taps).collect::<Vec<_>>(), &w, (nc * taps, taps, 1));
+            let out_rs = padded_cols(cols) + 3;
+            for accumulate in [false, true] {
+                for parallel in [false, true] {
+                    let mut out = vec![0.5f32; m * out_rs];
+                    run(m, cols, nc, offs, &wp, &inp, in_rs, &mut out, out_rs, accumulate, parallel);
+                    for r in 0..m {
+                        for q in 0..cols {
+                            let mut want = if accumulate { 0.5f32 } else { 0.0 };
+                            for (t, off) in offs.iter().enumerate() {
+                                for c in 0..nc {
+                                    want += w[(r * nc + c) * taps + t] * inp[c * in_rs + off + q];
+                                }
+                            }
+                            let got = out[r * out_rs + q];
+                            assert!(
+                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{m} {cols} {nc} ({r}, {q}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The weight-gradient sums against the plain ones: row and pair tails,
+    /// column tails, several passes, both thread modes.
+    #[test]
+    fn weight_grad_matches_plain_sum() {
+        if !available() {
+            return;
+        }
+        for &(m, nc, cols, ref offs) in
+            &[(1, 1, 1, vec![0]), (7, 3, 37, vec![0, 4, 1]), (13, 5, 1300, vec![2, 0, 9]), (6, 8, 9, vec![3])]
+        {
+            let offs: &Vec<usize> = offs;
+            let taps = offs.len();
+            let (a_rs, b_rs) = (cols + 5, cols + 10);
+            let a: Vec<f32> = (0..m * a_rs).map(|i| ((i * 613) % 19) as f32 / 9.0 - 1.0).collect();
+            let b: Vec<f32> = (0..nc * b_rs).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+            for parallel in [false, true] {
+                let mut dw = vec![f32::NAN; m * nc * taps];
+                run_weight_grad(m, nc, offs, cols, &a, a_rs, &b, b_rs, &mut dw, parallel);
+                for r in 0..m {
+                    for c in 0..nc {
+                        for (t, off) in offs.iter().enumerate() {
+                            let want: f32 = (0..cols).map(|q| a[r * a_rs + q] * b[c * b_rs + off + q]).sum();
+                            let got = dw[(r * nc + c) * taps + t];
+                            assert!(
+                                (got - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                                "{m} {nc} {cols} ({r}, {c}, {t}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "input too small")]
+    fn short_input_is_refused() {
+        if !available() {
+            panic!("input too small (no AVX2 here)");
+        }
+        let wp = pack_weights(2, 2, &[0], &[1.0; 4], (2, 1, 1));
+        let mut out = vec![0f32; 2 * NR];
+        run(2, 5, 2, &[0], &wp, &[0.0; 20], 10, &mut out, NR, false, false);
+    }
+}
