@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// Run our convolutions through im2col instead of the shifted GEMMs (to compare the two; docs/bench.md is then left as it is).
     #[arg(long)]
     im2col: bool,
+    /// Run the shifted convolutions as one GEMM per kernel tap instead of the AVX2/FMA micro-kernels (to compare the two; docs/bench.md is then left as it is).
+    #[arg(long)]
+    gemm_taps: bool,
 }
 
 fn median_time(mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
@@ -335,6 +338,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
     }
     anytime_ops::conv::set_shifted_gemm(!a.im2col);
+    anytime_ops::conv::set_direct_kernel(!a.gemm_taps);
     let mut ours = Vec::new();
     let mut stock = Vec::new();
     for c in &mut cases {
@@ -390,7 +394,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         peak
     );
     println!("{header}{table}");
-    if a.only.is_none() && !a.im2col {
+    if a.only.is_none() && !a.im2col && !a.gemm_taps {
         let doc = format!("# Kernel and model benchmark\n\n{header}{table}");
         anytime_io::atomic_write(crate::root().join("docs/bench.md"), doc.as_bytes())?;
     }
