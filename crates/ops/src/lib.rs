@@ -4,8 +4,10 @@
 //! provides them with forward **and** backward passes, and fast CPU kernels
 //! for the hot ones:
 //!
-//! - [`conv`]: 2-D convolution (custom ops on CPU: shifted GEMMs on padded
-//!   planes, direct depthwise kernels, im2col + GEMM kept for comparison);
+//! - [`conv`]: 2-D convolution (custom ops on CPU: shifted sums on padded
+//!   planes, run by AVX2/FMA register-blocked kernels where the CPU has them
+//!   and by one GEMM per kernel tap elsewhere, direct depthwise kernels,
+//!   im2col + GEMM kept for comparison);
 //! - [`norm`]: batch normalisation (training and eval, fused ReLU, folding);
 //! - [`pool`]: average / max pooling with padding and correct gradients,
 //!   adaptive and global average pooling;

@@ -1,15 +1,18 @@
-//! A register-blocked micro-kernel for the shifted-GEMM layout of
+//! Register-blocked micro-kernels for the shifted layout of
 //! [`super::shift`] (x86-64 with AVX2 and FMA, detected at run time).
 //!
-//! It computes `out[r, q] = Σ_t Σ_c w(r, c, t) · inp[c·rs + off_t + q]`: on
-//! the padded planes every kernel tap reads a shifted, contiguous row, so a
-//! block of [`MR`] × [`NR`] outputs is accumulated in twelve vector registers
-//! over all taps and input channels and stored once. A GEMM library run per
-//! tap instead packs the shifted input once per tap and reads and writes the
-//! output once per tap; with the 16–64 channels of small feature maps that
-//! traffic costs as much as the arithmetic.
+//! [`run`] computes `out[r, q] = Σ_t Σ_c w(r, c, t) · inp[c·rs + off_t + q]`:
+//! on the padded planes every kernel tap reads a shifted, contiguous row, so
+//! a block of [`MR`] × [`NR`] outputs is accumulated in twelve vector
+//! registers over all taps and input channels and stored once, with the
+//! weights read in place. A GEMM library run per tap instead packs the
+//! shifted input once per tap and reads and writes the output once per tap;
+//! with the 16–64 channels of small feature maps that traffic costs as much
+//! as the arithmetic. The forward pass and the input gradient (a forward pass
+//! of the output gradient with mirrored taps) use it; [`run_weight_grad`]
+//! computes the weight gradient, dot products over the long column axis.
 //!
-//! The sum order (taps, then channels, one accumulator per output) does not
+//! The sum orders (taps, then channels; columns in fixed passes) do not
 //! depend on the thread count, so results are deterministic.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +30,10 @@ const TILE: usize = 24 * NR;
 /// in L1 together; more channels are summed in several passes over the
 /// output.
 const KC: usize = 16;
+/// Multiply-adds per thread below which a call stays on one thread: waking
+/// the rayon workers costs more than such small sums (batch-1 inference runs
+/// many of them). The gemm crate's default threading threshold.
+const PAR_MIN_MACS: usize = 48 * 48 * 256;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -55,34 +62,6 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// Weights `w(r, c, i) = w[r·rs + c·cs + taps[i]·ts]` for `m` rows, `nc`
-/// channels and the listed taps, in the order the kernel reads them: per
-/// block of [`MR`] rows, per pass of up to [`KC`] channels, per tap, per
-/// channel, the block's `MR` values (zero for rows past `m`).
-pub(crate) fn pack_weights(
-    m: usize,
-    nc: usize,
-    taps: &[usize],
-    w: &[f32],
-    (rs, cs, ts): (usize, usize, usize),
-) -> Vec<f32> {
-    let blocks = m.div_ceil(MR);
-    let mut p = Vec::with_capacity(blocks * taps.len() * nc * MR);
-    for b in 0..blocks {
-        for c0 in (0..nc).step_by(KC) {
-            for &t in taps {
-                for c in c0..(c0 + KC).min(nc) {
-                    for i in 0..MR {
-                        let r = b * MR + i;
-                        p.push(if r < m { w[r * rs + c * cs + t * ts] } else { 0.0 });
-                    }
-                }
-            }
-        }
-    }
-    p
-}
-
 /// Columns rounded up to whole register blocks: the kernel reads and writes
 /// this many per row, so input rows need this much room past `off_t` and
 /// output rows at least this stride.
@@ -90,11 +69,25 @@ pub(crate) fn padded_cols(cols: usize) -> usize {
     cols.div_ceil(NR) * NR
 }
 
-/// `out[r·out_rs + q] (+)= Σ_t Σ_c w(r, c, t) · inp[c·in_rs + offs[t] + q]`
-/// for `r < m`, `q < cols`, with `wp` from [`pack_weights`]. Columns up to
-/// [`padded_cols`]`(cols)` are computed (the extra ones are garbage for the
-/// caller to ignore), so `inp` must extend that far and `out_rs` must be at
-/// least that. `parallel` splits the columns over the rayon threads.
+/// One kernel tap for [`run`]: where it reads in an input row, and where its
+/// weights start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tap {
+    /// Offset of the tap's shifted view in every input row.
+    pub inp: usize,
+    /// Offset of the tap's weight `w(0, 0)` in the weight slice.
+    pub w: usize,
+}
+
+/// `out[r·out_rs + q] (+)= Σ_t Σ_c w[r·w_rs + c·w_cs + taps[t].w] ·
+/// inp[c·in_rs + taps[t].inp + q]` for `r < m`, `q < cols`. The weights are
+/// read where they are (a convolution's `[c_out, c_in, k, k]` tensor, or its
+/// transpose through the strides), so nothing is packed per call: at batch 1
+/// a network has about as many weights as multiply-adds per weight. Columns
+/// up to [`padded_cols`]`(cols)` are computed (the extra ones are garbage for
+/// the caller to ignore), so `inp` must extend that far and `out_rs` must be
+/// at least that. `parallel` splits the columns over the rayon threads when
+/// the call is big enough.
 ///
 /// # Panics
 /// If the kernel is not [`available`], or a slice is too short for the
@@ -104,8 +97,9 @@ pub(crate) fn run(
     m: usize,
     cols: usize,
     nc: usize,
-    offs: &[usize],
-    wp: &[f32],
+    taps: &[Tap],
+    w: &[f32],
+    (w_rs, w_cs): (usize, usize),
     inp: &[f32],
     in_rs: usize,
     out: &mut [f32],
@@ -118,40 +112,39 @@ pub(crate) fn run(
         return;
     }
     let pc = padded_cols(cols);
-    let blocks = m.div_ceil(MR);
-    assert_eq!(wp.len(), blocks * offs.len() * nc * MR, "direct kernel: packed weights");
     assert!(out_rs >= pc && out.len() >= (m - 1) * out_rs + pc, "direct kernel: output too small");
-    let max_off = offs.iter().copied().max().unwrap_or(0);
-    assert!(nc == 0 || inp.len() >= (nc - 1) * in_rs + max_off + pc, "direct kernel: input too small");
+    if nc > 0 && !taps.is_empty() {
+        let max_in = taps.iter().map(|t| t.inp).max().unwrap_or(0);
+        let max_w = taps.iter().map(|t| t.w).max().unwrap_or(0);
+        assert!(inp.len() >= (nc - 1) * in_rs + max_in + pc, "direct kernel: input too small");
+        assert!(w.len() > (m - 1) * w_rs + (nc - 1) * w_cs + max_w, "direct kernel: weights too small");
+    }
     let (pieces, threads) = (pc / NR, super::threads());
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let per_block = offs.len() * nc * MR;
     let job = |lo: usize, hi: usize| {
         let out_ptr = &out_ptr;
         for t0 in (lo..hi).step_by(TILE) {
             let t1 = (t0 + TILE).min(hi);
             for c0 in (0..nc).step_by(KC) {
                 let kc = KC.min(nc - c0);
-                for b in 0..blocks {
-                    let rows = MR.min(m - b * MR);
-                    let wb = &wp[b * per_block + c0 * offs.len() * MR..][..offs.len() * kc * MR];
+                for r0 in (0..m).step_by(MR) {
+                    let rows = MR.min(m - r0);
                     for q in (t0..t1).step_by(NR) {
                         // SAFETY: the asserts above bound every read of `inp`
-                        // (channel < nc, offset ≤ max_off, column < pc) and
-                        // every write of `out` (row < m, column < pc ≤ out_rs);
-                        // threads write disjoint column ranges; AVX2 and FMA
-                        // are present.
+                        // (channel < nc, offset ≤ the largest, column < pc),
+                        // of `w` (row < m, channel < nc, offset ≤ the
+                        // largest) and every write of `out` (row < m,
+                        // column < pc ≤ out_rs); threads write disjoint
+                        // column ranges; AVX2 and FMA are present.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
                             block_avx2_rows(
                                 rows,
-                                offs,
+                                taps,
                                 kc,
-                                wb.as_ptr(),
-                                inp.as_ptr().add(c0 * in_rs + q),
-                                in_rs,
-                                out_ptr.0.add(b * MR * out_rs + q),
-                                out_rs,
+                                (w.as_ptr().add(r0 * w_rs + c0 * w_cs), w_rs, w_cs),
+                                (inp.as_ptr().add(c0 * in_rs + q), in_rs),
+                                (out_ptr.0.add(r0 * out_rs + q), out_rs),
                                 accumulate || c0 > 0,
                             );
                         }
@@ -160,7 +153,8 @@ pub(crate) fn run(
             }
         }
     };
-    if parallel && threads > 1 && pieces >= 2 * threads {
+    let macs = m * pc * nc * taps.len();
+    if parallel && threads > 1 && pieces >= 2 * threads && macs >= PAR_MIN_MACS * threads {
         // Contiguous, NR-aligned column ranges, one per thread.
         let per = pieces.div_ceil(threads) * NR;
         rayon::scope(|s| {
@@ -255,7 +249,7 @@ pub(crate) fn run_weight_grad(
             }
         }
     };
-    if parallel && threads > 1 && pairs >= 2 * WC * threads {
+    if parallel && threads > 1 && pairs >= 2 * WC * threads && m * pairs * cols >= PAR_MIN_MACS * threads {
         let per = pairs.div_ceil(threads).div_ceil(WC) * WC;
         rayon::scope(|s| {
             for i in 0..threads {
@@ -335,71 +329,67 @@ unsafe impl Sync for SendPtr {}
 /// # Safety
 /// As for [`block_avx2`].
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn block_avx2_rows(
     rows: usize,
-    offs: &[usize],
+    taps: &[Tap],
     nc: usize,
-    wp: *const f32,
-    inp: *const f32,
-    rs: usize,
-    out: *mut f32,
-    ors: usize,
+    w: (*const f32, usize, usize),
+    inp: (*const f32, usize),
+    out: (*mut f32, usize),
     accumulate: bool,
 ) {
     const _: () = assert!(MR == 6, "one arm per row count");
     // SAFETY: forwarded from the caller.
     unsafe {
         match rows {
-            6 => block_avx2::<6>(offs, nc, wp, inp, rs, out, ors, accumulate),
-            5 => block_avx2::<5>(offs, nc, wp, inp, rs, out, ors, accumulate),
-            4 => block_avx2::<4>(offs, nc, wp, inp, rs, out, ors, accumulate),
-            3 => block_avx2::<3>(offs, nc, wp, inp, rs, out, ors, accumulate),
-            2 => block_avx2::<2>(offs, nc, wp, inp, rs, out, ors, accumulate),
-            _ => block_avx2::<1>(offs, nc, wp, inp, rs, out, ors, accumulate),
+            6 => block_avx2::<6>(taps, nc, w, inp, out, accumulate),
+            5 => block_avx2::<5>(taps, nc, w, inp, out, accumulate),
+            4 => block_avx2::<4>(taps, nc, w, inp, out, accumulate),
+            3 => block_avx2::<3>(taps, nc, w, inp, out, accumulate),
+            2 => block_avx2::<2>(taps, nc, w, inp, out, accumulate),
+            _ => block_avx2::<1>(taps, nc, w, inp, out, accumulate),
         }
     }
 }
 
-/// One `R × NR` block (`R ≤ MR`): `R` output rows at `out` (stride `ors`),
-/// reading `nc` channels (stride `rs`) at each tap offset from `inp`.
+/// One `R × NR` block (`R ≤ MR`): `R` output rows at `out = (pointer, row
+/// stride)`, reading `nc` channels of `inp = (pointer, channel stride)` at
+/// each tap's offset, with weight `(r, c)` of a tap at `w.0 + tap.w + r·w.1
+/// + c·w.2`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `wp` must hold `offs.len() · nc · MR`
-/// floats, `inp` be readable at `c·rs + off + 0..NR` for every channel and
-/// offset, and `out` writable at `r·ors + 0..NR` for `r < rows`.
+/// AVX2 and FMA must be available; `inp` must be readable at
+/// `c·stride + tap.inp + 0..NR` and the weights at the offsets above for
+/// every `c < nc`, `r < R` and tap, and `out` writable at `r·stride + 0..NR`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn block_avx2<const R: usize>(
-    offs: &[usize],
+    taps: &[Tap],
     nc: usize,
-    wp: *const f32,
-    inp: *const f32,
-    rs: usize,
-    out: *mut f32,
-    ors: usize,
+    (w, w_rs, w_cs): (*const f32, usize, usize),
+    (inp, rs): (*const f32, usize),
+    (out, ors): (*mut f32, usize),
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
     // SAFETY (whole body): the caller guarantees the pointer ranges above.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); NV]; R];
-        let mut w = wp;
-        for &off in offs {
-            let mut x = inp.add(off);
+        for tap in taps {
+            let mut x = inp.add(tap.inp);
+            let mut wc = w.add(tap.w);
             for _ in 0..nc {
                 let mut xv = [_mm256_setzero_ps(); NV];
                 for (v, xv) in xv.iter_mut().enumerate() {
                     *xv = _mm256_loadu_ps(x.add(8 * v));
                 }
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let b = _mm256_broadcast_ss(&*w.add(r));
+                    let b = _mm256_broadcast_ss(&*wc.add(r * w_rs));
                     for (a, &xv) in a.iter_mut().zip(&xv) {
                         *a = _mm256_fmadd_ps(b, xv, *a);
                     }
                 }
-                w = w.add(MR);
+                wc = wc.add(w_cs);
                 x = x.add(rs);
             }
         }
@@ -419,26 +409,31 @@ mod tests {
     use super::*;
 
     /// Against the plain sum, with row and column tails, several taps,
-    /// accumulation and both thread modes.
+    /// accumulation and both thread modes (the last case is big enough to
+    /// be split over threads).
     #[test]
     fn matches_plain_sum() {
         if !available() {
             return;
         }
-        for &(m, cols, nc, ref offs) in
-            &[(1, 1, 1, vec![0]), (7, 37, 3, vec![0, 1, 5]), (13, 300, 5, vec![2, 0, 9, 4]), (6, 1000, 2, vec![3])]
-        {
+        for &(m, cols, nc, ref offs) in &[
+            (1, 1, 1, vec![0]),
+            (7, 37, 3, vec![0, 1, 5]),
+            (13, 300, 5, vec![2, 0, 9, 4]),
+            (6, 1000, 2, vec![3]),
+            (20, 4000, 8, (0..9).collect()),
+        ] {
             let offs: &Vec<usize> = offs;
             let taps = offs.len();
             let in_rs = padded_cols(cols) + 11;
             let inp: Vec<f32> = (0..nc * in_rs).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
             let w: Vec<f32> = (0..m * nc * taps).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
-            let wp = pack_weights(m, nc, &(0..taps).collect::<Vec<_>>(), &w, (nc * taps, taps, 1));
+            let tl: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap { inp, w: t }).collect();
             let out_rs = padded_cols(cols) + 3;
             for accumulate in [false, true] {
                 for parallel in [false, true] {
                     let mut out = vec![0.5f32; m * out_rs];
-                    run(m, cols, nc, offs, &wp, &inp, in_rs, &mut out, out_rs, accumulate, parallel);
+                    run(m, cols, nc, &tl, &w, (nc * taps, taps), &inp, in_rs, &mut out, out_rs, accumulate, parallel);
                     for r in 0..m {
                         for q in 0..cols {
                             let mut want = if accumulate { 0.5f32 } else { 0.0 };
@@ -460,7 +455,8 @@ mod tests {
     }
 
     /// The weight-gradient sums against the plain ones: row and pair tails,
-    /// column tails, several passes, both thread modes.
+    /// column tails, several passes, both thread modes (the last case is big
+    /// enough to be split over threads).
     #[test]
     fn weight_grad_matches_plain_sum() {
         if !available() {
@@ -499,8 +495,7 @@ mod tests {
         if !available() {
             panic!("input too small (no AVX2 here)");
         }
-        let wp = pack_weights(2, 2, &[0], &[1.0; 4], (2, 1, 1));
         let mut out = vec![0f32; 2 * NR];
-        run(2, 5, 2, &[0], &wp, &[0.0; 20], 10, &mut out, NR, false, false);
+        run(2, 5, 2, &[Tap { inp: 0, w: 0 }], &[1.0; 4], (2, 1), &[0.0; 20], 10, &mut out, NR, false, false);
     }
 }

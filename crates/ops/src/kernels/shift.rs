@@ -26,7 +26,7 @@
 //! planes, and each input pixel is still copied once.
 
 use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk, sum_chunk_partials};
-use super::direct::{self, NR, padded_cols};
+use super::direct::{self, NR, Tap, padded_cols};
 use super::{gemm, with_scratch};
 
 /// Whether the shifted-GEMM kernels handle `g`: every geometry except 1x1,
@@ -229,8 +229,8 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
             with_scratch(cig * l.crow() + slack, cog * ldy, |xp, yw| {
                 pad_input(g, x, first, gi, &l, xp);
                 if fast {
-                    let wp = direct::pack_weights(cog, cig, &(0..kk).collect::<Vec<_>>(), wg, (kcol, kk, 1));
-                    direct::run(cog, l.cols, cig, &offs, &wp, xp, l.crow(), yw, ldy, false, par);
+                    let taps: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap { inp, w: t }).collect();
+                    direct::run(cog, l.cols, cig, &taps, wg, (kcol, kk), xp, l.crow(), yw, ldy, false, par);
                 } else {
                     for (tap, &off) in offs.iter().enumerate() {
                         gemm(
@@ -297,11 +297,13 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
                     dyw[cog * rs..].fill(0.0);
                     wide_dy(g, dy, first, gi, &l, dyw, rs, margin);
                     for phase in (0..l.phases()).filter(|&f| l.used[f]) {
-                        let mine: Vec<usize> = (0..kk).filter(|&t| taps[t].0 == phase).collect();
-                        let mirrored: Vec<usize> = mine.iter().map(|&t| margin - taps[t].1).collect();
-                        let wp = direct::pack_weights(cig, cog, &mine, wg, (kk, kcol, 1));
+                        // Weights transposed: row ci at stride kk, channel co at kcol.
+                        let mirrored: Vec<Tap> = (0..kk)
+                            .filter(|&t| taps[t].0 == phase)
+                            .map(|t| Tap { inp: margin - taps[t].1, w: t })
+                            .collect();
                         let out = &mut dxp[phase * pstride..];
-                        direct::run(cig, l.ld, cog, &mirrored, &wp, dyw, rs, out, crow, false, par);
+                        direct::run(cig, l.ld, cog, &mirrored, wg, (kk, kcol), dyw, rs, out, crow, false, par);
                     }
                     unpad_grad(g, dxp, &l, (crow, pstride), gi, dxc);
                 });
