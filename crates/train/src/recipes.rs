@@ -39,11 +39,18 @@ fn fmnist_spec(epochs: usize) -> TrainSpec {
     }
 }
 
-/// Epochs of every Fashion-MNIST recipe, sized so that one run of a
-/// ~30-MFLOP model fits about two hours on the project's 2-core machines
+/// Epochs of the Fashion-MNIST baselines and RANet, sized so that one run of
+/// a ~30-MFLOP model fits about two hours on the project's 2-core machines
 /// (measured for msdnet-fmnist: 6.3 min per epoch with AVX-512, 12.2 min on
-/// an AVX2-only EPYC). All models get the same schedule.
+/// an AVX2-only EPYC). Everything else in the recipes is shared.
 const FMNIST_EPOCHS: usize = 10;
+
+/// Epochs of `msdnet-fmnist`: its 10-epoch run stopped at 93.07 % test
+/// accuracy at the final exit, still rising (held-out 93.4 % in the last
+/// epoch, training accuracy under augmentation 89 %), below the 94.5 % the
+/// project asks of it; three times the schedule is about four hours on the
+/// 2-core machines, trained across sessions with `--resume`.
+const MSDNET_FMNIST_EPOCHS: usize = 30;
 
 const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true, random_resized_crop: None };
 
@@ -58,7 +65,7 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         split_seed: 2024,
     };
     Ok(match model {
-        "msdnet-fmnist" => fmnist("msdnet-fmnist", FMNIST_EPOCHS),
+        "msdnet-fmnist" => fmnist("msdnet-fmnist", MSDNET_FMNIST_EPOCHS),
         "resnet-mc-fmnist" => fmnist("resnet-mc-fmnist", FMNIST_EPOCHS),
         "densenet-mc-fmnist" => fmnist("densenet-mc-fmnist", FMNIST_EPOCHS),
         "ranet-fmnist" => fmnist("ranet-fmnist", FMNIST_EPOCHS),
