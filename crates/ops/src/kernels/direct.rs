@@ -153,22 +153,26 @@ pub(crate) fn run(
             }
         }
     };
-    let macs = m * pc * nc * taps.len();
-    if parallel && threads > 1 && pieces >= 2 * threads && macs >= PAR_MIN_MACS * threads {
-        // Contiguous, NR-aligned column ranges, one per thread.
-        let per = pieces.div_ceil(threads) * NR;
-        rayon::scope(|s| {
-            for i in 0..threads {
-                let (lo, hi) = (i * per, ((i + 1) * per).min(pc));
-                if lo < hi {
-                    let job = &job;
-                    s.spawn(move |_| job(lo, hi));
-                }
-            }
-        });
-    } else {
-        job(0, pc);
+    let split = parallel && threads > 1 && pieces >= 2 * threads && m * pc * nc * taps.len() >= PAR_MIN_MACS * threads;
+    split_range(pc, NR, if split { threads } else { 1 }, job);
+}
+
+/// Runs `job(lo, hi)` on `parts` contiguous ranges of `0..len` (bounds
+/// multiples of `align`), in parallel when there are several.
+fn split_range(len: usize, align: usize, parts: usize, job: impl Fn(usize, usize) + Sync) {
+    if parts <= 1 {
+        return job(0, len);
     }
+    let per = len.div_ceil(parts).div_ceil(align) * align;
+    rayon::scope(|s| {
+        for i in 0..parts {
+            let (lo, hi) = (i * per, ((i + 1) * per).min(len));
+            if lo < hi {
+                let job = &job;
+                s.spawn(move |_| job(lo, hi));
+            }
+        }
+    });
 }
 
 /// Output rows and input rows per register block of [`run_weight_grad`].
@@ -249,20 +253,8 @@ pub(crate) fn run_weight_grad(
             }
         }
     };
-    if parallel && threads > 1 && pairs >= 2 * WC * threads && m * pairs * cols >= PAR_MIN_MACS * threads {
-        let per = pairs.div_ceil(threads).div_ceil(WC) * WC;
-        rayon::scope(|s| {
-            for i in 0..threads {
-                let (lo, hi) = (i * per, ((i + 1) * per).min(pairs));
-                if lo < hi {
-                    let job = &job;
-                    s.spawn(move |_| job(lo, hi));
-                }
-            }
-        });
-    } else {
-        job(0, pairs);
-    }
+    let split = parallel && threads > 1 && pairs >= 2 * WC * threads && m * pairs * cols >= PAR_MIN_MACS * threads;
+    split_range(pairs, WC, if split { threads } else { 1 }, job);
 }
 
 /// Dot products of `R ≤ WR` rows of `a` (stride `a_rs`) with the [`WC`]
