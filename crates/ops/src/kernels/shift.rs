@@ -224,12 +224,12 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
         // register blocks, and reads that far past the last channel row.
         let (ldy, slack) = if fast { (padded_cols(l.ld), NR) } else { (l.ld, 0) };
         let offs: Vec<usize> = (0..kk).map(|t| l.off(g, t / k, t % k)).collect();
+        let taps: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap { inp, w: t }).collect();
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
             with_scratch(cig * l.crow() + slack, cog * ldy, |xp, yw| {
                 pad_input(g, x, first, gi, &l, xp);
                 if fast {
-                    let taps: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap { inp, w: t }).collect();
                     direct::run(cog, l.cols, cig, &taps, wg, (kcol, kk), xp, l.crow(), yw, ldy, false, par);
                 } else {
                     for (tap, &off) in offs.iter().enumerate() {
@@ -276,7 +276,6 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     per_chunk(g, &mut dx, g.c_in * hw, |first, dxc, par| {
         let s = dxc.len() / (g.c_in * hw);
         let l = Wide::new(g, s);
-        let offs: Vec<usize> = (0..kk).map(|t| l.off(g, t / k, t % k)).collect();
         let taps: Vec<(usize, usize)> = (0..kk).map(|t| l.tap(g, t / k, t % k)).collect();
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
@@ -312,9 +311,9 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
             with_scratch(cig * l.crow(), cog * l.ld, |dxp, dyw| {
                 wide_dy(g, dy, first, gi, &l, dyw, l.ld, 0);
                 dxp.fill(0.0);
-                for (tap, &off) in offs.iter().enumerate() {
+                for (tap, &(phase, shift)) in taps.iter().enumerate() {
                     // dxp[.., off..] (cig x cols) += w_tapᵀ (cig x cog) · dyw (cog x cols)
-                    let dst = &mut dxp[off..];
+                    let dst = &mut dxp[phase * l.ld + shift..];
                     gemm(cig, l.cols, cog, dst, (l.crow(), 1), true, &wg[tap..], (kk, kcol), dyw, (l.ld, 1), par);
                 }
                 unpad_grad(g, dxp, &l, (l.crow(), l.ld), gi, dxc);
