@@ -248,6 +248,12 @@ mod tests {
         check(4, 4, 6, (16, 13), 1, Conv2dParams { groups: 2, ..p1 }, 32)?;
         check(7, 3, 5, (28, 28), 1, p1, 33)?;
         check(9, 4, 3, (20, 17), 3, Conv2dParams { padding: 1, ..p1 }, 34)?;
+        // 1x1 through the register-blocked kernel: columns past its last
+        // whole block (225 = 14·16 + 1), more input channels than one pass
+        // of it, output rows past its last whole row block; batch 1 on a
+        // small map (35 = 2·16 + 3 columns).
+        check(3, 20, 13, (15, 15), 1, p1, 35)?;
+        check(1, 17, 7, (5, 7), 1, p1, 36)?;
         Ok(())
     }
 

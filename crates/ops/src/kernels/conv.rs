@@ -4,7 +4,7 @@
 //! (except 1x1 on large maps, direct GEMMs here) to the shifted GEMMs of
 //! [`super::shift`]; the im2col path remains for comparison.
 
-use super::{depthwise, gemm, shift, threads, with_scratch};
+use super::{depthwise, direct, gemm, shift, threads, with_scratch};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -199,7 +199,7 @@ fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 for j in 0..s {
                     let xg = &x[((first + j) * g.c_in + gi * cig) * hw..][..cig * hw];
                     let yg = &mut yc[(j * g.c_out + gi * cog) * ohw..][..cog * ohw];
-                    gemm(cog, ohw, cig, yg, (ohw, 1), false, wg, (cig, 1), xg, (hw, 1), par);
+                    pointwise(cog, hw, cig, wg, (cig, 1), xg, yg, par);
                 }
                 continue;
             }
@@ -220,6 +220,24 @@ fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
         }
     });
     y
+}
+
+/// `out (m x cols) = w (m x nc) · inp (nc x cols)` for one sample of a 1x1
+/// convolution, rows `cols` long in `inp` and `out`, with the weights read
+/// through the strides `(w_rs, w_cs)` (the transpose for the input
+/// gradient). The register-blocked kernel of [`direct`] takes the columns up
+/// to a whole number of its blocks, reading and writing the tensors in place
+/// (it would overrun a row with more); a GEMM takes the rest, and all of them
+/// when the kernel is off.
+#[allow(clippy::too_many_arguments)]
+fn pointwise(m: usize, cols: usize, nc: usize, w: &[f32], ws: (usize, usize), inp: &[f32], out: &mut [f32], par: bool) {
+    let body = if direct::enabled() { cols / direct::NR * direct::NR } else { 0 };
+    if body > 0 {
+        direct::run(m, body, nc, &[direct::Tap { inp: 0, w: 0 }], w, ws, inp, cols, out, cols, false, par);
+    }
+    if body < cols {
+        gemm(m, cols - body, nc, &mut out[body..], (cols, 1), false, w, ws, &inp[body..], (cols, 1), par && body == 0);
+    }
 }
 
 /// Gathers the chunk's output gradients of group `gi` into `buf` `[cog, s·ohw]`.
@@ -258,7 +276,7 @@ fn backward_input_im2col(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 for j in 0..s {
                     let dyg = &dy[((first + j) * g.c_out + gi * cog) * ohw..][..cog * ohw];
                     let dxg = &mut dxc[(j * g.c_in + gi * cig) * hw..][..cig * hw];
-                    gemm(cig, hw, cog, dxg, (hw, 1), false, wg, (1, cig), dyg, (ohw, 1), par);
+                    pointwise(cig, hw, cog, wg, (1, cig), dyg, dxg, par);
                 }
                 continue;
             }
