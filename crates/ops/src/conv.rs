@@ -1,9 +1,12 @@
 //! 2-D convolution with a fast CPU path.
 //!
 //! [`conv2d`] is the single entry point every block uses. On CPU it runs the
-//! project's own kernels — im2col (skipped for 1x1 convs) + GEMM forward,
-//! GEMM + col2im input gradient, GEMM weight gradient, all as Candle custom
-//! ops so `Tensor::backward` works — see `docs/results.md` for their speed
+//! project's own kernels — sums of shifted views of zero-padded (phase)
+//! planes for k×k kernels (register-blocked AVX2/FMA kernels where the CPU
+//! has them, one GEMM per tap elsewhere), 1x1 convolutions of large maps on
+//! the tensors in place, direct depthwise kernels; forward, input gradient
+//! and weight gradient all as Candle custom ops so `Tensor::backward` works
+//! (im2col + GEMM remains for comparison) — see `docs/results.md` for their speed
 //! against stock Candle and PyTorch. On other devices it calls Candle's stock
 //! `Tensor::conv2d`, so the `cuda` and `metal` features keep working.
 

@@ -1,8 +1,10 @@
 //! Convolution kernels: im2col + GEMM forward, GEMM + col2im input gradient,
 //! GEMM weight gradient. NCHW, f32, square kernels, groups; depthwise
 //! convolutions go to the direct kernels of [`super::depthwise`], the others
-//! (except 1x1 on large maps, direct GEMMs here) to the shifted GEMMs of
-//! [`super::shift`]; the im2col path remains for comparison.
+//! to the shifted GEMMs of [`super::shift`], except 1x1 convolutions on large
+//! maps (and at batch 1), which run here on the tensors in place (forward and
+//! input gradient through the register-blocked kernel of [`super::direct`],
+//! weight gradient by GEMM); the im2col path remains for comparison.
 
 use super::{depthwise, direct, gemm, shift, threads, with_scratch};
 use rayon::prelude::*;
