@@ -235,7 +235,7 @@ fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
 fn pointwise(m: usize, cols: usize, nc: usize, w: &[f32], ws: (usize, usize), inp: &[f32], out: &mut [f32], par: bool) {
     let body = if direct::enabled() { cols / direct::NR * direct::NR } else { 0 };
     if body > 0 {
-        direct::run(m, body, nc, &[direct::Tap { inp: 0, w: 0 }], w, ws, inp, cols, out, cols, false, par);
+        direct::run(m, body, nc, &[direct::Tap::new(0, 0)], w, ws, inp, cols, out, cols, false, None, par);
     }
     if body < cols {
         gemm(m, cols - body, nc, &mut out[body..], (cols, 1), false, w, ws, &inp[body..], (cols, 1), par && body == 0);
@@ -437,6 +437,11 @@ mod tests {
             (2, 2, 3, 2, 2, 1, 1, 1, 6, 5),
             (3, 3, 4, 3, 1, 3, 1, 1, 5, 6),
             (2, 7, 13, 3, 1, 1, 1, 1, 8, 8),
+            // The tight layout (masked reads): a 5x5 kernel with less than
+            // "same" padding, more channels than one kernel pass on rows
+            // that are no multiple of the register block.
+            (3, 5, 6, 5, 1, 1, 1, 1, 9, 10),
+            (2, 20, 7, 3, 1, 1, 1, 1, 19, 21),
         ] {
             let oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
             let ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;

@@ -77,6 +77,42 @@ pub(crate) struct Tap {
     pub inp: usize,
     /// Offset of the tap's weight `w(0, 0)` in the weight slice.
     pub w: usize,
+    /// Which of the [`ColMasks`] this tap's reads go through (ignored
+    /// without masks).
+    pub mask: usize,
+}
+
+impl Tap {
+    /// A tap whose reads are used as they are.
+    pub(crate) fn new(inp: usize, w: usize) -> Self {
+        Tap { inp, w, mask: 0 }
+    }
+}
+
+/// Column masks for [`run`]: which input reads count, for layouts where a
+/// tap's shifted view runs past a row's end into the next row (instead of
+/// into padding zeros). Column `q` of mask `id` is valid iff
+/// `valid(id, q mod period)`; the kernel keeps invalid reads out of the sums
+/// by clearing their bits, so what lies there (even NaN) never matters.
+pub(crate) struct ColMasks {
+    period: usize,
+    ids: usize,
+    /// `bits[(start·ids + id)·NR + i]` for the block starting at column
+    /// `start (mod period)`.
+    bits: Vec<u32>,
+}
+
+impl ColMasks {
+    pub(crate) fn new(period: usize, ids: usize, valid: impl Fn(usize, usize) -> bool) -> Self {
+        let period = period.max(1);
+        let mut bits = Vec::with_capacity(period * ids * NR);
+        for start in 0..period {
+            for id in 0..ids {
+                bits.extend((0..NR).map(|i| if valid(id, (start + i) % period) { u32::MAX } else { 0 }));
+            }
+        }
+        ColMasks { period, ids, bits }
+    }
 }
 
 /// `out[r·out_rs + q] (+)= Σ_t Σ_c w[r·w_rs + c·w_cs + taps[t].w] ·
@@ -86,8 +122,9 @@ pub(crate) struct Tap {
 /// a network has about as many weights as multiply-adds per weight. Columns
 /// up to [`padded_cols`]`(cols)` are computed (the extra ones are garbage for
 /// the caller to ignore), so `inp` must extend that far and `out_rs` must be
-/// at least that. `parallel` splits the columns over the rayon threads when
-/// the call is big enough.
+/// at least that. With `masks`, tap `t`'s read of column `q` counts only
+/// where its mask `taps[t].mask` is valid at `q`. `parallel` splits the
+/// columns over the rayon threads when the call is big enough.
 ///
 /// # Panics
 /// If the kernel is not [`available`], or a slice is too short for the
@@ -105,11 +142,15 @@ pub(crate) fn run(
     out: &mut [f32],
     out_rs: usize,
     accumulate: bool,
+    masks: Option<&ColMasks>,
     parallel: bool,
 ) {
     assert!(available(), "direct kernel: needs AVX2 and FMA");
     if m == 0 || cols == 0 {
         return;
+    }
+    if let Some(mk) = masks {
+        assert!(taps.iter().all(|t| t.mask < mk.ids), "direct kernel: tap mask out of range");
     }
     let pc = padded_cols(cols);
     assert!(out_rs >= pc && out.len() >= (m - 1) * out_rs + pc, "direct kernel: output too small");
@@ -130,6 +171,7 @@ pub(crate) fn run(
                 for r0 in (0..m).step_by(MR) {
                     let rows = MR.min(m - r0);
                     for q in (t0..t1).step_by(NR) {
+                        let mp = masks.map_or(std::ptr::null(), |mk| mk.bits[(q % mk.period) * mk.ids * NR..].as_ptr());
                         // SAFETY: the asserts above bound every read of `inp`
                         // (channel < nc, offset ≤ the largest, column < pc),
                         // of `w` (row < m, channel < nc, offset ≤ the
@@ -146,6 +188,7 @@ pub(crate) fn run(
                                 (inp.as_ptr().add(c0 * in_rs + q), in_rs),
                                 (out_ptr.0.add(r0 * out_rs + q), out_rs),
                                 accumulate || c0 > 0,
+                                mp,
                             );
                         }
                     }
@@ -321,6 +364,7 @@ unsafe impl Sync for SendPtr {}
 /// # Safety
 /// As for [`block_avx2`].
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn block_avx2_rows(
     rows: usize,
     taps: &[Tap],
@@ -329,19 +373,23 @@ unsafe fn block_avx2_rows(
     inp: (*const f32, usize),
     out: (*mut f32, usize),
     accumulate: bool,
+    masks: *const u32,
 ) {
     const _: () = assert!(MR == 6, "one arm per row count");
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        match rows {
-            6 => block_avx2::<6>(taps, nc, w, inp, out, accumulate),
-            5 => block_avx2::<5>(taps, nc, w, inp, out, accumulate),
-            4 => block_avx2::<4>(taps, nc, w, inp, out, accumulate),
-            3 => block_avx2::<3>(taps, nc, w, inp, out, accumulate),
-            2 => block_avx2::<2>(taps, nc, w, inp, out, accumulate),
-            _ => block_avx2::<1>(taps, nc, w, inp, out, accumulate),
-        }
+    macro_rules! arms {
+        ($masked:literal) => {
+            match rows {
+                6 => block_avx2::<6, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                5 => block_avx2::<5, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                4 => block_avx2::<4, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                3 => block_avx2::<3, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                2 => block_avx2::<2, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                _ => block_avx2::<1, $masked>(taps, nc, w, inp, out, accumulate, masks),
+            }
+        };
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { if masks.is_null() { arms!(false) } else { arms!(true) } }
 }
 
 /// One `R × NR` block (`R ≤ MR`): `R` output rows at `out = (pointer, row
@@ -352,16 +400,19 @@ unsafe fn block_avx2_rows(
 /// # Safety
 /// AVX2 and FMA must be available; `inp` must be readable at
 /// `c·stride + tap.inp + 0..NR` and the weights at the offsets above for
-/// every `c < nc`, `r < R` and tap, and `out` writable at `r·stride + 0..NR`.
+/// every `c < nc`, `r < R` and tap, and `out` writable at `r·stride + 0..NR`;
+/// with `MASKED`, `masks` must be readable at `tap.mask·NR + 0..NR` for
+/// every tap (the block's masks, see [`ColMasks`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2<const R: usize>(
+unsafe fn block_avx2<const R: usize, const MASKED: bool>(
     taps: &[Tap],
     nc: usize,
     (w, w_rs, w_cs): (*const f32, usize, usize),
     (inp, rs): (*const f32, usize),
     (out, ors): (*mut f32, usize),
     accumulate: bool,
+    masks: *const u32,
 ) {
     use std::arch::x86_64::*;
     // SAFETY (whole body): the caller guarantees the pointer ranges above.
@@ -370,10 +421,19 @@ unsafe fn block_avx2<const R: usize>(
         for tap in taps {
             let mut x = inp.add(tap.inp);
             let mut wc = w.add(tap.w);
+            let mut keep = [_mm256_setzero_ps(); NV];
+            if MASKED {
+                for (v, k) in keep.iter_mut().enumerate() {
+                    *k = _mm256_castsi256_ps(_mm256_loadu_si256(masks.add(tap.mask * NR + 8 * v) as *const __m256i));
+                }
+            }
             for _ in 0..nc {
                 let mut xv = [_mm256_setzero_ps(); NV];
                 for (v, xv) in xv.iter_mut().enumerate() {
                     *xv = _mm256_loadu_ps(x.add(8 * v));
+                    if MASKED {
+                        *xv = _mm256_and_ps(*xv, keep[v]);
+                    }
                 }
                 for (r, a) in acc.iter_mut().enumerate() {
                     let b = _mm256_broadcast_ss(&*wc.add(r * w_rs));
@@ -420,12 +480,26 @@ mod tests {
             let in_rs = padded_cols(cols) + 11;
             let inp: Vec<f32> = (0..nc * in_rs).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
             let w: Vec<f32> = (0..m * nc * taps).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
-            let tl: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap { inp, w: t }).collect();
+            let tl: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap::new(inp, t)).collect();
             let out_rs = padded_cols(cols) + 3;
             for accumulate in [false, true] {
                 for parallel in [false, true] {
                     let mut out = vec![0.5f32; m * out_rs];
-                    run(m, cols, nc, &tl, &w, (nc * taps, taps), &inp, in_rs, &mut out, out_rs, accumulate, parallel);
+                    run(
+                        m,
+                        cols,
+                        nc,
+                        &tl,
+                        &w,
+                        (nc * taps, taps),
+                        &inp,
+                        in_rs,
+                        &mut out,
+                        out_rs,
+                        accumulate,
+                        None,
+                        parallel,
+                    );
                     for r in 0..m {
                         for q in 0..cols {
                             let mut want = if accumulate { 0.5f32 } else { 0.0 };
@@ -481,6 +555,49 @@ mod tests {
         }
     }
 
+    /// Masked reads are left out of the sums, even where the input holds
+    /// NaN (garbage past a row's end must never reach an output).
+    #[test]
+    fn masked_reads_are_left_out() {
+        if !available() {
+            return;
+        }
+        // Tap t reads input position q + offs[t] for output column q; with
+        // period 5 its mask keeps exactly the positions that are not
+        // multiples of 5, which hold NaN in channel 1.
+        let (m, cols, nc, period) = (7, 150, 3, 5);
+        let offs = [0usize, 1, 2, 13];
+        let valid = |id: usize, q: usize| (q + offs[id]) % 5 != 0;
+        let masks = ColMasks::new(period, offs.len(), valid);
+        let in_rs = padded_cols(cols) + 20;
+        let inp: Vec<f32> = (0..nc * in_rs)
+            .map(|i| {
+                let (c, pos) = (i / in_rs, i % in_rs);
+                if c == 1 && pos % 5 == 0 { f32::NAN } else { ((i * 7919) % 23) as f32 / 11.0 - 1.0 }
+            })
+            .collect();
+        let nt = offs.len();
+        let w: Vec<f32> = (0..m * nc * nt).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
+        let taps: Vec<Tap> = offs.iter().enumerate().map(|(t, &o)| Tap { inp: o, w: t, mask: t }).collect();
+        let out_rs = padded_cols(cols);
+        for parallel in [false, true] {
+            let mut out = vec![0f32; m * out_rs];
+            run(m, cols, nc, &taps, &w, (nc * nt, nt), &inp, in_rs, &mut out, out_rs, false, Some(&masks), parallel);
+            for r in 0..m {
+                for q in 0..cols {
+                    let mut want = 0f64;
+                    for (t, &o) in offs.iter().enumerate().filter(|&(t, _)| valid(t, q % period)) {
+                        for c in 0..nc {
+                            want += (w[r * nc * nt + c * nt + t] * inp[c * in_rs + o + q]) as f64;
+                        }
+                    }
+                    let got = out[r * out_rs + q];
+                    assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "r {r} q {q}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
     #[test]
     #[should_panic(expected = "input too small")]
     fn short_input_is_refused() {
@@ -488,6 +605,6 @@ mod tests {
             panic!("input too small (no AVX2 here)");
         }
         let mut out = vec![0f32; 2 * NR];
-        run(2, 5, 2, &[Tap { inp: 0, w: 0 }], &[1.0; 4], (2, 1), &[0.0; 20], 10, &mut out, NR, false, false);
+        run(2, 5, 2, &[Tap::new(0, 0)], &[1.0; 4], (2, 1), &[0.0; 20], 10, &mut out, NR, false, None, false);
     }
 }

@@ -26,7 +26,7 @@
 //! planes, and each input pixel is still copied once.
 
 use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk, sum_chunk_partials};
-use super::direct::{self, NR, Tap, padded_cols};
+use super::direct::{self, ColMasks, NR, Tap, padded_cols};
 use super::{gemm, with_scratch};
 
 /// Whether the shifted-GEMM kernels handle `g`: every geometry except 1x1,
@@ -63,10 +63,17 @@ impl Wide {
     /// `gap = p` (more only when the padding exceeds the kernel's reach and
     /// the output is wider than that). On 8×8 maps with padding 1 this
     /// computes 81 columns per sample instead of 100.
-    fn new(g: &ConvGeom, samples: usize) -> Self {
+    ///
+    /// `tight` (stride 1, see [`tight`]) drops the padding columns too: rows
+    /// are `w` wide, so a tap's view runs past a row's end into the next row,
+    /// and the reads that stand for padding must be masked out
+    /// ([`col_masks`]); 8×8 maps then cost 72 columns per sample.
+    fn new(g: &ConvGeom, samples: usize, tight: bool) -> Self {
         let st = g.stride;
         let p = g.pad;
-        let (hq, wq, lead) = if st == 1 {
+        let (hq, wq, lead) = if tight {
+            (g.h + p, g.w, p * g.w + p)
+        } else if st == 1 {
             let gap = p + p.saturating_sub((g.k - 1) * g.dil);
             (g.h + gap, g.w + gap, p * (g.w + gap) + p)
         } else {
@@ -99,6 +106,24 @@ impl Wide {
         let (y, x) = (ki * g.dil, kj * g.dil);
         ((y % self.st) * self.st + x % self.st, (y / self.st) * self.wq + x / self.st)
     }
+}
+
+/// Whether the forward pass of `g` can run on the tight layout of
+/// [`Wide::new`] (with the register-blocked kernel, which masks reads):
+/// stride 1, and padding that keeps the output no larger than the input
+/// (`2p ≤ (k − 1)·dil`, so every output column fits a `w`-wide row); without
+/// padding there is nothing to drop.
+fn tight(g: &ConvGeom) -> bool {
+    g.stride == 1 && g.pad > 0 && 2 * g.pad <= (g.k - 1) * g.dil
+}
+
+/// The masks of the tight layout, one per kernel column `kj`: output column
+/// `ox` reads input column `ox + kj·dil − p`, which must lie in `[0, w)`.
+fn col_masks(g: &ConvGeom) -> ColMasks {
+    ColMasks::new(g.w, g.k, |kj, ox| {
+        let x = ox + kj * g.dil;
+        x >= g.pad && x - g.pad < g.w
+    })
 }
 
 /// Copies group `gi` of samples `first..` into zero-padded (phase) planes.
@@ -216,21 +241,37 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, ohw) = (g.cig(), g.cog(), g.ohw());
     let (k, kk, kcol) = (g.k, g.k * g.k, g.kcol());
     let fast = direct::enabled();
+    let masks = (fast && tight(g)).then(|| col_masks(g));
     let mut y = vec![0f32; g.n * g.c_out * ohw];
     per_chunk(g, &mut y, g.c_out * ohw, |first, yc, par| {
         let s = yc.len() / (g.c_out * ohw);
-        let l = Wide::new(g, s);
+        let l = Wide::new(g, s, masks.is_some());
         // Output rows on the wide grid; the direct kernel writes whole
-        // register blocks, and reads that far past the last channel row.
-        let (ldy, slack) = if fast { (padded_cols(l.ld), NR) } else { (l.ld, 0) };
+        // register blocks, and reads that far past the last channel row
+        // (on the tight layout up to `p` more, all of them masked reads).
+        let (ldy, slack) = if fast { (padded_cols(l.ld), NR + g.pad) } else { (l.ld, 0) };
         let offs: Vec<usize> = (0..kk).map(|t| l.off(g, t / k, t % k)).collect();
-        let taps: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap { inp, w: t }).collect();
+        let taps: Vec<Tap> = offs.iter().enumerate().map(|(t, &inp)| Tap { inp, w: t, mask: t % k }).collect();
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
             with_scratch(cig * l.crow() + slack, cog * ldy, |xp, yw| {
                 pad_input(g, x, first, gi, &l, xp);
                 if fast {
-                    direct::run(cog, l.cols, cig, &taps, wg, (kcol, kk), xp, l.crow(), yw, ldy, false, par);
+                    direct::run(
+                        cog,
+                        l.cols,
+                        cig,
+                        &taps,
+                        wg,
+                        (kcol, kk),
+                        xp,
+                        l.crow(),
+                        yw,
+                        ldy,
+                        false,
+                        masks.as_ref(),
+                        par,
+                    );
                 } else {
                     for (tap, &off) in offs.iter().enumerate() {
                         gemm(
@@ -275,7 +316,7 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let mut dx = vec![0f32; g.n * g.c_in * hw];
     per_chunk(g, &mut dx, g.c_in * hw, |first, dxc, par| {
         let s = dxc.len() / (g.c_in * hw);
-        let l = Wide::new(g, s);
+        let l = Wide::new(g, s, false);
         let taps: Vec<(usize, usize)> = (0..kk).map(|t| l.tap(g, t / k, t % k)).collect();
         for gi in 0..g.groups {
             let wg = &w[gi * cog * kcol..(gi + 1) * cog * kcol];
@@ -297,12 +338,10 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
                     wide_dy(g, dy, first, gi, &l, dyw, rs, margin);
                     for phase in (0..l.phases()).filter(|&f| l.used[f]) {
                         // Weights transposed: row ci at stride kk, channel co at kcol.
-                        let mirrored: Vec<Tap> = (0..kk)
-                            .filter(|&t| taps[t].0 == phase)
-                            .map(|t| Tap { inp: margin - taps[t].1, w: t })
-                            .collect();
+                        let mirrored: Vec<Tap> =
+                            (0..kk).filter(|&t| taps[t].0 == phase).map(|t| Tap::new(margin - taps[t].1, t)).collect();
                         let out = &mut dxp[phase * pstride..];
-                        direct::run(cig, l.ld, cog, &mirrored, wg, (kk, kcol), dyw, rs, out, crow, false, par);
+                        direct::run(cig, l.ld, cog, &mirrored, wg, (kk, kcol), dyw, rs, out, crow, false, None, par);
                     }
                     unpad_grad(g, dxp, &l, (crow, pstride), gi, dxc);
                 });
@@ -331,7 +370,7 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let wlen = g.c_out * kcol;
     sum_chunk_partials(g, wlen, |first, samples, par| {
         let mut dw = vec![0f32; wlen];
-        let l = Wide::new(g, samples);
+        let l = Wide::new(g, samples, false);
         for gi in 0..g.groups {
             let dwg = &mut dw[gi * cog * kcol..(gi + 1) * cog * kcol];
             with_scratch(cig * l.crow(), cog * l.ld, |xp, dyw| {
