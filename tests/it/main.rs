@@ -15,3 +15,4 @@ mod flops;
 mod hub;
 mod infer;
 mod resume;
+mod swa;

@@ -41,7 +41,9 @@ pub fn anytime(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Trains, then exports when every epoch is done.
+/// Trains (the main stage, then the weight-averaging stage where the recipe
+/// has one, from the main stage's best weights), then exports the last
+/// stage when every epoch is done.
 pub fn run(a: &TrainArgs) -> Result<()> {
     let mut args = vec!["train".to_string(), "--model".into(), a.model.clone()];
     if let Some(e) = a.epochs {
@@ -54,7 +56,44 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         args.extend(["--max-minutes".into(), m.to_string()]);
     }
     anytime(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    anytime(&["export", "--model", &a.model])
+    // Export, or start the second stage from the first one's best weights,
+    // only once a stage has done all its epochs (a time limit may stop it).
+    let runs = crate::root().join("runs").join(&a.model);
+    if !finished(&runs)? {
+        return Ok(());
+    }
+    let swa = anytime_train::recipes::recipe(&a.model).is_ok_and(|r| r.swa_stage.is_some());
+    if !swa {
+        return anytime(&["export", "--model", &a.model]);
+    }
+    let mut args = vec!["train", "--model", &a.model, "--stage", "swa"];
+    if a.resume {
+        args.push("--resume");
+    }
+    let minutes = a.max_minutes.map(|m| m.to_string());
+    if let Some(m) = &minutes {
+        args.extend(["--max-minutes", m]);
+    }
+    anytime(&args)?;
+    if !finished(&runs.join("swa"))? {
+        return Ok(());
+    }
+    anytime(&["export", "--model", &a.model, "--stage", "swa"])
+}
+
+/// Whether the run in `dir` has done the epochs it was started with (says
+/// how to go on when not).
+fn finished(dir: &std::path::Path) -> Result<bool> {
+    let state = anytime_train::checkpoint::Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
+    let planned = state.spec.as_ref().map_or(state.epoch, |s| s.epochs);
+    if state.epoch < planned {
+        eprintln!(
+            "the run in {} stopped after {} of {planned} epochs; continue with --resume",
+            dir.display(),
+            state.epoch
+        );
+    }
+    Ok(state.epoch >= planned)
 }
 
 /// Retrains every shipped model of a dataset family, then rewrites the results.

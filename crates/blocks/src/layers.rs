@@ -111,6 +111,10 @@ pub struct BatchNorm2d {
 /// from the optimised parameters.
 pub const BN_BUFFERS: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
 
+/// The weight of a batch's statistics in the running ones (PyTorch's
+/// default); recalibration after weight averaging undoes it.
+pub const BN_MOMENTUM: f64 = 0.1;
+
 impl BatchNorm2d {
     /// Loads or creates `weight` (1), `bias` (0), `running_mean` (0) and
     /// `running_var` (1), each `[num_features]`, under `vb`.
@@ -119,7 +123,7 @@ impl BatchNorm2d {
         let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
         let running_mean = Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
         let running_var = Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
-        Ok(Self { weight, bias, running_mean, running_var, num_features, eps: 1e-5, momentum: 0.1 })
+        Ok(Self { weight, bias, running_mean, running_var, num_features, eps: 1e-5, momentum: BN_MOMENTUM })
     }
 
     /// Normalises `xs` (training mode: batch statistics, updating the running

@@ -38,6 +38,19 @@ pub struct TrainState {
     /// the same training metrics as an uninterrupted one.
     #[serde(default)]
     pub partial: PartialEpoch,
+    /// The settings the run was started with (resuming checks them).
+    #[serde(default)]
+    pub spec: Option<crate::trainer::TrainSpec>,
+    /// The weight file the run started from, if not the seeded
+    /// initialisation.
+    #[serde(default)]
+    pub init_from: Option<String>,
+    /// Epochs in the weight average (weight averaging only).
+    #[serde(default)]
+    pub swa_count: usize,
+    /// Whether the best weights are the weight average.
+    #[serde(default)]
+    pub best_is_swa: bool,
 }
 
 /// Running sums of an unfinished epoch.
@@ -61,6 +74,8 @@ pub struct Checkpoint {
     pub optim: BTreeMap<String, Tensor>,
     /// Progress.
     pub state: TrainState,
+    /// Running mean of the parameters (weight averaging; empty otherwise).
+    pub swa: BTreeMap<String, Tensor>,
 }
 
 impl Checkpoint {
@@ -69,6 +84,7 @@ impl Checkpoint {
         let mut all: Vec<(String, &Tensor)> = Vec::with_capacity(self.model.len() + self.optim.len());
         all.extend(self.model.iter().map(|(k, t)| (format!("model.{k}"), t)));
         all.extend(self.optim.iter().map(|(k, t)| (format!("optim.{k}"), t)));
+        all.extend(self.swa.iter().map(|(k, t)| (format!("swa.{k}"), t)));
         let meta = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(&self.state)?)]);
         let bytes = safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta))
             .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
@@ -89,16 +105,18 @@ impl Checkpoint {
             .ok_or_else(|| bad("no training state in the header (not a training checkpoint)".into()))?;
         let state: TrainState = serde_json::from_str(state).map_err(|e| bad(format!("bad training state: {e}")))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
-        let (mut model, mut optim) = (BTreeMap::new(), BTreeMap::new());
+        let (mut model, mut optim, mut swa) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (k, t) in tensors {
             if let Some(name) = k.strip_prefix("model.") {
                 model.insert(name.to_string(), t);
             } else if let Some(name) = k.strip_prefix("optim.") {
                 optim.insert(name.to_string(), t);
+            } else if let Some(name) = k.strip_prefix("swa.") {
+                swa.insert(name.to_string(), t);
             } else {
                 return Err(bad(format!("unexpected tensor {k}")));
             }
         }
-        Ok(Self { model, optim, state })
+        Ok(Self { model, optim, state, swa })
     }
 }

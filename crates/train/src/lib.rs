@@ -4,7 +4,8 @@
 //!   self-distillation from the last exit);
 //! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch's exact
 //!   rule), AdamW, gradient clipping;
-//! - [`schedule`]: multistep and cosine schedules with warm-up;
+//! - [`schedule`]: multistep, cosine and cyclic cosine schedules with warm-up;
+//! - [`swa`]: stochastic weight averaging and batch-norm recalibration;
 //! - [`init`]: deterministic, seeded initialisation;
 //! - [`checkpoint`] and [`trainer`]: resumable, atomic checkpoints and the
 //!   loop, for any [`anytime_models::MultiExit`] model;
@@ -31,6 +32,7 @@ pub mod optim;
 pub mod plot;
 pub mod recipes;
 pub mod schedule;
+pub mod swa;
 pub mod trainer;
 
 pub use error::{Error, Result};

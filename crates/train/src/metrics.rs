@@ -54,6 +54,9 @@ pub struct EpochMetrics {
     pub images_per_s: f64,
     /// Training seconds so far.
     pub seconds: f64,
+    /// Held-out accuracy per exit of the weight average (weight averaging only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_val_acc: Option<Vec<f64>>,
 }
 
 /// Evaluates every exit on `batches` (eval mode).

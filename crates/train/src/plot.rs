@@ -5,8 +5,9 @@ use crate::metrics::EpochMetrics;
 use plotters::prelude::*;
 use std::path::Path;
 
-/// Writes `path` (atomically): training loss, and held-out accuracy per exit,
-/// against epochs.
+/// Writes `path` (atomically): training loss, and held-out accuracy per exit
+/// (and of the weight average's last exit, where there is one), against
+/// epochs.
 pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     let mut svg = String::new();
     {
@@ -27,7 +28,9 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         c.draw_series(LineSeries::new(history.iter().map(|m| (m.epoch as f64 + 1.0, m.train_loss)), &BLACK))
             .map_err(|e| err(&e))?;
         let exits = history.iter().map(|m| m.val_acc.len()).max().unwrap_or(0);
-        let lo = history.iter().flat_map(|m| m.val_acc.iter().copied()).fold(1.0f64, f64::min).min(0.9) * 100.0;
+        let swa = |m: &EpochMetrics| m.swa_val_acc.as_ref().and_then(|v| v.last().copied());
+        let lo = history.iter().flat_map(|m| m.val_acc.iter().copied().chain(swa(m))).fold(1.0f64, f64::min).min(0.9)
+            * 100.0;
         let mut c = ChartBuilder::on(&right)
             .caption("held-out accuracy per exit (%)", ("sans-serif", 18))
             .margin(10)
@@ -45,6 +48,15 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             .map_err(|e| err(&e))?
             .label(format!("exit {k}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+        }
+        if history.iter().any(|m| swa(m).is_some()) {
+            c.draw_series(LineSeries::new(
+                history.iter().filter_map(|m| swa(m).map(|a| (m.epoch as f64 + 1.0, a * 100.0))),
+                BLACK.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(format!("weight average, exit {}", exits.saturating_sub(1)))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.stroke_width(2)));
         }
         c.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::loss::LossConfig;
 use crate::optim::OptimConfig;
 use crate::schedule::{Schedule, ScheduleKind};
+use crate::swa::SwaConfig;
 use crate::trainer::TrainSpec;
 use anytime_data::loader::Augment;
 
@@ -24,6 +25,32 @@ pub struct Recipe {
     /// Seed of the held-out split (kept apart from the training seed so the
     /// split never changes).
     pub split_seed: u64,
+    /// A second stage that starts from the first stage's best weights
+    /// (`anytime train --stage swa --init runs/<model>/best.safetensors`):
+    /// stochastic weight averaging over a cyclic schedule.
+    pub swa_stage: Option<TrainSpec>,
+}
+
+impl Recipe {
+    /// The settings of `stage`, or an error when the recipe has no such stage.
+    pub fn stage(&self, stage: Stage) -> Result<&TrainSpec> {
+        match stage {
+            Stage::Main => Ok(&self.spec),
+            Stage::Swa => self
+                .swa_stage
+                .as_ref()
+                .ok_or_else(|| Error::Config(format!("the recipe of '{}' has no weight-averaging stage", self.model))),
+        }
+    }
+}
+
+/// A stage of a recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Training from the seeded initialisation.
+    Main,
+    /// Stochastic weight averaging from the main stage's best weights.
+    Swa,
 }
 
 /// SGD with Nesterov momentum, cosine decay from 0.1 after one warm-up epoch.
@@ -36,6 +63,7 @@ fn fmnist_spec(epochs: usize) -> TrainSpec {
         clip_grad_norm: None,
         seed: 1,
         checkpoint_minutes: 5.0,
+        swa: None,
     }
 }
 
@@ -50,8 +78,23 @@ const FMNIST_EPOCHS: usize = 10;
 /// epoch, training accuracy under augmentation 89 %), below the 94.5 % the
 /// project asks of it. Three times the schedule (about 3.7 hours of
 /// undisturbed training on the 2-core machines, run across sessions with
-/// `--resume`) reached 94.37 % (held-out 94.58 %).
+/// `--resume`) reached 94.37 % (held-out 94.58 %), still short; its
+/// weight-averaging stage ([`swa_spec`], 12 epochs from lr 0.03) then gave
+/// 94.53 % (held-out 94.62 %, the average of 10 epochs).
 const MSDNET_FMNIST_EPOCHS: usize = 30;
+
+/// The weight-averaging stage: from the main stage's weights, `epochs`
+/// one-epoch cosine cycles from `lr` to 0 (another data order), the weights
+/// at every cycle's end averaged, batch-norm statistics recomputed on 200
+/// training batches.
+fn swa_spec(epochs: usize, lr: f64) -> TrainSpec {
+    TrainSpec {
+        schedule: Schedule { lr, kind: ScheduleKind::CosineCycles { cycle_epochs: 1.0 }, warmup_epochs: 0.0 },
+        seed: 2,
+        swa: Some(SwaConfig { start_epoch: 0, bn_batches: 200 }),
+        ..fmnist_spec(epochs)
+    }
+}
 
 const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true, random_resized_crop: None };
 
@@ -64,14 +107,22 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         augment: FMNIST_AUG,
         holdout: 5000,
         split_seed: 2024,
+        swa_stage: None,
     };
     Ok(match model {
-        "msdnet-fmnist" => fmnist("msdnet-fmnist", MSDNET_FMNIST_EPOCHS),
+        "msdnet-fmnist" => {
+            Recipe { swa_stage: Some(swa_spec(12, 0.03)), ..fmnist("msdnet-fmnist", MSDNET_FMNIST_EPOCHS) }
+        }
         "resnet-mc-fmnist" => fmnist("resnet-mc-fmnist", FMNIST_EPOCHS),
         "densenet-mc-fmnist" => fmnist("densenet-mc-fmnist", FMNIST_EPOCHS),
         "ranet-fmnist" => fmnist("ranet-fmnist", FMNIST_EPOCHS),
         "msdnet-tiny" => Recipe {
             spec: TrainSpec { checkpoint_minutes: 0.002, ..fmnist_spec(2) },
+            swa_stage: Some(TrainSpec {
+                checkpoint_minutes: 0.002,
+                swa: Some(SwaConfig { start_epoch: 0, bn_batches: 2 }),
+                ..swa_spec(2, 0.03)
+            }),
             batch_size: 50,
             holdout: 200,
             ..fmnist("msdnet-tiny", 2)

@@ -30,6 +30,14 @@ pub enum ScheduleKind {
     },
     /// Half-cosine from `lr` to 0 over the run, per batch.
     Cosine,
+    /// Half-cosine from `lr` to 0 within each cycle of `cycle_epochs`
+    /// (after the warm-up), restarting at `lr`: warm restarts (SGDR), and the
+    /// cyclic schedule of stochastic weight averaging, which averages the
+    /// weights at the cycles' ends.
+    CosineCycles {
+        /// Epochs per cycle, > 0.
+        cycle_epochs: f64,
+    },
 }
 
 impl Schedule {
@@ -47,6 +55,11 @@ impl Schedule {
             }
             if !(*gamma > 0.0 && *gamma <= 1.0) {
                 return Err(format!("gamma must be in (0, 1], got {gamma}"));
+            }
+        }
+        if let ScheduleKind::CosineCycles { cycle_epochs } = self.kind {
+            if !(cycle_epochs > 0.0 && cycle_epochs.is_finite()) {
+                return Err(format!("a cosine cycle must last > 0 epochs, got {cycle_epochs}"));
             }
         }
         Ok(())
@@ -67,6 +80,10 @@ impl Schedule {
             ScheduleKind::Cosine => {
                 let span = (total - self.warmup_epochs).max(1e-9);
                 let x = ((t - self.warmup_epochs) / span).clamp(0.0, 1.0);
+                0.5 * self.lr * (1.0 + (std::f64::consts::PI * x).cos())
+            }
+            ScheduleKind::CosineCycles { cycle_epochs } => {
+                let x = ((t - self.warmup_epochs).max(0.0) / cycle_epochs).fract();
                 0.5 * self.lr * (1.0 + (std::f64::consts::PI * x).cos())
             }
         }
@@ -103,6 +120,19 @@ mod tests {
             kind: ScheduleKind::Multistep { milestones: vec![0.7, 0.5], gamma: 0.1 },
             warmup_epochs: 0.0,
         };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn cosine_cycles_restart() {
+        let s = Schedule { lr: 0.04, kind: ScheduleKind::CosineCycles { cycle_epochs: 2.0 }, warmup_epochs: 0.0 };
+        assert!((s.lr_at(0.0, 6) - 0.04).abs() < 1e-12);
+        assert!((s.lr_at(1.0, 6) - 0.02).abs() < 1e-12);
+        assert!(s.lr_at(1.999_999, 6) < 1e-6);
+        assert!((s.lr_at(2.0, 6) - 0.04).abs() < 1e-12);
+        assert!((s.lr_at(5.0, 6) - 0.02).abs() < 1e-12);
+        assert!(s.validate().is_ok());
+        let bad = Schedule { kind: ScheduleKind::CosineCycles { cycle_epochs: 0.0 }, ..s };
         assert!(bad.validate().is_err());
     }
 }

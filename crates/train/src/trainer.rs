@@ -8,7 +8,13 @@
 //! - `checkpoint.safetensors`: model, optimiser and [`TrainState`] (resumable);
 //! - `best.safetensors`: the weights with the best final-exit held-out accuracy;
 //! - `metrics.jsonl`: one [`EpochMetrics`] per line;
-//! - `curves.svg`: loss and per-exit accuracy curves.
+//! - `curves.svg`: loss and per-exit accuracy curves;
+//! - `swa.safetensors`: with weight averaging ([`TrainSpec::swa`]), the
+//!   latest average with recalibrated batch-norm statistics.
+//!
+//! A run can start from trained weights ([`Trainer::init_from`]) instead of
+//! the seeded initialisation: fine-tuning, or a second stage such as the
+//! weight-averaging stage of a recipe.
 //!
 //! A run killed at any moment resumes exactly: the data order and
 //! augmentation depend only on `(seed, epoch)`, the checkpoint records the
@@ -23,7 +29,7 @@ use crate::loss::LossConfig;
 use crate::metrics::{EpochMetrics, ExitAccuracy, evaluate, write_jsonl};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::schedule::Schedule;
-use anytime_blocks::layers::BN_BUFFERS;
+use crate::swa::{SwaConfig, accumulate, is_running_stat, recalibrate_bn};
 use anytime_models::MultiExit;
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -63,6 +69,11 @@ pub struct TrainSpec {
     /// Minutes between mid-epoch checkpoints.
     #[serde(default = "default_minutes")]
     pub checkpoint_minutes: f64,
+    /// Stochastic weight averaging: average the weights at the end of every
+    /// epoch from a given one on, and evaluate (and keep, when best) the
+    /// average with recalibrated batch-norm statistics.
+    #[serde(default)]
+    pub swa: Option<SwaConfig>,
 }
 
 fn default_minutes() -> f64 {
@@ -86,6 +97,9 @@ impl TrainSpec {
         }
         if self.checkpoint_minutes.is_nan() || self.checkpoint_minutes <= 0.0 {
             return Err(e(format!("checkpoint interval must be > 0 minutes, got {}", self.checkpoint_minutes)));
+        }
+        if let Some(swa) = &self.swa {
+            swa.validate(self.epochs).map_err(e)?;
         }
         Ok(())
     }
@@ -144,6 +158,8 @@ pub struct Trainer {
     opt: Optimizer,
     dir: PathBuf,
     state: TrainState,
+    /// Running mean of the parameters (weight averaging), by key.
+    swa_avg: BTreeMap<String, Tensor>,
 }
 
 /// The file names inside a run directory.
@@ -152,10 +168,8 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
 /// Metrics log.
 pub const METRICS_FILE: &str = "metrics.jsonl";
-
-fn is_buffer(name: &str) -> bool {
-    name.rsplit('.').next().is_some_and(|last| BN_BUFFERS.contains(&last))
-}
+/// The latest weight average (weight averaging only).
+pub const SWA_FILE: &str = "swa.safetensors";
 
 /// Removes temporary files a killed write left in `dir`.
 fn clean_temporaries(dir: &Path) -> Result<()> {
@@ -188,7 +202,7 @@ impl Trainer {
             .lock()
             .map_err(|e| Error::Config(e.to_string()))?
             .iter()
-            .filter(|(k, _)| !is_buffer(k))
+            .filter(|(k, _)| !is_running_stat(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -202,8 +216,12 @@ impl Trainer {
             history: Vec::new(),
             seconds: 0.0,
             partial: PartialEpoch::default(),
+            spec: Some(spec.clone()),
+            init_from: None,
+            swa_count: 0,
+            best_is_swa: false,
         };
-        let mut t = Self { spec, model, varmap, opt, dir: dir.to_path_buf(), state };
+        let mut t = Self { spec, model, varmap, opt, dir: dir.to_path_buf(), state, swa_avg: BTreeMap::new() };
         let ckpt = t.dir.join(CHECKPOINT_FILE);
         if ckpt.exists() {
             if !resume {
@@ -225,35 +243,79 @@ impl Trainer {
                 msg: format!("was made with seed {}, this run uses {}", ck.state.seed, self.spec.seed),
             });
         }
-        let data = self.varmap.data().lock().map_err(|e| Error::Config(e.to_string()))?;
-        let mut missing: Vec<&String> = data.keys().filter(|k| !ck.model.contains_key(*k)).collect();
-        missing.sort();
-        if !missing.is_empty() || ck.model.len() != data.len() {
+        if let Some(spec) = ck.state.spec.as_ref().filter(|s| **s != self.spec) {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
                 msg: format!(
-                    "does not fit this model ({} tensors, model has {}; missing e.g. {:?})",
-                    ck.model.len(),
-                    data.len(),
-                    missing.first()
+                    "was made with other training settings; resume it with the same recipe and options ({})",
+                    spec_diff(spec, &self.spec)?
                 ),
             });
         }
-        for (k, v) in data.iter() {
-            let t = &ck.model[k];
-            if t.shape() != v.shape() {
-                return Err(Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    msg: format!("{k} has shape {:?}, the model needs {:?}", t.shape(), v.shape()),
-                });
-            }
-            v.set(t)?;
+        if ck.state.swa_count > 0 && ck.swa.is_empty() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("records {} averaged epochs but holds no weight average", ck.state.swa_count),
+            });
         }
-        drop(data);
+        self.set_vars(&ck.model, true).map_err(|msg| Error::Checkpoint { path: path.to_path_buf(), msg })?;
         self.opt
             .load_state(ck.optim, ck.state.step)
             .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
         self.state = ck.state;
+        self.swa_avg = ck.swa;
+        Ok(())
+    }
+
+    /// Writes `tensors` into the model's variables, checking names and
+    /// shapes: all of them when `all`, else the parameters (running
+    /// statistics keep their values). The error says what does not fit.
+    fn set_vars(&self, tensors: &BTreeMap<String, Tensor>, all: bool) -> std::result::Result<(), String> {
+        let data = self.varmap.data().lock().map_err(|e| e.to_string())?;
+        let wanted = |k: &String| all || !is_running_stat(k);
+        let mut missing: Vec<&String> = data.keys().filter(|k| wanted(k) && !tensors.contains_key(*k)).collect();
+        missing.sort();
+        let mut unknown: Vec<&String> = tensors.keys().filter(|k| !data.contains_key(*k)).collect();
+        unknown.sort();
+        if !missing.is_empty() || !unknown.is_empty() {
+            return Err(format!(
+                "does not fit this model ({} tensors, model has {}; {} missing, e.g. {:?}; {} unknown, e.g. {:?})",
+                tensors.len(),
+                data.len(),
+                missing.len(),
+                missing.first(),
+                unknown.len(),
+                unknown.first()
+            ));
+        }
+        for (k, v) in data.iter().filter(|(k, _)| wanted(k)) {
+            let t = &tensors[k];
+            if t.shape() != v.shape() {
+                return Err(format!("{k} has shape {:?}, the model needs {:?}", t.shape(), v.shape()));
+            }
+        }
+        for (k, v) in data.iter().filter(|(k, _)| wanted(k)) {
+            v.set(&tensors[k].to_dtype(v.dtype()).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Starts the run from trained weights (every variable of the model,
+    /// running statistics included, e.g. a shipped weight file or another
+    /// run's `best.safetensors`) instead of the seeded initialisation; the
+    /// optimiser state starts empty. Only before the first step: a resumed
+    /// run already holds its weights.
+    pub fn init_from(&mut self, path: &Path) -> Result<()> {
+        if self.state.step > 0 {
+            return Err(Error::Config(format!(
+                "the run in {} has already started; initial weights apply to a new run only",
+                self.dir.display()
+            )));
+        }
+        let bad = |msg: String| Error::Io { path: path.to_path_buf(), msg };
+        let file = anytime_io::load_tensors(path).map_err(|e| bad(e.to_string()))?;
+        self.set_vars(&file.tensors, true).map_err(bad)?;
+        self.state.init_from = Some(path.display().to_string());
         Ok(())
     }
 
@@ -275,7 +337,7 @@ impl Trainer {
 
     fn save_checkpoint(&self, obs: &mut dyn Observer) -> Result<()> {
         let (optim, _) = self.opt.state();
-        let ck = Checkpoint { model: self.weights()?, optim, state: self.state.clone() };
+        let ck = Checkpoint { model: self.weights()?, optim, state: self.state.clone(), swa: self.swa_avg.clone() };
         let path = self.dir.join(CHECKPOINT_FILE);
         ck.save(&path)?;
         obs.on_checkpoint(&path);
@@ -355,6 +417,10 @@ impl Trainer {
             }
             let val_acc = evaluate(self.model.as_ref(), val.epoch(0, 0))?.fractions();
             let final_acc = val_acc.last().copied().unwrap_or(0.0);
+            let swa = match self.spec.swa.clone().filter(|s| epoch >= s.start_epoch) {
+                Some(cfg) => Some(self.average(&cfg, epoch, train, val)?),
+                None => None,
+            };
             self.state.seconds += last_ckpt.elapsed().as_secs_f64();
             last_ckpt = Instant::now();
             let m = EpochMetrics {
@@ -365,16 +431,20 @@ impl Trainer {
                 val_acc,
                 images_per_s: images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
                 seconds: self.state.seconds,
+                swa_val_acc: swa.as_ref().map(|(acc, _)| acc.clone()),
             };
             self.state.history.push(m.clone());
             self.state.epoch += 1;
             self.state.batch = 0;
-            if self.state.best.is_none_or(|(b, _)| final_acc > b) {
-                self.state.best = Some((final_acc, epoch));
-                let best = self.dir.join(BEST_FILE);
-                let bytes = safetensors::serialize(self.weights()?.iter(), None)
-                    .map_err(|e| Error::Io { path: best.clone(), msg: e.to_string() })?;
-                anytime_io::atomic_write(&best, &bytes).map_err(|e| Error::Io { path: best, msg: e.to_string() })?;
+            let swa_final = swa.as_ref().and_then(|(acc, _)| acc.last().copied());
+            let (acc, weights, is_swa) = match swa {
+                Some((_, w)) if swa_final.is_some_and(|a| a > final_acc) => (swa_final.unwrap_or(0.0), w, true),
+                _ => (final_acc, self.weights()?, false),
+            };
+            if self.state.best.is_none_or(|(b, _)| acc > b) {
+                self.state.best = Some((acc, epoch));
+                self.state.best_is_swa = is_swa;
+                write_weights(&self.dir.join(BEST_FILE), &weights)?;
             }
             write_jsonl(&self.dir.join(METRICS_FILE), &self.state.history)?;
             crate::plot::training_curves(&self.dir.join("curves.svg"), &self.state.history)?;
@@ -383,6 +453,61 @@ impl Trainer {
         }
         Ok(RunEnd::Finished)
     }
+}
+
+impl Trainer {
+    /// Adds this epoch's weights to the average, gives the average the
+    /// batch-norm statistics of `cfg.bn_batches` training batches, evaluates
+    /// it on `val` and writes it to [`SWA_FILE`]; the model's own variables
+    /// are restored afterwards. Returns the held-out accuracy per exit and
+    /// the averaged weights.
+    fn average(
+        &mut self,
+        cfg: &SwaConfig,
+        epoch: usize,
+        train: &dyn Batches,
+        val: &dyn Batches,
+    ) -> Result<(Vec<f64>, BTreeMap<String, Tensor>)> {
+        let current = self.weights()?;
+        accumulate(&mut self.swa_avg, &current, self.state.swa_count)?;
+        self.state.swa_count += 1;
+        self.set_vars(&self.swa_avg, false).map_err(Error::Config)?;
+        let vars: BTreeMap<String, candle_core::Var> = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        recalibrate_bn(self.model.as_ref(), &vars, train.epoch(epoch, 0), cfg.bn_batches)?;
+        let acc = evaluate(self.model.as_ref(), val.epoch(0, 0))?.fractions();
+        let averaged = self.weights()?;
+        write_weights(&self.dir.join(SWA_FILE), &averaged)?;
+        self.set_vars(&current, true).map_err(Error::Config)?;
+        Ok((acc, averaged))
+    }
+}
+
+/// The top-level settings where `run` and `now` differ, as
+/// `name: <run's> here, <now's> now`.
+fn spec_diff(run: &TrainSpec, now: &TrainSpec) -> Result<String> {
+    let (a, b) = (serde_json::to_value(run)?, serde_json::to_value(now)?);
+    let empty = serde_json::Map::new();
+    let (a, b) = (a.as_object().unwrap_or(&empty), b.as_object().unwrap_or(&empty));
+    let diffs: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}: {v} in the run, {} now", b.get(k).unwrap_or(&serde_json::Value::Null)))
+        .collect();
+    Ok(diffs.join("; "))
+}
+
+/// Writes model weights as safetensors, atomically.
+fn write_weights(path: &Path, weights: &BTreeMap<String, Tensor>) -> Result<()> {
+    let bytes = safetensors::serialize(weights.iter(), None)
+        .map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })?;
+    anytime_io::atomic_write(path, &bytes).map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
 }
 
 impl Batches for anytime_data::loader::Loader {

@@ -4,6 +4,7 @@
 
 use super::WeightsArgs;
 use super::eval::{EvalSplit, report};
+use super::train::{StageArg, stage_dir};
 use anyhow::{Context, Result};
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
 use anytime_io::WeightMeta;
@@ -18,9 +19,13 @@ pub struct Args {
     /// Registry model the run trained.
     #[arg(long)]
     model: String,
-    /// Run directory; default `runs/<model>`.
+    /// Run directory; default `runs/<model>` (`runs/<model>/swa` for the
+    /// weight-averaging stage).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// The recipe stage the run trained.
+    #[arg(long, value_enum, default_value_t = StageArg::Main)]
+    stage: StageArg,
     /// Output file; default `weights/<registry file>`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -45,7 +50,7 @@ fn git_commit() -> String {
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
-    let dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.model));
+    let dir = stage_dir(&a.model, a.stage, a.run_dir.as_deref());
     let best = dir.join(anytime_train::trainer::BEST_FILE);
     let out = match (&a.out, entry.weights) {
         (Some(p), _) => p.clone(),
@@ -66,7 +71,10 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let exits = eval["exits"].as_array().cloned().unwrap_or_default();
     let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
-    let epochs = anytime_train::recipes::recipe(&a.model).map(|r| r.spec.epochs).unwrap_or(state.epoch);
+    let epochs = anytime_train::recipes::recipe(&a.model)
+        .ok()
+        .and_then(|r| r.stage(a.stage.into()).ok().map(|s| s.epochs))
+        .unwrap_or(state.epoch);
     if state.epoch < epochs && !a.partial {
         anyhow::bail!(
             "the run in {} has finished {} of {epochs} epochs; resume it, or pass --partial to export it as it is",
@@ -77,12 +85,31 @@ pub fn run(a: Args) -> Result<()> {
     let file = anytime_io::load_tensors(&best)?;
     let cfg = (entry.config)();
     let mut extra = BTreeMap::new();
-    extra.insert("epochs_trained".into(), state.epoch.to_string());
-    extra.insert("epochs_planned".into(), epochs.to_string());
-    extra.insert("train_seconds".into(), format!("{:.0}", state.seconds));
+    // A later stage keeps the record of the stage it started from (the
+    // weight file's metadata), its own under a `<stage>_` prefix.
+    let prefix = match a.stage {
+        StageArg::Main => "",
+        StageArg::Swa => "swa_",
+    };
+    if let Some(init) = &state.init_from {
+        let from = anytime_io::load_tensors(init).map(|f| f.metadata).unwrap_or_default();
+        for key in ["epochs_trained", "epochs_planned", "train_seconds", "holdout_final_exit_accuracy", "best_epoch"] {
+            if let Some(v) = from.get(key) {
+                extra.insert(key.to_string(), v.clone());
+            }
+        }
+        extra.insert(format!("{prefix}init_from"), init.clone());
+    }
+    extra.insert(format!("{prefix}epochs_trained"), state.epoch.to_string());
+    extra.insert(format!("{prefix}epochs_planned"), epochs.to_string());
+    extra.insert(format!("{prefix}train_seconds"), format!("{:.0}", state.seconds));
     if let Some((acc, epoch)) = state.best {
-        extra.insert("holdout_final_exit_accuracy".into(), format!("{acc:.4}"));
-        extra.insert("best_epoch".into(), epoch.to_string());
+        extra.insert(format!("{prefix}holdout_final_exit_accuracy"), format!("{acc:.4}"));
+        extra.insert(format!("{prefix}best_epoch"), epoch.to_string());
+        if state.best_is_swa {
+            let start = state.spec.as_ref().and_then(|s| s.swa.as_ref()).map_or(0, |s| s.start_epoch);
+            extra.insert(format!("{prefix}best_weights"), format!("average of {} epochs", epoch + 1 - start));
+        }
     }
     let meta = WeightMeta {
         architecture: cfg.arch().into(),

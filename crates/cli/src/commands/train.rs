@@ -6,7 +6,7 @@ use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
 use anytime_models::registry::lookup;
 use anytime_train::metrics::EpochMetrics;
-use anytime_train::recipes::recipe;
+use anytime_train::recipes::{Stage, recipe};
 use anytime_train::{Observer, RunEnd, StepProgress, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -19,9 +19,19 @@ pub struct Args {
     /// Registry model to train (see `anytime models`).
     #[arg(long)]
     model: String,
-    /// Run directory (checkpoints, metrics, curves); default `runs/<model>`.
+    /// Run directory (checkpoints, metrics, curves); default `runs/<model>`
+    /// (`runs/<model>/swa` for the weight-averaging stage).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Recipe stage: `main` trains from the seeded initialisation; `swa`
+    /// averages weights over a cyclic schedule, starting from `--init`
+    /// (default: the main stage's `best.safetensors`).
+    #[arg(long, value_enum, default_value_t = StageArg::Main)]
+    stage: StageArg,
+    /// Start a new run from these weights (safetensors or PyTorch file with
+    /// every variable of the model) instead of the seeded initialisation.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Continue the run in the run directory.
     #[arg(long)]
     resume: bool,
@@ -37,6 +47,33 @@ pub struct Args {
     /// No progress bars; one line per epoch.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--stage`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageArg {
+    /// The recipe's main training.
+    Main,
+    /// The recipe's weight-averaging stage.
+    Swa,
+}
+
+impl From<StageArg> for Stage {
+    fn from(s: StageArg) -> Self {
+        match s {
+            StageArg::Main => Stage::Main,
+            StageArg::Swa => Stage::Swa,
+        }
+    }
+}
+
+/// The run directory of `stage` of `model` unless one is given.
+pub fn stage_dir(model: &str, stage: StageArg, given: Option<&Path>) -> PathBuf {
+    match (given, stage) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, StageArg::Main) => PathBuf::from("runs").join(model),
+        (None, StageArg::Swa) => PathBuf::from("runs").join(model).join("swa"),
+    }
 }
 
 struct Progress {
@@ -69,12 +106,13 @@ impl Observer for Progress {
     }
 
     fn on_epoch(&mut self, m: &EpochMetrics) {
-        let acc: Vec<String> = m.val_acc.iter().map(|a| format!("{:.2}", 100.0 * a)).collect();
+        let pct = |v: &[f64]| v.iter().map(|a| format!("{:.2}", 100.0 * a)).collect::<Vec<_>>().join(" ");
+        let swa = m.swa_val_acc.as_deref().map(|v| format!(", weight average [{}]", pct(v))).unwrap_or_default();
         let line = format!(
-            "epoch {} train loss {:.4} held-out accuracy per exit [{}] ({:.0} img/s, {:.0} s)",
+            "epoch {} train loss {:.4} held-out accuracy per exit [{}]{swa} ({:.0} img/s, {:.0} s)",
             m.epoch + 1,
             m.train_loss,
-            acc.join(" "),
+            pct(&m.val_acc),
             m.images_per_s,
             m.seconds
         );
@@ -99,23 +137,36 @@ pub fn fmnist_splits(
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
-    let mut r = recipe(&a.model)?;
+    let r = recipe(&a.model)?;
+    let mut spec = r.stage(a.stage.into())?.clone();
     if let Some(e) = a.epochs {
-        r.spec.epochs = e;
+        spec.epochs = e;
     }
     let (train, val) = fmnist_splits(&a.data_dir, r.holdout, r.split_seed)?;
     let train = Loader::new(
         train,
-        BatchConfig { batch_size: r.batch_size, shuffle: true, seed: r.spec.seed, augment: r.augment, drop_last: true },
+        BatchConfig { batch_size: r.batch_size, shuffle: true, seed: spec.seed, augment: r.augment, drop_last: true },
     )?;
     let val = Loader::new(
         val,
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
     )?;
-    let dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.model));
+    let dir = stage_dir(&a.model, a.stage, a.run_dir.as_deref());
     let cfg = (entry.config)();
-    let mut trainer = Trainer::new(r.spec.clone(), |vb| cfg.build(vb), &dir, a.resume)
+    let epochs = spec.epochs;
+    let mut trainer = Trainer::new(spec, |vb| cfg.build(vb), &dir, a.resume)
         .with_context(|| format!("cannot start the run in {}", dir.display()))?;
+    let init = match (&a.init, a.stage) {
+        (Some(p), _) => Some(p.clone()),
+        (None, StageArg::Swa) => {
+            Some(stage_dir(&a.model, StageArg::Main, None).join(anytime_train::trainer::BEST_FILE))
+        }
+        (None, StageArg::Main) => None,
+    };
+    // A resumed run holds its weights already.
+    if let Some(path) = init.filter(|_| trainer.state().step == 0) {
+        trainer.init_from(&path).with_context(|| format!("cannot start from the weights in {}", path.display()))?;
+    }
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = (!a.quiet && tty).then(|| {
         let bar = ProgressBar::new(train.num_batches() as u64);
@@ -135,7 +186,7 @@ pub fn run(a: Args) -> Result<()> {
     match end {
         RunEnd::Finished => eprintln!(
             "finished {} epochs; best weights in {}",
-            r.spec.epochs,
+            epochs,
             dir.join(anytime_train::trainer::BEST_FILE).display()
         ),
         RunEnd::TimeLimit => {
