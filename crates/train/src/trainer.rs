@@ -490,7 +490,7 @@ impl Trainer {
 }
 
 /// The top-level settings where `run` and `now` differ, as
-/// `name: <run's> here, <now's> now`.
+/// `name: <run's> in the run, <now's> now`.
 fn spec_diff(run: &TrainSpec, now: &TrainSpec) -> Result<String> {
     let (a, b) = (serde_json::to_value(run)?, serde_json::to_value(now)?);
     let empty = serde_json::Map::new();
