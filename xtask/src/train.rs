@@ -58,8 +58,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     anytime(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     // Export, or start the second stage from the first one's best weights,
     // only once a stage has done all its epochs (a time limit may stop it).
-    let runs = crate::root().join("runs").join(&a.model);
-    if !finished(&runs)? {
+    use anytime_train::recipes::Stage;
+    let root = crate::root();
+    if !finished(&root.join(Stage::Main.run_dir(&a.model)))? {
         return Ok(());
     }
     let swa = anytime_train::recipes::recipe(&a.model).is_ok_and(|r| r.swa_stage.is_some());
@@ -75,7 +76,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         args.extend(["--max-minutes", m]);
     }
     anytime(&args)?;
-    if !finished(&runs.join("swa"))? {
+    if !finished(&root.join(Stage::Swa.run_dir(&a.model)))? {
         return Ok(());
     }
     anytime(&["export", "--model", &a.model, "--stage", "swa"])

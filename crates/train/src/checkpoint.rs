@@ -45,12 +45,24 @@ pub struct TrainState {
     /// initialisation.
     #[serde(default)]
     pub init_from: Option<String>,
-    /// Epochs in the weight average (weight averaging only).
-    #[serde(default)]
-    pub swa_count: usize,
-    /// Whether the best weights are the weight average.
-    #[serde(default)]
-    pub best_is_swa: bool,
+}
+
+impl TrainState {
+    /// How many of the first `epochs` finished epochs the weight average
+    /// holds (0 without weight averaging).
+    pub fn averaged_epochs(&self, epochs: usize) -> usize {
+        self.spec.as_ref().and_then(|s| s.swa.as_ref()).map_or(0, |s| epochs.saturating_sub(s.start_epoch))
+    }
+
+    /// Whether the best weights are the weight average: the trainer keeps the
+    /// average when its held-out final exit beats the plain weights' in that
+    /// epoch.
+    pub fn best_is_average(&self) -> bool {
+        let last = |v: &[f64]| v.last().copied();
+        self.best.and_then(|(_, e)| self.history.get(e)).is_some_and(|m| {
+            m.swa_val_acc.as_deref().and_then(last).is_some_and(|a| last(&m.val_acc).is_none_or(|p| a > p))
+        })
+    }
 }
 
 /// Running sums of an unfinished epoch.

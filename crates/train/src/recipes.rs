@@ -53,6 +53,18 @@ pub enum Stage {
     Swa,
 }
 
+impl Stage {
+    /// The default run directory of this stage of `model`, relative to the
+    /// repository root: `runs/<model>`, `runs/<model>/swa`.
+    pub fn run_dir(self, model: &str) -> std::path::PathBuf {
+        let main = std::path::Path::new("runs").join(model);
+        match self {
+            Stage::Main => main,
+            Stage::Swa => main.join("swa"),
+        }
+    }
+}
+
 /// SGD with Nesterov momentum, cosine decay from 0.1 after one warm-up epoch.
 fn fmnist_spec(epochs: usize) -> TrainSpec {
     TrainSpec {
@@ -85,13 +97,13 @@ const MSDNET_FMNIST_EPOCHS: usize = 30;
 
 /// The weight-averaging stage: from the main stage's weights, `epochs`
 /// one-epoch cosine cycles from `lr` to 0 (another data order), the weights
-/// at every cycle's end averaged, batch-norm statistics recomputed on 200
-/// training batches.
-fn swa_spec(epochs: usize, lr: f64) -> TrainSpec {
+/// at every cycle's end averaged, batch-norm statistics recomputed on
+/// `bn_batches` training batches.
+fn swa_spec(epochs: usize, lr: f64, bn_batches: usize) -> TrainSpec {
     TrainSpec {
         schedule: Schedule { lr, kind: ScheduleKind::CosineCycles { cycle_epochs: 1.0 }, warmup_epochs: 0.0 },
         seed: 2,
-        swa: Some(SwaConfig { start_epoch: 0, bn_batches: 200 }),
+        swa: Some(SwaConfig { start_epoch: 0, bn_batches }),
         ..fmnist_spec(epochs)
     }
 }
@@ -111,18 +123,14 @@ pub fn recipe(model: &str) -> Result<Recipe> {
     };
     Ok(match model {
         "msdnet-fmnist" => {
-            Recipe { swa_stage: Some(swa_spec(12, 0.03)), ..fmnist("msdnet-fmnist", MSDNET_FMNIST_EPOCHS) }
+            Recipe { swa_stage: Some(swa_spec(12, 0.03, 200)), ..fmnist("msdnet-fmnist", MSDNET_FMNIST_EPOCHS) }
         }
         "resnet-mc-fmnist" => fmnist("resnet-mc-fmnist", FMNIST_EPOCHS),
         "densenet-mc-fmnist" => fmnist("densenet-mc-fmnist", FMNIST_EPOCHS),
         "ranet-fmnist" => fmnist("ranet-fmnist", FMNIST_EPOCHS),
         "msdnet-tiny" => Recipe {
             spec: TrainSpec { checkpoint_minutes: 0.002, ..fmnist_spec(2) },
-            swa_stage: Some(TrainSpec {
-                checkpoint_minutes: 0.002,
-                swa: Some(SwaConfig { start_epoch: 0, bn_batches: 2 }),
-                ..swa_spec(2, 0.03)
-            }),
+            swa_stage: Some(TrainSpec { checkpoint_minutes: 0.002, ..swa_spec(2, 0.03, 2) }),
             batch_size: 50,
             holdout: 200,
             ..fmnist("msdnet-tiny", 2)

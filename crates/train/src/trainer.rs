@@ -218,8 +218,6 @@ impl Trainer {
             partial: PartialEpoch::default(),
             spec: Some(spec.clone()),
             init_from: None,
-            swa_count: 0,
-            best_is_swa: false,
         };
         let mut t = Self { spec, model, varmap, opt, dir: dir.to_path_buf(), state, swa_avg: BTreeMap::new() };
         let ckpt = t.dir.join(CHECKPOINT_FILE);
@@ -252,10 +250,11 @@ impl Trainer {
                 ),
             });
         }
-        if ck.state.swa_count > 0 && ck.swa.is_empty() {
+        let averaged = ck.state.averaged_epochs(ck.state.epoch);
+        if averaged > 0 && ck.swa.is_empty() {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
-                msg: format!("records {} averaged epochs but holds no weight average", ck.state.swa_count),
+                msg: format!("records {averaged} averaged epochs but holds no weight average"),
             });
         }
         self.set_vars(&ck.model, true).map_err(|msg| Error::Checkpoint { path: path.to_path_buf(), msg })?;
@@ -437,13 +436,12 @@ impl Trainer {
             self.state.epoch += 1;
             self.state.batch = 0;
             let swa_final = swa.as_ref().and_then(|(acc, _)| acc.last().copied());
-            let (acc, weights, is_swa) = match swa {
-                Some((_, w)) if swa_final.is_some_and(|a| a > final_acc) => (swa_final.unwrap_or(0.0), w, true),
-                _ => (final_acc, self.weights()?, false),
+            let (acc, weights) = match swa {
+                Some((_, w)) if swa_final.is_some_and(|a| a > final_acc) => (swa_final.unwrap_or(0.0), w),
+                _ => (final_acc, self.weights()?),
             };
             if self.state.best.is_none_or(|(b, _)| acc > b) {
                 self.state.best = Some((acc, epoch));
-                self.state.best_is_swa = is_swa;
                 write_weights(&self.dir.join(BEST_FILE), &weights)?;
             }
             write_jsonl(&self.dir.join(METRICS_FILE), &self.state.history)?;
@@ -469,8 +467,7 @@ impl Trainer {
         val: &dyn Batches,
     ) -> Result<(Vec<f64>, BTreeMap<String, Tensor>)> {
         let current = self.weights()?;
-        accumulate(&mut self.swa_avg, &current, self.state.swa_count)?;
-        self.state.swa_count += 1;
+        accumulate(&mut self.swa_avg, &current, self.state.averaged_epochs(epoch))?;
         self.set_vars(&self.swa_avg, false).map_err(Error::Config)?;
         let vars: BTreeMap<String, candle_core::Var> = self
             .varmap

@@ -92,7 +92,7 @@ pub fn run(a: Args) -> Result<()> {
         StageArg::Swa => "swa_",
     };
     if let Some(init) = &state.init_from {
-        let from = anytime_io::load_tensors(init).map(|f| f.metadata).unwrap_or_default();
+        let from = anytime_io::read_meta(init).map(|m| m.extra).unwrap_or_default();
         for key in ["epochs_trained", "epochs_planned", "train_seconds", "holdout_final_exit_accuracy", "best_epoch"] {
             if let Some(v) = from.get(key) {
                 extra.insert(key.to_string(), v.clone());
@@ -106,9 +106,11 @@ pub fn run(a: Args) -> Result<()> {
     if let Some((acc, epoch)) = state.best {
         extra.insert(format!("{prefix}holdout_final_exit_accuracy"), format!("{acc:.4}"));
         extra.insert(format!("{prefix}best_epoch"), epoch.to_string());
-        if state.best_is_swa {
-            let start = state.spec.as_ref().and_then(|s| s.swa.as_ref()).map_or(0, |s| s.start_epoch);
-            extra.insert(format!("{prefix}best_weights"), format!("average of {} epochs", epoch + 1 - start));
+        if state.best_is_average() {
+            extra.insert(
+                format!("{prefix}best_weights"),
+                format!("average of {} epochs", state.averaged_epochs(epoch + 1)),
+            );
         }
     }
     let meta = WeightMeta {

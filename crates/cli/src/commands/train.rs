@@ -69,11 +69,7 @@ impl From<StageArg> for Stage {
 
 /// The run directory of `stage` of `model` unless one is given.
 pub fn stage_dir(model: &str, stage: StageArg, given: Option<&Path>) -> PathBuf {
-    match (given, stage) {
-        (Some(d), _) => d.to_path_buf(),
-        (None, StageArg::Main) => PathBuf::from("runs").join(model),
-        (None, StageArg::Swa) => PathBuf::from("runs").join(model).join("swa"),
-    }
+    given.map_or_else(|| Stage::from(stage).run_dir(model), Path::to_path_buf)
 }
 
 struct Progress {
@@ -158,9 +154,7 @@ pub fn run(a: Args) -> Result<()> {
         .with_context(|| format!("cannot start the run in {}", dir.display()))?;
     let init = match (&a.init, a.stage) {
         (Some(p), _) => Some(p.clone()),
-        (None, StageArg::Swa) => {
-            Some(stage_dir(&a.model, StageArg::Main, None).join(anytime_train::trainer::BEST_FILE))
-        }
+        (None, StageArg::Swa) => Some(Stage::Main.run_dir(&a.model).join(anytime_train::trainer::BEST_FILE)),
         (None, StageArg::Main) => None,
     };
     // A resumed run holds its weights already.
