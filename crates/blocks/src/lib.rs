@@ -33,7 +33,10 @@
 pub mod dense;
 pub mod fusion;
 pub mod layers;
+pub mod mode;
 pub mod multiscale;
 pub mod residual;
 pub mod stem;
 pub mod units;
+
+pub use mode::Mode;

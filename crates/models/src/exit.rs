@@ -65,6 +65,20 @@ impl ExitState {
     }
 }
 
+/// What one exit produces.
+///
+/// # Shapes
+/// `logits` `[N, classes]`; `feature` `[N, D]`, the vector the exit
+/// classifier's last linear layer reads (an embedding of the image at that
+/// depth; SCAN's feature hint and GFNet's cascade heads read it).
+#[derive(Debug, Clone)]
+pub struct ExitOutput {
+    /// The exit's logits `[N, classes]`.
+    pub logits: Tensor,
+    /// The exit's feature `[N, D]`.
+    pub feature: Tensor,
+}
+
 /// A network with several classifiers along its depth.
 pub trait MultiExit: Send + Sync {
     /// Architecture name (`msdnet`, `ranet`, …).

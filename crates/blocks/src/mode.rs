@@ -1,0 +1,73 @@
+//! Train or eval mode, decided per module.
+//!
+//! A model's forward pass receives one [`Mode`]. Whether a given module (named
+//! by its variable prefix, e.g. `blocks.0.1.layers.0`) runs in training mode
+//! is [`Mode::trains`]: the model is in training mode and the module is not
+//! inside a frozen prefix. A frozen module runs in eval mode: batch norm
+//! normalises with its running statistics and does not update them, dropout
+//! is inactive.
+//!
+//! ```
+//! use anytime_blocks::Mode;
+//! let m = Mode::train().with_frozen(["model_prime".to_string()]);
+//! assert!(m.trains("model.blocks.0"));
+//! assert!(!m.trains("model_prime.bn1"));
+//! assert!(!m.trains("model_prime"));
+//! assert!(m.trains("model_primes.bn1")); // a prefix ends at a dot
+//! assert!(!Mode::eval().trains("model.blocks.0"));
+//! ```
+
+use std::sync::Arc;
+
+/// Train or eval mode of a forward pass, with frozen module prefixes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mode {
+    train: bool,
+    frozen: Arc<[String]>,
+}
+
+impl Mode {
+    /// Every module in eval mode.
+    pub fn eval() -> Self {
+        Self { train: false, frozen: Arc::from(Vec::new()) }
+    }
+
+    /// Every module in training mode (until frozen).
+    pub fn train() -> Self {
+        Self { train: true, frozen: Arc::from(Vec::new()) }
+    }
+
+    /// Training mode when `train`, else eval mode.
+    pub fn from_train(train: bool) -> Self {
+        if train { Self::train() } else { Self::eval() }
+    }
+
+    /// The same mode with the modules under `prefixes` frozen (eval mode).
+    pub fn with_frozen(self, prefixes: impl IntoIterator<Item = String>) -> Self {
+        let mut all: Vec<String> = self.frozen.iter().cloned().collect();
+        all.extend(prefixes.into_iter().map(|p| p.trim_end_matches('.').to_string()));
+        Self { train: self.train, frozen: Arc::from(all) }
+    }
+
+    /// Whether the pass as a whole is a training pass.
+    pub fn is_train(&self) -> bool {
+        self.train
+    }
+
+    /// The frozen prefixes.
+    pub fn frozen(&self) -> &[String] {
+        &self.frozen
+    }
+
+    /// Whether the module named `module` (its variable prefix) runs in
+    /// training mode.
+    pub fn trains(&self, module: &str) -> bool {
+        self.train && !self.frozen.iter().any(|p| within(module, p))
+    }
+}
+
+/// `name` equals `prefix` or lies under it (`prefix.` …); the empty prefix
+/// holds everything.
+pub fn within(name: &str, prefix: &str) -> bool {
+    prefix.is_empty() || name == prefix || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+}
