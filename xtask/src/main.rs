@@ -4,6 +4,8 @@
 //! every step is a call to the `anytime` binary or to cargo; the logic lives
 //! in the library crates.
 
+#[cfg(test)]
+mod arch_doc;
 mod bench;
 mod ci;
 mod results;
