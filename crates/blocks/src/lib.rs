@@ -1,7 +1,7 @@
 //! Building blocks for multi-exit networks, on Candle.
 //!
-//! - [`layers`]: `Conv2d`, `BatchNorm2d` (training mode updates running
-//!   statistics in place), `Linear`;
+//! - [`layers`]: `Conv2d`, `ConvTranspose2d`, `BatchNorm2d` (training mode
+//!   updates running statistics in place), `Linear`;
 //! - [`units`]: the conv units MSDNet and RANet share (`ConvBasic`, `ConvBn`);
 //! - [`stem`]: multi-resolution first layers with a CIFAR or an ImageNet stem;
 //! - [`multiscale`]: MSDNet's multi-scale dense layers and transitions;
@@ -37,6 +37,8 @@ pub mod mode;
 pub mod multiscale;
 pub mod residual;
 pub mod stem;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod units;
 
 pub use mode::Mode;
