@@ -2,6 +2,7 @@
 //!
 //! - [`layers`]: `Conv2d`, `ConvTranspose2d`, `BatchNorm2d` (training mode
 //!   updates running statistics in place), `Linear`;
+//! - [`gru`]: `GruCell` and a one-layer `Gru` (PyTorch's gate order and keys);
 //! - [`units`]: the conv units MSDNet and RANet share (`ConvBasic`, `ConvBn`);
 //! - [`stem`]: multi-resolution first layers with a CIFAR or an ImageNet stem;
 //! - [`multiscale`]: MSDNet's multi-scale dense layers and transitions;
@@ -32,6 +33,7 @@
 
 pub mod dense;
 pub mod fusion;
+pub mod gru;
 pub mod layers;
 pub mod mode;
 pub mod multiscale;
