@@ -3,6 +3,7 @@
 //! - [`layers`]: `Conv2d`, `ConvTranspose2d`, `BatchNorm2d` (training mode
 //!   updates running statistics in place), `Linear`;
 //! - [`gru`]: `GruCell` and a one-layer `Gru` (PyTorch's gate order and keys);
+//! - [`se`]: squeeze-and-excitation with a sigmoid or hard-sigmoid gate;
 //! - [`units`]: the conv units MSDNet and RANet share (`ConvBasic`, `ConvBn`);
 //! - [`stem`]: multi-resolution first layers with a CIFAR or an ImageNet stem;
 //! - [`multiscale`]: MSDNet's multi-scale dense layers and transitions;
@@ -38,6 +39,7 @@ pub mod layers;
 pub mod mode;
 pub mod multiscale;
 pub mod residual;
+pub mod se;
 pub mod stem;
 #[cfg(test)]
 pub(crate) mod testutil;
