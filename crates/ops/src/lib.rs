@@ -11,6 +11,7 @@
 //! - [`conv_transpose`]: 2-D transposed convolution (`nn.ConvTranspose2d`:
 //!   stride, padding, output padding) on the same kernels, the roles of
 //!   forward and input gradient swapped;
+//! - [`dropout`]: seeded dropout and per-sample drop-path (stochastic depth);
 //! - [`norm`]: batch normalisation (training and eval, fused ReLU, folding);
 //! - [`pool`]: average / max pooling with padding and correct gradients,
 //!   adaptive and global average pooling;
@@ -48,6 +49,7 @@ pub mod act;
 pub mod batch;
 pub mod conv;
 pub mod conv_transpose;
+pub mod dropout;
 mod kernels;
 pub mod loss;
 pub mod norm;
