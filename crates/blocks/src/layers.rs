@@ -1,10 +1,13 @@
-//! Primitive layers: [`Conv2d`], [`BatchNorm2d`] and [`Linear`].
+//! Primitive layers: [`Conv2d`], [`ConvTranspose2d`], [`BatchNorm2d`] and
+//! [`Linear`].
 //!
 //! Each mirrors its `torch.nn` namesake, including the `state_dict` key names
-//! (`weight`, `bias`, `running_mean`, `running_var`), and counts its own cost.
+//! (`weight`, `bias`, `running_mean`, `running_var`); all but
+//! [`ConvTranspose2d`] count their own cost.
 
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::{Conv2dParams, conv2d};
+use anytime_ops::conv_transpose::{ConvTranspose2dParams, conv_transpose2d};
 use anytime_ops::norm::{batch_norm_eval, batch_norm_train};
 use candle_core::{Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
@@ -88,6 +91,86 @@ impl CountFlops for Conv2d {
             p.groups,
             self.bias.is_some(),
         )
+    }
+}
+
+/// A 2-D transposed convolution with a square kernel, as
+/// `torch.nn.ConvTranspose2d` (one group, dilation 1): keys `weight`
+/// `[in, out, k, k]` and, when present, `bias` `[out]`.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: ConvTranspose2dParams,
+    in_channels: usize,
+    out_channels: usize,
+}
+
+impl ConvTranspose2d {
+    /// Loads or creates `weight` `[in, out, k, k]` (and `bias` `[out]`) under
+    /// `vb`. New weights and biases are drawn from U(±1/√(out·k·k)),
+    /// PyTorch's default for this layer (its fan-in is computed from the
+    /// weight's second dimension). Groups other than 1, dilation other than
+    /// 1 and `output_padding >= stride` are errors.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        params: ConvTranspose2dParams,
+        bias: bool,
+    ) -> Result<Self> {
+        if params.groups != 1 || params.dilation != 1 {
+            candle_core::bail!(
+                "conv transpose {}: only groups 1 and dilation 1 are supported, got {params:?}",
+                vb.prefix()
+            )
+        }
+        if params.stride == 0 || params.output_padding >= params.stride {
+            candle_core::bail!(
+                "conv transpose {}: need stride >= 1 and output_padding < stride, got {params:?}",
+                vb.prefix()
+            )
+        }
+        if in_channels == 0 || out_channels == 0 || kernel == 0 {
+            candle_core::bail!(
+                "conv transpose {}: channels ({in_channels} -> {out_channels}) and kernel ({kernel}) must be positive",
+                vb.prefix()
+            )
+        }
+        let bound = 1.0 / ((out_channels * kernel * kernel) as f64).sqrt();
+        let init = Init::Uniform { lo: -bound, up: bound };
+        let weight = vb.get_with_hints((in_channels, out_channels, kernel, kernel), "weight", init)?;
+        let bias = if bias { Some(vb.get_with_hints(out_channels, "bias", init)?) } else { None };
+        Ok(Self { weight, bias, params, in_channels, out_channels })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// The weight tensor `[in, out, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The stride, padding and output padding.
+    pub fn params(&self) -> ConvTranspose2dParams {
+        self.params
+    }
+}
+
+impl Module for ConvTranspose2d {
+    /// # Shapes
+    /// `[N, in, H, W]` → `[N, out, H', W']` with
+    /// `H' = (H - 1)·stride - 2·padding + k + output_padding`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let c = xs.dim(1)?;
+        if c != self.in_channels {
+            candle_core::bail!("conv transpose: expected {} input channels, got {c}", self.in_channels)
+        }
+        conv_transpose2d(xs, &self.weight, self.bias.as_ref(), self.params)
     }
 }
 
@@ -252,6 +335,36 @@ mod tests {
         // The running statistics live in the VarMap, so a checkpoint sees them.
         let stored = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?["running_mean"].clone();
         assert_eq!(stored.as_tensor().to_vec1::<f32>()?, rm);
+        Ok(())
+    }
+
+    #[test]
+    fn conv_transpose_matches_pytorch() -> Result<()> {
+        // nn.ConvTranspose2d(6, 4, 4, stride=2, padding=1) as SCAN builds it:
+        // the output and the gradients of sum(y · r) for x, weight and bias.
+        use crate::testutil::{assert_golden, assert_grads, fixture, get, var_builder};
+        let f = fixture("layers.safetensors")?;
+        let (vars, vb) = var_builder(&f)?;
+        let p = ConvTranspose2dParams { stride: 2, padding: 1, ..Default::default() };
+        let layer = ConvTranspose2d::new(vb.pp("convt_layer"), 6, 4, 4, p, true)?;
+        let y = layer.forward(vars["convt_layer.x"].as_tensor())?;
+        assert_eq!(y.dims(), &[2, 4, 8, 10]);
+        assert_golden("conv transpose", &y, get(&f, "convt_layer.y"))?;
+        let grads = (y * get(&f, "convt_layer.r"))?.sum_all()?.backward()?;
+        assert_grads(&f, &vars, &grads, "convt_layer", &["x", "weight", "bias"])
+    }
+
+    #[test]
+    fn conv_transpose_rejects_what_it_cannot_do() -> Result<()> {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let d = ConvTranspose2dParams::default();
+        let e = |p: ConvTranspose2dParams| ConvTranspose2d::new(vb.pp("up"), 2, 2, 3, p, true).unwrap_err().to_string();
+        assert!(e(ConvTranspose2dParams { groups: 2, ..d }).contains("groups 1"));
+        assert!(e(ConvTranspose2dParams { dilation: 2, ..d }).contains("dilation 1"));
+        assert!(e(ConvTranspose2dParams { stride: 2, output_padding: 2, ..d }).contains("output_padding < stride"));
+        let layer = ConvTranspose2d::new(vb, 2, 3, 3, d, false)?;
+        let xs = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu)?;
+        assert!(layer.forward(&xs).unwrap_err().to_string().contains("expected 2 input channels"));
         Ok(())
     }
 

@@ -1,7 +1,11 @@
 //! Building blocks for multi-exit networks, on Candle.
 //!
-//! - [`layers`]: `Conv2d`, `BatchNorm2d` (training mode updates running
-//!   statistics in place), `Linear`;
+//! - [`layers`]: `Conv2d`, `ConvTranspose2d`, `BatchNorm2d` (training mode
+//!   updates running statistics in place), `Linear`;
+//! - [`gru`]: `GruCell` and a one-layer `Gru` (PyTorch's gate order and keys);
+//! - [`se`]: squeeze-and-excitation with a sigmoid or hard-sigmoid gate;
+//! - [`drop`]: seeded `Dropout` and `DropPath` (stochastic depth), active
+//!   when the [`Mode`] trains them;
 //! - [`units`]: the conv units MSDNet and RANet share (`ConvBasic`, `ConvBn`);
 //! - [`stem`]: multi-resolution first layers with a CIFAR or an ImageNet stem;
 //! - [`multiscale`]: MSDNet's multi-scale dense layers and transitions;
@@ -9,10 +13,15 @@
 //! - [`fusion`]: RANet's fusion layers and blocks (features of a coarser
 //!   sub-network resized and concatenated into a finer one);
 //! - [`residual`]: ResNet basic blocks;
+//! - [`mode`]: train or eval mode per module, frozen prefixes.
 //!
 //! Every block loads its parameters through a `candle_nn::VarBuilder` under the
-//! reference PyTorch `state_dict` names, runs with `forward_t(xs, train)`, and
-//! reports its cost from shapes through [`anytime_flops`].
+//! reference PyTorch `state_dict` names. The backbone blocks run with
+//! `forward_t(xs, train)` and report their cost from shapes through
+//! [`anytime_flops`]; the layers for SCAN and GFNet (`ConvTranspose2d`,
+//! `GruCell`/`Gru`, `SqueezeExcite`, `Dropout`/`DropPath`) do not count
+//! their cost yet. Their golden tests compare with PyTorch values written by
+//! `scripts/fixtures/layers.py` into `testdata/`.
 //!
 //! ```
 //! use anytime_blocks::units::ConvBasic;
@@ -31,12 +40,17 @@
 //! ```
 
 pub mod dense;
+pub mod drop;
 pub mod fusion;
+pub mod gru;
 pub mod layers;
 pub mod mode;
 pub mod multiscale;
 pub mod residual;
+pub mod se;
 pub mod stem;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod units;
 
 pub use mode::Mode;

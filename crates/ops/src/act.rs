@@ -36,7 +36,10 @@ impl Kind {
         }
     }
 
-    /// Derivative; at a kink, the flat side's (PyTorch's choice).
+    /// Derivative; at a kink, the flat side's, as PyTorch 2.15 computes it
+    /// (checked against it: `relu6` 0 at 0 and 6, `hard_sigmoid` 0 at ±3,
+    /// `hard_swish` 0 at -3 and 1 at 3). Older PyTorch releases took
+    /// `hard_swish`'s middle piece on the closed interval [-3, 3] instead.
     fn slope(self, x: f32) -> f32 {
         match self {
             Kind::Relu6 if x > 0.0 && x < 6.0 => 1.0,
@@ -145,7 +148,7 @@ pub fn hard_swish(xs: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{assert_close, grad_check, rand_tensor};
+    use crate::test_util::{assert_close, fixture, get, grad_check, rand_tensor};
     use candle_core::{Device, Var};
 
     /// A public activation function.
@@ -168,12 +171,34 @@ mod tests {
     fn gradients_at_kinks_match_torch() -> Result<()> {
         // x = torch.tensor([-3., 0., 3., 6.], requires_grad=True); f(x).sum().backward(); x.grad
         // relu6 -> [0, 0, 1, 0]; hardsigmoid -> [0, 1/6, 0, 0]; hardswish -> [0, 0.5, 1, 1]
+        // (PyTorch 2.15.0; releases before the hardswish_backward change gave
+        // -0.5 at -3 and 1.5 at 3).
         let want: [[f32; 4]; 3] = [[0.0, 0.0, 1.0, 0.0], [0.0, 1.0 / 6.0, 0.0, 0.0], [0.0, 0.5, 1.0, 1.0]];
         for ((kind, f), want) in KINDS.into_iter().zip(want) {
             let x = Var::new(&[-3f32, 0.0, 3.0, 6.0], &Device::Cpu)?;
             let grads = f(x.as_tensor())?.sum_all()?.backward()?;
             let Some(g) = grads.get(x.as_tensor()) else { panic!("{}: no gradient", kind.name()) };
             assert_eq!(g.to_vec1::<f32>()?, want, "{}", kind.name());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn values_and_gradients_match_pytorch() -> Result<()> {
+        // F.relu6 / F.hardsigmoid / F.hardswish of PyTorch 2.15 on values
+        // that include -3, 0, 3 and 6 exactly and ±1e-4 around them, plus
+        // random ones (scripts/fixtures/layers.py); gradients of sum(y · r).
+        let f = fixture("ops.safetensors")?;
+        let x = Var::from_tensor(get(&f, "act.x"))?;
+        let exact = x.as_tensor().to_vec1::<f32>()?;
+        assert!([-3f32, 0.0, 3.0, 6.0].iter().all(|k| exact.contains(k)), "the kinks are missing");
+        for (name, func) in [("relu6", relu6 as Activation), ("hardsigmoid", hard_sigmoid), ("hardswish", hard_swish)] {
+            let y = func(x.as_tensor())?;
+            assert_close(&format!("{name} y"), &y, get(&f, &format!("act.{name}.y")), 1e-4)?;
+            let grads = (y * get(&f, "act.r"))?.sum_all()?.backward()?;
+            let Some(g) = grads.get(x.as_tensor()) else { panic!("{name}: no gradient") };
+            // Exact at the kinks: the slopes differ by at least 1/6 there.
+            assert_close(&format!("{name} grad"), g, get(&f, &format!("act.{name}.grad")), 1e-4)?;
         }
         Ok(())
     }

@@ -8,6 +8,10 @@
 //!   planes, run by AVX2/FMA register-blocked kernels where the CPU has them
 //!   and by one GEMM per kernel tap elsewhere, direct depthwise kernels,
 //!   im2col + GEMM kept for comparison);
+//! - [`conv_transpose`]: 2-D transposed convolution (`nn.ConvTranspose2d`:
+//!   stride, padding, output padding) on the same kernels, the roles of
+//!   forward and input gradient swapped;
+//! - [`dropout`]: seeded dropout and per-sample drop-path (stochastic depth);
 //! - [`norm`]: batch normalisation (training and eval, fused ReLU, folding);
 //! - [`pool`]: average / max pooling with padding and correct gradients,
 //!   adaptive and global average pooling;
@@ -44,6 +48,8 @@
 pub mod act;
 pub mod batch;
 pub mod conv;
+pub mod conv_transpose;
+pub mod dropout;
 mod kernels;
 pub mod loss;
 pub mod norm;

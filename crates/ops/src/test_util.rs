@@ -69,3 +69,15 @@ pub fn grad_check(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>, tol: f64) -
     }
     Ok(())
 }
+
+/// The tensors of a golden fixture under `testdata/` (written by
+/// `scripts/fixtures/layers.py` from PyTorch).
+pub fn fixture(name: &str) -> Result<std::collections::HashMap<String, Tensor>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    candle_core::safetensors::load(path, &Device::Cpu)
+}
+
+/// The tensor `key` of a fixture, or a panic naming it.
+pub fn get<'a>(f: &'a std::collections::HashMap<String, Tensor>, key: &str) -> &'a Tensor {
+    f.get(key).unwrap_or_else(|| panic!("fixture has no tensor {key}"))
+}
