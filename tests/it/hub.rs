@@ -1,6 +1,6 @@
 //! Weights from the Hugging Face cache, offline: a populated cache resolves
-//! `hf:<owner>/<repo>/<file>`, a missing file is a clear error, and nothing
-//! is downloaded.
+//! `hf:<owner>/<repo>/<file>`, and a missing file is a clear error that says
+//! downloads are off (`HF_HUB_OFFLINE=1`).
 
 use crate::util::{anytime, root, s, temp_dir};
 
@@ -20,6 +20,8 @@ fn r06_weights_resolve_from_a_populated_cache_offline() {
     let run = |file: &str| {
         anytime()
             .env("HF_HOME", &home)
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HUB_CACHE")
             .args([
                 "eval",
                 "--model",
@@ -41,5 +43,8 @@ fn r06_weights_resolve_from_a_populated_cache_offline() {
     let missing = run("other.safetensors");
     assert_eq!(missing.status.code(), Some(1));
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("not in the Hugging Face cache") && err.contains("never downloads"), "{err}");
+    assert!(
+        err.contains("not in the Hugging Face cache") && err.contains("downloads are off (HF_HUB_OFFLINE)"),
+        "{err}"
+    );
 }

@@ -5,14 +5,18 @@
 //! - `bad_input`: every bad input gives exit code 1 and one `error:` line,
 //!   never a panic;
 //! - `resume`: a training run killed with SIGKILL at random moments resumes
-//!   to the same weights as an uninterrupted run.
+//!   to the same weights as an uninterrupted run;
+//! - `install`: the binary copied into a temporary root, run from an empty
+//!   directory; `download`: weights from a local stand-in for the hub.
 
 mod util;
 
 mod adaptive;
 mod bad_input;
+mod download;
 mod flops;
 mod hub;
 mod infer;
+mod install;
 mod resume;
 mod swa;

@@ -10,13 +10,17 @@ mod commands;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// `anytime --version`: the package version and the commit the binary was
+/// built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ANYTIME_GIT_COMMIT"), ")");
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Adaptive-inference (multi-exit) image classifiers: MSDNet, RANet and
 /// multi-exit baselines, with real early exit.
 #[derive(Parser)]
-#[command(name = "anytime", version, about)]
+#[command(name = "anytime", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

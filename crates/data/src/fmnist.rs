@@ -59,23 +59,28 @@ pub fn fashion_mnist(dir: &Path, split: Split) -> Result<Dataset> {
     };
     let images = idx::read(&img_path)?;
     let labels = idx::read(&lbl_path)?;
+    from_idx(format!("fashion-mnist/{p}"), images, &img_path, labels, &lbl_path)
+}
+
+/// Builds the dataset from decoded image and label arrays (`paths` name them in errors).
+fn from_idx(name: String, images: idx::Idx, img_path: &Path, labels: idx::Idx, lbl_path: &Path) -> Result<Dataset> {
     let &[n, h, w] = images.dims.as_slice() else {
         return Err(Error::Format {
-            path: img_path,
+            path: img_path.to_path_buf(),
             msg: format!("expected 3 dimensions [N, 28, 28], got {:?}", images.dims),
         });
     };
     if labels.dims != [n] {
         return Err(Error::Format {
-            path: lbl_path,
+            path: lbl_path.to_path_buf(),
             msg: format!("expected {n} labels (one per image), got dimensions {:?}", labels.dims),
         });
     }
     if let Some(bad) = labels.data.iter().find(|&&l| l >= 10) {
-        return Err(Error::Format { path: lbl_path, msg: format!("label {bad} is not a class (0..9)") });
+        return Err(Error::Format { path: lbl_path.to_path_buf(), msg: format!("label {bad} is not a class (0..9)") });
     }
     Dataset::new(
-        format!("fashion-mnist/{p}"),
+        name,
         images.data,
         labels.data.into_iter().map(u32::from).collect(),
         (1, h, w),
@@ -84,9 +89,28 @@ pub fn fashion_mnist(dir: &Path, split: Split) -> Result<Dataset> {
     )
 }
 
-/// The committed sample: the first 1,000 test images.
+/// The committed sample directory: the first 1,000 test and 1,000 training
+/// images (`fashion-mnist-sample/` inside this crate; the repository's
+/// `data/fashion-mnist-sample` links to it).
 pub fn fashion_mnist_sample_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/fashion-mnist-sample"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fashion-mnist-sample"))
+}
+
+/// The sample's test images, gzip-compressed IDX, inside the binary.
+const SAMPLE_TEST_IMAGES: &[u8] = include_bytes!("../fashion-mnist-sample/t10k-images-idx3-ubyte.gz");
+/// The sample's test labels, gzip-compressed IDX, inside the binary.
+const SAMPLE_TEST_LABELS: &[u8] = include_bytes!("../fashion-mnist-sample/t10k-labels-idx1-ubyte.gz");
+
+/// The sample's 1,000 test images and labels, from a copy built into the
+/// program (about 440 KB): it needs no file at run time, so an installed
+/// binary shows them from any directory. Same images as
+/// `fashion_mnist(&fashion_mnist_sample_dir(), Split::Test)`.
+pub fn fashion_mnist_sample_test() -> Result<Dataset> {
+    let (img_path, lbl_path) =
+        (Path::new("<built-in>/t10k-images-idx3-ubyte.gz"), Path::new("<built-in>/t10k-labels-idx1-ubyte.gz"));
+    let images = idx::parse(&idx::maybe_gunzip(SAMPLE_TEST_IMAGES.to_vec(), img_path)?, img_path)?;
+    let labels = idx::parse(&idx::maybe_gunzip(SAMPLE_TEST_LABELS.to_vec(), lbl_path)?, lbl_path)?;
+    from_idx("fashion-mnist/t10k".into(), images, img_path, labels, lbl_path)
 }
 
 #[cfg(test)]
@@ -100,6 +124,16 @@ mod tests {
         assert_eq!(ds.image_shape(), (1, 28, 28));
         // The first test image is an ankle boot (label 9), the second a pullover.
         assert_eq!(&ds.labels()[..2], &[9, 2]);
+    }
+
+    #[test]
+    fn the_built_in_sample_is_the_committed_one() {
+        let built_in = fashion_mnist_sample_test().unwrap();
+        let on_disk = fashion_mnist(&fashion_mnist_sample_dir(), Split::Test).unwrap();
+        assert_eq!(built_in.len(), 1000);
+        assert_eq!(built_in.labels(), on_disk.labels());
+        assert!((0..1000).all(|i| built_in.image(i) == on_disk.image(i)));
+        assert_eq!(built_in.image_shape(), on_disk.image_shape());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! reference papers' configurations.
 //!
 //! Each [`ModelEntry`] names an architecture configuration, the data it
-//! expects and, for shipped models, the weight file under `weights/`.
+//! expects and, for shipped models, the published weight file ([`Pretrained`]).
 //! [`create_model`] builds one from a `VarBuilder`; the CLI's `anytime
 //! models` lists them.
 
@@ -121,8 +121,23 @@ pub struct ModelEntry {
     pub config: fn() -> ArchConfig,
     /// Its data.
     pub data: DataSpec,
-    /// Weight file name under `weights/`, for shipped models.
-    pub weights: Option<&'static str>,
+    /// The published weights, for shipped models.
+    pub weights: Option<Pretrained>,
+}
+
+/// Where a shipped model's weights are published.
+///
+/// The files are the ones in the repository's `weights/` folder; each is also
+/// published in its own Hugging Face model repository, from which `anytime`
+/// downloads it (checking the digest) when it is not found locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pretrained {
+    /// File name, e.g. `msdnet-fmnist.safetensors` (under `weights/` and in the hub repository).
+    pub file: &'static str,
+    /// Hugging Face model repository holding the file, e.g. `anytime-rs/msdnet-fmnist`.
+    pub hub_repo: &'static str,
+    /// SHA-256 of the published file, 64 lowercase hex digits.
+    pub sha256: &'static str,
 }
 
 const FMNIST: DataSpec = DataSpec { dataset: "fashion-mnist", input: (1, 28, 28), mean: &[0.2860], std: &[0.3530] };
@@ -207,28 +222,44 @@ pub static REGISTRY: &[ModelEntry] = &[
         description: "MSDNet, 3 scales, 5 exits, trained on Fashion-MNIST",
         config: || ArchConfig::Msdnet(msdnet_fmnist()),
         data: FMNIST,
-        weights: Some("msdnet-fmnist.safetensors"),
+        weights: Some(Pretrained {
+            file: "msdnet-fmnist.safetensors",
+            hub_repo: "anytime-rs/msdnet-fmnist",
+            sha256: "cb80dd74804702c19152d70d4472730db17df913d7419ffffe9656ac5c55cfa9",
+        }),
     },
     ModelEntry {
         name: "resnet-mc-fmnist",
         description: "ResNet-MC baseline, 6 exits, trained on Fashion-MNIST",
         config: || ArchConfig::ResnetMc(resnet_mc_fmnist()),
         data: FMNIST,
-        weights: Some("resnet-mc-fmnist.safetensors"),
+        weights: Some(Pretrained {
+            file: "resnet-mc-fmnist.safetensors",
+            hub_repo: "anytime-rs/resnet-mc-fmnist",
+            sha256: "12a6459e1fedf50180e48756d0940c51d1f1da8aab802d0e42e5c4e00e89b892",
+        }),
     },
     ModelEntry {
         name: "densenet-mc-fmnist",
         description: "DenseNet-MC baseline, 6 exits, trained on Fashion-MNIST",
         config: || ArchConfig::DensenetMc(densenet_mc_fmnist()),
         data: FMNIST,
-        weights: Some("densenet-mc-fmnist.safetensors"),
+        weights: Some(Pretrained {
+            file: "densenet-mc-fmnist.safetensors",
+            hub_repo: "anytime-rs/densenet-mc-fmnist",
+            sha256: "db51787385eda2e5f377726bf4c565544e494fbd4cef7598c9b3e52c0809ddb3",
+        }),
     },
     ModelEntry {
         name: "ranet-fmnist",
         description: "RANet, 3 flows (7/14/28), 6 exits, trained on Fashion-MNIST",
         config: || ArchConfig::Ranet(ranet_fmnist()),
         data: FMNIST,
-        weights: Some("ranet-fmnist.safetensors"),
+        weights: Some(Pretrained {
+            file: "ranet-fmnist.safetensors",
+            hub_repo: "anytime-rs/ranet-fmnist",
+            sha256: "768628920bd3a15b66b4a844f72e47b7105625b4711fc0281347dab33d2b6b4c",
+        }),
     },
     ModelEntry {
         name: "msdnet-tiny",

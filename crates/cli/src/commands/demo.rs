@@ -1,14 +1,15 @@
-//! `anytime demo`: the shipped MSDNet on the bundled Fashion-MNIST sample,
-//! exit by exit, then with real early exit.
+//! `anytime demo`: the shipped MSDNet on the Fashion-MNIST sample built into
+//! the program (or `--data-dir`), exit by exit, then with real early exit.
 
 use super::{WeightsArgs, load_registry_model};
 use anyhow::Result;
-use anytime_data::fmnist::{CLASSES, Split, fashion_mnist, fashion_mnist_sample_dir};
+use anytime_data::fmnist::{CLASSES, Split, fashion_mnist, fashion_mnist_sample_test};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
 use anytime_flops::Mode;
 use anytime_models::classify_early_exit;
 use anytime_models::registry::lookup;
 use anytime_train::metrics::evaluate_anytime;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +24,10 @@ pub struct Args {
     /// Max-softmax confidence at which an image leaves early.
     #[arg(long, default_value_t = 0.9)]
     threshold: f32,
+    /// Run on the test split of this Fashion-MNIST directory instead of the
+    /// 1,000 sample images built into the program.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn softmax_max(row: &[f32]) -> f32 {
@@ -38,7 +43,11 @@ pub fn run(a: Args) -> Result<()> {
     }
     let entry = lookup(&a.model)?;
     let model = load_registry_model(entry, &a.weights)?;
-    let ds = Arc::new(fashion_mnist(&fashion_mnist_sample_dir(), Split::Test)?);
+    let (ds, source) = match &a.data_dir {
+        Some(dir) => (fashion_mnist(dir, Split::Test)?, format!("the Fashion-MNIST test split in {}", dir.display())),
+        None => (fashion_mnist_sample_test()?, "the bundled Fashion-MNIST sample".to_string()),
+    };
+    let ds = Arc::new(ds);
     let (_, h, w) = ds.image_shape();
     let n = ds.len();
     let loader = Loader::new(
@@ -47,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let batches = || loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string())));
     let mflops = model.exit_costs(h, w)?.mflops(Mode::Reference);
-    println!("{} on the bundled Fashion-MNIST sample ({n} test images, batch 64)", a.model);
+    println!("{} on {source} ({n} test images, batch 64)", a.model);
     println!("anytime prediction, every exit:");
     println!("{:>6}  {:>9}  {:>8}  {:>9}", "exit", "accuracy", "MFLOPs", "ms/image");
     let ev = evaluate_anytime(model.as_ref(), batches())?;

@@ -54,7 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     let best = dir.join(anytime_train::trainer::BEST_FILE);
     let out = match (&a.out, entry.weights) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => PathBuf::from("weights").join(f),
+        (None, Some(p)) => PathBuf::from("weights").join(p.file),
         (None, None) => anyhow::bail!("{} has no registry weight file name; pass --out", entry.name),
     };
     let eval = report(&super::eval::Args {

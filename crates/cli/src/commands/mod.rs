@@ -9,6 +9,9 @@ pub mod flops;
 pub mod infer;
 pub mod models;
 pub mod train;
+pub mod weights;
+
+pub use weights::{WeightsArgs, resolve_weights};
 
 use anyhow::{Context, Result, bail};
 use anytime_models::registry::{ArchConfig, lookup};
@@ -63,71 +66,6 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
         bail!("bad input size '{s}': sizes must be at least 1");
     }
     Ok((h, w))
-}
-
-/// Where a registry model's weights come from.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct WeightsArgs {
-    /// Weights file (safetensors or PyTorch checkpoint), or `hf:<repo-id>/<file>`
-    /// from the local Hugging Face cache; default: `weights/<file>` of the
-    /// registry entry.
-    #[arg(long)]
-    pub weights: Option<String>,
-    /// Directory of the shipped weights.
-    #[arg(long, default_value = "weights")]
-    pub weights_dir: PathBuf,
-}
-
-/// Resolves a weights argument to a local file: a path, or
-/// `hf:<owner>/<repo>/<file>` looked up in the Hugging Face cache (offline: the
-/// file must already be cached).
-pub fn resolve_weights(entry: &anytime_models::registry::ModelEntry, w: &WeightsArgs) -> Result<PathBuf> {
-    match &w.weights {
-        Some(spec) => match spec.strip_prefix("hf:") {
-            Some(rest) => {
-                let mut parts = rest.splitn(3, '/');
-                let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
-                    bail!("bad hub weights '{spec}': expected hf:<owner>/<repo>/<file>");
-                };
-                // HF_HOME/hub, else ~/.cache/huggingface/hub (hf-hub's own
-                // default panics without a home directory).
-                let hub = match (std::env::var_os("HF_HOME"), std::env::var_os("HOME")) {
-                    (Some(h), _) => PathBuf::from(h).join("hub"),
-                    (None, Some(home)) => PathBuf::from(home).join(".cache/huggingface/hub"),
-                    (None, None) => bail!("cannot locate the Hugging Face cache: set HF_HOME"),
-                };
-                let cache = hf_hub::Cache::new(hub);
-                cache.model(format!("{owner}/{repo}")).get(file).with_context(|| {
-                    format!(
-                        "{file} of {owner}/{repo} is not in the Hugging Face cache at {} (this tool never downloads; \
-                         fetch it with huggingface-cli or pass a local path)",
-                        cache.path().display()
-                    )
-                })
-            }
-            None => {
-                let p = PathBuf::from(spec);
-                if !p.exists() {
-                    bail!("weights file {} does not exist", p.display());
-                }
-                Ok(p)
-            }
-        },
-        None => {
-            let Some(file) = entry.weights else {
-                bail!("{} has no shipped weights; pass --weights FILE", entry.name);
-            };
-            let p = w.weights_dir.join(file);
-            if !p.exists() {
-                bail!(
-                    "{} not found: train it with `cargo xtask train --model {}` or pass --weights FILE",
-                    p.display(),
-                    entry.name
-                );
-            }
-            Ok(p)
-        }
-    }
 }
 
 /// Loads a registry model with its weights (strict key checking).

@@ -7,14 +7,10 @@ use anytime_flops::Mode;
 use anytime_models::registry::{ArchConfig, REGISTRY, lookup};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use std::path::PathBuf;
 
 /// Arguments of `anytime models`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Directory of the shipped weights.
-    #[arg(long, default_value = "weights")]
-    weights_dir: PathBuf,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -40,7 +36,8 @@ pub fn run(a: Args) -> Result<()> {
         let model = cfg.build(VarBuilder::zeros(DType::F32, &Device::Cpu))?;
         let (_, h, w) = e.data.input;
         let mflops = model.exit_costs(h, w)?.mflops(Mode::Reference);
-        let weights = e.weights.map(|f| a.weights_dir.join(f));
+        // Found without downloading: $ANYTIME_WEIGHTS_DIR, ./weights, the Hugging Face cache.
+        let weights = e.weights.as_ref().and_then(super::weights::find_local);
         let present = weights.as_ref().is_some_and(|p| p.exists());
         let accuracy = weights
             .as_ref()
