@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+use anytime_flops::{Counter, Shape};
 use candle_core::{D, Result, Tensor, bail};
 use candle_nn::{Init, VarBuilder};
 
@@ -137,6 +138,12 @@ impl GruCell {
         self.w.hidden
     }
 
+    /// Adds the cost of one step on `n` vectors ([`Counter::gru_cell`]; a
+    /// later step with the same weights goes inside [`Counter::reusing`]).
+    pub fn count_flops(&self, c: &mut Counter, n: usize) -> anytime_flops::Result<Shape> {
+        c.gru_cell(n, self.input_size(), self.hidden_size(), self.w.bias_ih.is_some())
+    }
+
     /// The next hidden state from input `x` and hidden state `h` (zeros when
     /// `None`, as PyTorch).
     ///
@@ -173,6 +180,12 @@ impl Gru {
     /// Hidden state size.
     pub fn hidden_size(&self) -> usize {
         self.w.hidden
+    }
+
+    /// Adds the cost of `steps` steps on `n` vectors ([`Counter::gru`]:
+    /// the ops of every step, the params once).
+    pub fn count_flops(&self, c: &mut Counter, n: usize, steps: usize) -> anytime_flops::Result<Shape> {
+        c.gru(n, self.input_size(), self.hidden_size(), steps, self.w.bias_ih.is_some())
     }
 
     /// Runs the sequence `xs` from the hidden state `h0` (zeros when `None`)
@@ -320,6 +333,27 @@ mod tests {
         let Some(hs) = hs else { panic!("no steps") };
         assert!(diff(&h, &hs)? < 1e-6);
         assert!(diff(&h, &out.get(4)?)? < 1e-6);
+        Ok(())
+    }
+
+    /// The layers count what the counter's rules say: 3·(in·h + h·h) MACs
+    /// per vector and step, params once.
+    #[test]
+    fn counts_flops() -> Result<()> {
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cell = GruCell::new(vb.pp("cell"), 5, 4, true)?;
+        let gru = Gru::new(vb.pp("gru"), 5, 4, false)?;
+        let err = |e: anytime_flops::Error| candle_core::Error::Msg(e.to_string());
+        let mut c = Counter::with_headline(anytime_flops::Mode::Macs);
+        cell.count_flops(&mut c, 2).map_err(err)?;
+        assert_eq!(c.current().macs, 2 * 3 * (5 * 4 + 4 * 4));
+        assert_eq!(c.current().params, 3 * 4 * (5 + 4) + 6 * 4);
+        let mut c = Counter::with_headline(anytime_flops::Mode::Macs);
+        let out = gru.count_flops(&mut c, 2, 3).map_err(err)?;
+        assert_eq!(out.dims(), &[2, 4]);
+        assert_eq!(c.current().macs, 3 * 2 * 3 * (5 * 4 + 4 * 4));
+        assert_eq!(c.current().params, 3 * 4 * (5 + 4));
         Ok(())
     }
 }

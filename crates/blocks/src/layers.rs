@@ -174,6 +174,31 @@ impl Module for ConvTranspose2d {
     }
 }
 
+impl CountFlops for ConvTranspose2d {
+    fn count_flops(&self, counter: &mut Counter, x: Shape4) -> anytime_flops::Result<Shape4> {
+        if x.c != self.in_channels {
+            return Err(anytime_flops::Error::Channels {
+                layer: "conv transpose",
+                expected: self.in_channels,
+                got: x.c,
+            });
+        }
+        let p = self.params;
+        let k = self.weight.dims().get(2).copied().unwrap_or(0);
+        counter.conv_transpose2d(
+            x,
+            self.out_channels,
+            k,
+            p.stride,
+            p.padding,
+            p.output_padding,
+            p.dilation,
+            p.groups,
+            self.bias.is_some(),
+        )
+    }
+}
+
 /// Batch normalisation over channels, as `torch.nn.BatchNorm2d` (eps 1e-5,
 /// momentum 0.1), optionally fused with a following ReLU.
 ///
@@ -377,6 +402,25 @@ mod tests {
         assert!(err.contains("expected 3 input channels, got 1"), "{err}");
         let mut c = Counter::new();
         assert!(conv.count_flops(&mut c, Shape4::new(1, 1, 8, 8)).is_err());
+        Ok(())
+    }
+
+    /// The transposed conv counts C_in·C_out·k·k·H_in·W_in MACs and PyTorch's
+    /// output size (SCAN's 4x4/2, padding 1: 16x16 → 32x32).
+    #[test]
+    fn conv_transpose_counts_flops() -> Result<()> {
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &candle_core::Device::Cpu);
+        let p = ConvTranspose2dParams { stride: 2, padding: 1, ..Default::default() };
+        let ct = ConvTranspose2d::new(vb, 16, 8, 4, p, true)?;
+        let mut c = Counter::with_headline(anytime_flops::Mode::Macs);
+        let y =
+            ct.count_flops(&mut c, Shape4::new(1, 16, 16, 16)).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        assert_eq!(y, Shape4::new(1, 8, 32, 32));
+        assert_eq!(c.current().macs, 16 * 8 * 16 * 16 * 16);
+        assert_eq!(c.current().params, 16 * 8 * 16 + 8);
+        let xs = Tensor::zeros((1, 16, 16, 16), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        assert_eq!(ct.forward(&xs)?.dims(), &[1, 8, 32, 32]);
         Ok(())
     }
 }

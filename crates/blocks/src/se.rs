@@ -27,6 +27,7 @@
 //! ```
 
 use crate::layers::Conv2d;
+use anytime_flops::{Activation, CountFlops, Counter, Shape4};
 use anytime_ops::act::hard_sigmoid;
 use anytime_ops::conv::Conv2dParams;
 use candle_core::{Module, Result, Tensor, bail};
@@ -96,6 +97,21 @@ impl SqueezeExcite {
     }
 }
 
+impl CountFlops for SqueezeExcite {
+    /// The two 1x1 convolutions on the pooled vector (MACs and params), the
+    /// pooling, ReLU and gate, and the broadcast product with the input.
+    fn count_flops(&self, c: &mut Counter, x: Shape4) -> anytime_flops::Result<Shape4> {
+        if x.c != self.channels {
+            return Err(anytime_flops::Error::Channels { layer: "squeeze-excite", expected: self.channels, got: x.c });
+        }
+        let gate = match self.gate {
+            Gate::Sigmoid => Activation::Sigmoid,
+            Gate::HardSigmoid => Activation::HardSigmoid,
+        };
+        c.squeeze_excite(x, self.conv_reduce.out_channels(), gate)
+    }
+}
+
 impl Module for SqueezeExcite {
     /// # Shapes
     /// `[N, C, H, W]` → `[N, C, H, W]`.
@@ -142,6 +158,24 @@ mod tests {
         let x = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev)?;
         assert!(se.forward(&x).unwrap_err().to_string().contains("expected 4 channels, got 3"));
         assert!(SqueezeExcite::new(VarBuilder::zeros(DType::F32, &dev), 4, 0, Gate::Sigmoid).is_err());
+        Ok(())
+    }
+
+    /// SE counts its two 1x1 convs on the pooled vector (with a bias each) and
+    /// lists the pooling, activations and product separately.
+    #[test]
+    fn counts_flops() -> Result<()> {
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &candle_core::Device::Cpu);
+        let se = SqueezeExcite::new(vb, 16, 8, Gate::HardSigmoid)?;
+        let mut c = Counter::with_headline(anytime_flops::Mode::Macs);
+        let y = se.count_flops(&mut c, Shape4::new(1, 16, 7, 7)).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        assert_eq!(y, Shape4::new(1, 16, 7, 7));
+        let cost = c.current();
+        assert_eq!(cost.macs, 2 * 16 * 8);
+        assert_eq!(cost.params, 2 * 16 * 8 + 8 + 16);
+        assert_eq!(cost.gate, 16 * 49);
+        assert!(se.count_flops(&mut c, Shape4::new(1, 8, 7, 7)).is_err());
         Ok(())
     }
 }
