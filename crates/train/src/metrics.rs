@@ -67,7 +67,8 @@ where
     let mut acc = ExitAccuracy::default();
     for b in batches {
         let (xs, ys) = b?;
-        acc.update(&model.forward_exits(&xs, false)?, &ys)?;
+        let logits: Vec<Tensor> = model.forward_exits(&xs, false)?.into_iter().map(|o| o.logits).collect();
+        acc.update(&logits, &ys)?;
     }
     Ok(acc)
 }
@@ -113,7 +114,7 @@ where
         let mut logits = Vec::with_capacity(k);
         for (i, l) in anytime_models::Anytime::new(model, &xs)?.enumerate() {
             // Force the computation before reading the clock.
-            let l = l?.contiguous()?;
+            let l = l?.logits.contiguous()?;
             out.seconds[i] += start.elapsed().as_secs_f64();
             logits.push(l);
         }

@@ -168,6 +168,7 @@ mod tests {
         let eval = model.forward_exits(&a.0, false)?;
         let train = model.forward_exits(&a.0, true)?;
         for (e, t) in eval.iter().zip(&train) {
+            let (e, t) = (&e.logits, &t.logits);
             let diff = (e - t)?.abs()?.max_all()?.to_scalar::<f32>()?;
             let scale = t.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff <= 0.05 * scale, "eval after recalibration differs from train mode by {diff} (scale {scale})");
