@@ -99,7 +99,8 @@ fn r06_kill_and_resume_gives_the_same_weights() {
     assert_eq!(std::fs::read(killed.join("checkpoint.safetensors")).expect("kept").len(), bytes.len() / 3);
 }
 
-/// The tiny recipe's `tune` stage, a later stage with a frozen group and a
+/// The tiny recipe's first stage trains with a feature hint; its `tune`
+/// stage, a later stage with a frozen group and a
 /// stochastic objective (random exit weights drawn from a generator saved in
 /// every checkpoint), killed during its epochs and resumed, ends with the
 /// same weights as an uninterrupted run; the frozen block's parameters are
@@ -109,6 +110,13 @@ fn r21_later_stage_with_frozen_group_and_stochastic_objective_survives_sigkill()
     let main = temp_dir("stage-main");
     let data = root().join("data/fashion-mnist-sample");
     ok(&["train", "--model", "msdnet-tiny", "--data-dir", s(&data), "--run-dir", s(&main), "--quiet"]);
+    // The first stage's loss has a feature hint, logged per epoch.
+    let metrics = std::fs::read_to_string(main.join("metrics.jsonl")).expect("metrics");
+    for line in metrics.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let hint = m["train_logged"]["feature_hint"].as_f64().expect("the feature hint is logged");
+        assert!(hint > 0.0 && hint < m["train_loss"].as_f64().expect("loss"), "{m}");
+    }
     let init = main.join("best.safetensors");
     let tune_args = |dir: &std::path::Path| -> Vec<String> {
         let mut a = train_args(dir);

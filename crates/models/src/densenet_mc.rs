@@ -10,7 +10,7 @@
 //! (`classifier.<e>.*`).
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use anytime_blocks::multiscale::ConvNormal;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
@@ -183,7 +183,7 @@ impl MultiExit for DenseNetMc {
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<ExitOutput> {
         let e = state.next_exit();
         if e >= self.num_exits() {
             bail!("densenet_mc: all {} exits were already computed", self.num_exits())
@@ -200,9 +200,9 @@ impl MultiExit for DenseNetMc {
                 Item::Transition(t) => avg_pool2d(&t.forward_t(&x, train)?, (2, 2), (2, 2), (0, 0), true)?,
             };
         }
-        let logits = self.classifier[e].forward_t(&x, train)?;
+        let out = self.classifier[e].forward_t(&x, train)?;
         state.set(vec![vec![x]]);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 

@@ -3,10 +3,11 @@
 //!
 //! A [`MultiExit`] model runs in *stages*: stage k computes whatever exit k
 //! needs beyond what is already computed (MSDNet's lazy evaluation) and
-//! returns exit k's logits. [`MultiExit::begin`] starts a pass and
-//! [`MultiExit::advance`] runs one stage; the [`ExitState`] between stages
-//! holds the features later stages reuse and can be *compacted* to a subset of
-//! the batch, so samples that have left early cost nothing afterwards.
+//! returns exit k's [`ExitOutput`]: its logits and its feature.
+//! [`MultiExit::begin`] starts a pass and [`MultiExit::advance`] runs one
+//! stage; the [`ExitState`] between stages holds the features later stages
+//! reuse and can be *compacted* to a subset of the batch, so samples that have
+//! left early cost nothing afterwards.
 
 use crate::error::{ModelError, Result};
 use anytime_flops::ExitCosts;
@@ -102,14 +103,15 @@ pub trait MultiExit: Send + Sync {
     /// computes nothing else.
     fn begin(&self, xs: &Tensor, train: bool) -> candle_core::Result<ExitState>;
 
-    /// Runs the next stage and returns its exit's logits `[N, classes]`.
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor>;
+    /// Runs the next stage and returns its exit's logits `[N, classes]` and
+    /// feature `[N, D]`.
+    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<ExitOutput>;
 
-    /// Logits of every exit, in order.
+    /// Logits and features of every exit, in order.
     ///
     /// # Shapes
-    /// `[N, C, H, W]` → `num_exits` × `[N, classes]`.
-    fn forward_exits(&self, xs: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
+    /// `[N, C, H, W]` → `num_exits` × (`[N, classes]`, `[N, D_k]`).
+    fn forward_exits(&self, xs: &Tensor, train: bool) -> candle_core::Result<Vec<ExitOutput>> {
         let mut state = self.begin(xs, train)?;
         (0..self.num_exits()).map(|_| self.advance(&mut state, train)).collect()
     }
@@ -152,8 +154,9 @@ pub fn check_input(model: &dyn MultiExit, dims: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// A lazy iterator over a model's exits: the k-th item is exit k's logits,
-/// computed only when asked for, so a caller can stop anywhere.
+/// A lazy iterator over a model's exits: the k-th item is exit k's output
+/// (logits and feature), computed only when asked for, so a caller can stop
+/// anywhere.
 pub struct Anytime<'a> {
     model: &'a dyn MultiExit,
     state: ExitState,
@@ -172,7 +175,7 @@ impl<'a> Anytime<'a> {
 }
 
 impl Iterator for Anytime<'_> {
-    type Item = candle_core::Result<Tensor>;
+    type Item = candle_core::Result<ExitOutput>;
 
     fn next(&mut self) -> Option<Self::Item> {
         (self.state.next_exit() < self.model.num_exits()).then(|| self.model.advance(&mut self.state, false))
@@ -214,7 +217,7 @@ pub fn classify_early_exit(
     let mut alive: Vec<usize> = (0..n).collect();
     let mut out: Vec<Option<ExitDecision>> = vec![None; n];
     for (k, &mflops) in exit_mflops.iter().enumerate() {
-        let rows = model.advance(&mut state, false)?.to_vec2::<f32>()?;
+        let rows = model.advance(&mut state, false)?.logits.to_vec2::<f32>()?;
         let last = k + 1 == k_exits;
         let mut keep = Vec::with_capacity(rows.len());
         for (j, row) in rows.iter().enumerate() {
@@ -297,11 +300,11 @@ pub fn classify_anytime(
     }
     let start = std::time::Instant::now();
     let mut state = model.begin(xs, false)?;
-    let mut logits = model.advance(&mut state, false)?;
+    let mut logits = model.advance(&mut state, false)?.logits;
     let late = start.elapsed() > deadline;
     let mut exit = 0;
     while !late && state.next_exit() < model.num_exits() && start.elapsed() < deadline {
-        let next = model.advance(&mut state, false)?;
+        let next = model.advance(&mut state, false)?.logits;
         if start.elapsed() > deadline {
             break;
         }
@@ -353,8 +356,11 @@ mod tests {
     fn real_equals_simulated(m: &dyn MultiExit, name: &str) -> candle_core::Result<()> {
         const N: usize = 40;
         let xs = seeded_batch(N, 7)?;
-        let logits: Vec<Vec<Vec<f32>>> =
-            m.forward_exits(&xs, false)?.iter().map(|t| t.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
+        let logits: Vec<Vec<Vec<f32>>> = m
+            .forward_exits(&xs, false)?
+            .iter()
+            .map(|o| o.logits.to_vec2::<f32>())
+            .collect::<candle_core::Result<_>>()?;
         let labels: Vec<u32> = (0..N as u32).map(|i| i % 10).collect();
         let costs = m.exit_costs(28, 28).expect("costs").mflops(anytime_flops::Mode::Reference);
         for conf in [Confidence::MaxSoftmax, Confidence::Entropy, Confidence::Margin] {
@@ -407,7 +413,7 @@ mod tests {
         let r = classify_anytime(&m, &xs, std::time::Duration::from_secs(60))?;
         assert_eq!(r.exit, m.num_exits() - 1);
         let full = m.forward_exits(&xs, false)?;
-        assert_eq!(r.logits.to_vec2::<f32>()?, full[m.num_exits() - 1].to_vec2::<f32>()?);
+        assert_eq!(r.logits.to_vec2::<f32>()?, full[m.num_exits() - 1].logits.to_vec2::<f32>()?);
         let r = classify_anytime(&m, &xs, std::time::Duration::from_nanos(1))?;
         assert_eq!(r.exit, 0);
         assert!(classify_anytime(&m, &xs, std::time::Duration::ZERO).is_err());

@@ -13,7 +13,7 @@
 //! after block b. Evaluation is lazy: stage b runs block b and classifier b.
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use crate::refargs::{self, COMMON, Namespace, OptSpec, choice, opt};
 use anytime_blocks::multiscale::{MsdLayer, ScaleFactors, Transition};
 use anytime_blocks::stem::{FirstLayer, StemKind};
@@ -498,7 +498,7 @@ impl MultiExit for MsdNet {
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<ExitOutput> {
         let b = state.next_exit();
         if b >= self.cfg.n_blocks {
             bail!("msdnet: all {} exits were already computed", self.cfg.n_blocks)
@@ -506,9 +506,9 @@ impl MultiExit for MsdNet {
         let feats = state.feats().first().cloned().unwrap_or_default();
         let feats = self.run_block(b, feats, train)?;
         let coarsest = feats.last().ok_or_else(|| candle_core::Error::Msg("msdnet: no scale left".into()))?;
-        let logits = self.classifier[b].forward_t(coarsest, train)?;
+        let out = self.classifier[b].forward_t(coarsest, train)?;
         state.set(vec![feats]);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 
@@ -630,10 +630,11 @@ mod tests {
         let model = zeros(&cfg);
         let xs = Tensor::randn(0f32, 1., (3, 3, 20, 28), &Device::Cpu)?;
         let full = model.forward_exits(&xs, false)?;
-        let lazy: Vec<Tensor> = crate::exit::Anytime::new(&model, &xs)?.collect::<candle_core::Result<_>>()?;
+        let lazy: Vec<ExitOutput> = crate::exit::Anytime::new(&model, &xs)?.collect::<candle_core::Result<_>>()?;
         assert_eq!(full.len(), lazy.len());
         for (a, b) in full.iter().zip(&lazy) {
-            assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+            assert_eq!(a.logits.to_vec2::<f32>()?, b.logits.to_vec2::<f32>()?);
+            assert_eq!(a.feature.to_vec2::<f32>()?, b.feature.to_vec2::<f32>()?);
         }
         Ok(())
     }
@@ -657,7 +658,7 @@ mod golden {
             let got = model.forward_exits(&input, false).unwrap();
             assert_eq!(got.len(), expected.len());
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                testutil::assert_close(&format!("{file} exit {i}"), g, e);
+                testutil::assert_close(&format!("{file} exit {i}"), &g.logits, e);
             }
         }
     }

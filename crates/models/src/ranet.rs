@@ -16,7 +16,7 @@
 //! exactly the blocks exit k needs beyond what is computed.
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use crate::refargs::{self, COMMON, Namespace, OptSpec, choice, flag, opt};
 use anytime_blocks::dense::DenseBlock;
 use anytime_blocks::fusion::{UpBlock, UpBlockSpec};
@@ -448,7 +448,7 @@ impl MultiExit for RaNet {
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<ExitOutput> {
         let e = state.next_exit();
         if e >= self.exits.len() {
             bail!("ranet: all {} exits were already computed", self.exits.len())
@@ -490,10 +490,10 @@ impl MultiExit for RaNet {
             x = y;
             feats.push(outs);
         }
-        let logits = self.classifier[e].forward_t(&x, train)?;
+        let out = self.classifier[e].forward_t(&x, train)?;
         feats[1] = vec![x];
         state.set(feats);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 
@@ -570,7 +570,7 @@ mod tests {
             let got = model.forward_exits(&input, false).unwrap();
             assert_eq!(got.len(), expected.len());
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                testutil::assert_close(&format!("{file} exit {i}"), g, e);
+                testutil::assert_close(&format!("{file} exit {i}"), &g.logits, e);
             }
         }
     }
@@ -596,11 +596,17 @@ mod tests {
         let mut keep: Vec<u32> = vec![0, 1, 2, 3];
         for (e, want) in full.iter().enumerate() {
             let got = model.advance(&mut state, false)?;
-            let want = want.index_select(&Tensor::new(keep.as_slice(), &Device::Cpu)?, 0)?;
+            let rows = Tensor::new(keep.as_slice(), &Device::Cpu)?;
             // Another batch size changes the GEMMs' summation order, so the
             // comparison allows float round-off (random, un-normalised weights
             // give large activations).
-            testutil::assert_close_tol(&format!("exit {e}"), &got, &want, 1e-3);
+            testutil::assert_close_tol(&format!("exit {e}"), &got.logits, &want.logits.index_select(&rows, 0)?, 1e-3);
+            testutil::assert_close_tol(
+                &format!("exit {e} feature"),
+                &got.feature,
+                &want.feature.index_select(&rows, 0)?,
+                1e-3,
+            );
             if e == 1 || e == 2 {
                 // Drop the first remaining sample, as real early exit does.
                 let positions: Vec<u32> = (1..keep.len() as u32).collect();

@@ -320,8 +320,9 @@ mod tests {
                 let out = m.forward_exits(&xs, false).expect(e.name);
                 assert_eq!(out.len(), m.num_exits());
                 for o in out {
-                    assert_eq!(o.dims(), &[2, m.num_classes()]);
-                    assert!(o.to_vec2::<f32>().expect("values").iter().flatten().all(|v| v.is_finite()));
+                    assert_eq!(o.logits.dims(), &[2, m.num_classes()]);
+                    assert_eq!(o.feature.dims()[0], 2);
+                    assert!(o.logits.to_vec2::<f32>().expect("values").iter().flatten().all(|v| v.is_finite()));
                 }
             }
         }
@@ -374,7 +375,7 @@ mod golden {
                 let got = model.forward_exits(&input, false).expect(name);
                 assert_eq!(got.len(), expected.len(), "{name}");
                 for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                    testutil::assert_close(&format!("{name} {file} exit {i}"), g, e);
+                    testutil::assert_close(&format!("{name} {file} exit {i}"), &g.logits, e);
                 }
             }
             let flops = testutil::json(name, "flops.json");

@@ -9,7 +9,7 @@
 //! pooling, so they fit any map size.
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use anytime_blocks::residual::BasicBlock;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
@@ -170,7 +170,7 @@ impl MultiExit for ResNetMc {
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<ExitOutput> {
         let e = state.next_exit();
         if e >= self.num_exits() {
             bail!("resnet_mc: all {} exits were already computed", self.num_exits())
@@ -184,9 +184,9 @@ impl MultiExit for ResNetMc {
         for b in self.block_range(e) {
             x = self.blocks[b].forward_t(&x, train)?;
         }
-        let logits = self.classifier[e].forward_t(&x, train)?;
+        let out = self.classifier[e].forward_t(&x, train)?;
         state.set(vec![vec![x]]);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 
@@ -213,7 +213,7 @@ mod tests {
         let xs = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
         let out = m.forward_exits(&xs, false)?;
         assert_eq!(out.len(), 3);
-        assert!(out.iter().all(|o| o.dims() == [2, 10]));
+        assert!(out.iter().all(|o| o.logits.dims() == [2, 10] && o.feature.dims() == [2, 16]));
         let costs = m.exit_costs(28, 28)?;
         assert!(costs.exits.windows(2).all(|w| w[0].macs < w[1].macs));
         Ok(())

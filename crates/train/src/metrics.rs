@@ -117,7 +117,7 @@ where
         let mut logits = Vec::with_capacity(k);
         for (i, l) in anytime_models::Anytime::new(model, &xs)?.enumerate() {
             // Force the computation before reading the clock.
-            let l = l?.contiguous()?;
+            let l = l?.logits.contiguous()?;
             out.seconds[i] += start.elapsed().as_secs_f64();
             logits.push(l);
         }

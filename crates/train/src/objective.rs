@@ -50,18 +50,10 @@ use serde::{Deserialize, Serialize};
 /// output (logits and feature), in order. The one place where training,
 /// evaluation and batch-norm recalibration call the model.
 ///
-/// Until the models give their exits' features and honour frozen prefixes,
-/// the whole model runs in `mode.is_train()` and every feature is empty
-/// (`[N, 0]`; objectives that need features refuse it).
+/// Until the models honour frozen prefixes, the whole model runs in
+/// `mode.is_train()`.
 pub fn forward(model: &dyn MultiExit, xs: &Tensor, mode: &Mode) -> Result<Vec<ExitOutput>> {
-    model
-        .forward_exits(xs, mode.is_train())?
-        .into_iter()
-        .map(|logits| {
-            let feature = Tensor::zeros((logits.dim(0)?, 0), logits.dtype(), logits.device())?;
-            Ok(ExitOutput { logits, feature })
-        })
-        .collect()
+    model.forward_exits(xs, mode.is_train())
 }
 
 /// What a training step sees.

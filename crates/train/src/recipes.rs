@@ -11,7 +11,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::loss::LossConfig;
+use crate::loss::{FeatureHint, LossConfig, Reduction};
 use crate::objective::ObjectiveConfig;
 use crate::optim::{OptimConfig, ParamGroup};
 use crate::schedule::{Schedule, ScheduleKind};
@@ -150,6 +150,12 @@ fn swa_spec(epochs: usize, lr: f64, bn_batches: usize) -> TrainSpec {
     }
 }
 
+/// The tiny test recipe's loss: the multi-exit cross-entropy with a feature
+/// hint (mean over the batch).
+fn tiny_loss() -> LossConfig {
+    LossConfig { feature_hint: Some(FeatureHint { coef: 1e-3, reduction: Reduction::Mean }), ..LossConfig::default() }
+}
+
 /// The tiny test recipe's last stage: the first block frozen (its batch
 /// norm in eval mode), the classifiers at half the learning rate, every
 /// exit's loss weighted by a random factor each step.
@@ -192,7 +198,10 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         "ranet-fmnist" => fmnist("ranet-fmnist", FMNIST_EPOCHS),
         "msdnet-tiny" => Recipe {
             stages: vec![
-                Stage { name: "main", spec: TrainSpec { checkpoint_minutes: 0.002, ..fmnist_spec(2) } },
+                Stage {
+                    name: "main",
+                    spec: TrainSpec { checkpoint_minutes: 0.002, loss: tiny_loss(), ..fmnist_spec(2) },
+                },
                 Stage { name: "swa", spec: TrainSpec { checkpoint_minutes: 0.002, ..swa_spec(2, 0.03, 2) } },
                 Stage { name: "tune", spec: tune_spec() },
             ],

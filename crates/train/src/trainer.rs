@@ -575,6 +575,7 @@ impl Batches for anytime_data::loader::Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loss::{FeatureHint, Reduction};
     use crate::schedule::ScheduleKind;
     use anytime_models::registry::{ArchConfig, msdnet_tiny};
 
@@ -629,7 +630,8 @@ mod tests {
     /// frozen, the classifiers at half the learning rate and random exit
     /// weights.
     fn stages() -> (TrainSpec, TrainSpec) {
-        let one = spec(1, 5);
+        let hint = FeatureHint { coef: 1e-3, reduction: Reduction::Mean };
+        let one = TrainSpec { loss: LossConfig { feature_hint: Some(hint), ..LossConfig::default() }, ..spec(1, 5) };
         let two = TrainSpec {
             objective: ObjectiveConfig::RandomExitWeights,
             groups: vec![
@@ -680,10 +682,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let (train, val) = data();
 
-        // Stage 1.
+        // Stage 1: the feature hint is part of the loss and logged.
         let (one, _) = stages();
         let mut t = Trainer::new(one, build, &root.join("one"), false)?;
         assert_eq!(t.run(&train, &val, &mut Silent, None)?, RunEnd::Finished);
+        let logged = &t.state().history[0].train_logged;
+        let hint = logged.get("feature_hint").copied().unwrap_or(0.0);
+        assert!(hint > 0.0 && hint.is_finite(), "{logged:?}");
+        assert!(logged.get("ce").is_some_and(|ce| *ce > hint), "{logged:?}");
         let init = root.join("one").join(BEST_FILE);
         let start = bits(&anytime_io::load_tensors(&init).map_err(|e| Error::Config(e.to_string()))?.tensors)?;
 

@@ -96,7 +96,7 @@ pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLo
     for b in loader.epoch(0, 0) {
         let (xs, ys) = b?;
         for (k, l) in model.forward_exits(&xs, false)?.iter().enumerate() {
-            logits[k].extend(l.to_vec2::<f32>()?);
+            logits[k].extend(l.logits.to_vec2::<f32>()?);
         }
         labels.extend(ys.to_vec1::<u32>()?);
     }
