@@ -67,7 +67,8 @@ where
     let mut acc = ExitAccuracy::default();
     for b in batches {
         let (xs, ys) = b?;
-        let logits: Vec<Tensor> = model.forward_exits(&xs, false)?.into_iter().map(|o| o.logits).collect();
+        let logits: Vec<Tensor> =
+            model.forward_exits(&xs, &anytime_blocks::Mode::eval())?.into_iter().map(|o| o.logits).collect();
         acc.update(&logits, &ys)?;
     }
     Ok(acc)

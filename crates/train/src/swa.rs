@@ -91,7 +91,7 @@ where
         for (_, v) in &stats {
             v.set(&v.as_tensor().zeros_like()?)?;
         }
-        drop(model.forward_exits(&xs, true)?);
+        drop(model.forward_exits(&xs, &anytime_blocks::Mode::train())?);
         for (s, (_, v)) in sums.iter_mut().zip(&stats) {
             *s = (&*s + v.as_tensor().detach())?;
         }
@@ -165,8 +165,8 @@ mod tests {
         let (a, b) = (batch(1)?, batch(2)?);
         recalibrate_bn(model.as_ref(), &vars, [Ok(a.clone())], 10)?;
         let sa = stats(&vars)?;
-        let eval = model.forward_exits(&a.0, false)?;
-        let train = model.forward_exits(&a.0, true)?;
+        let eval = model.forward_exits(&a.0, &anytime_blocks::Mode::eval())?;
+        let train = model.forward_exits(&a.0, &anytime_blocks::Mode::train())?;
         for (e, t) in eval.iter().zip(&train) {
             let (e, t) = (&e.logits, &t.logits);
             let diff = (e - t)?.abs()?.max_all()?.to_scalar::<f32>()?;

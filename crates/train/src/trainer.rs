@@ -369,7 +369,12 @@ impl Trainer {
                 let b = first + i;
                 let (xs, ys) = batch?;
                 let lr = self.spec.schedule.lr_at(epoch as f64 + b as f64 / batches.max(1) as f64, epochs);
-                let logits: Vec<Tensor> = self.model.forward_exits(&xs, true)?.into_iter().map(|o| o.logits).collect();
+                let logits: Vec<Tensor> = self
+                    .model
+                    .forward_exits(&xs, &anytime_blocks::Mode::train())?
+                    .into_iter()
+                    .map(|o| o.logits)
+                    .collect();
                 let loss = self.spec.loss.loss(&logits, &ys)?;
                 let mut grads = loss.backward()?;
                 if let Some(max) = self.spec.clip_grad_norm {
