@@ -1,7 +1,8 @@
 //! Building blocks for multi-exit networks, on Candle.
 //!
 //! - [`layers`]: `Conv2d`, `BatchNorm2d` (training mode updates running
-//!   statistics in place), `Linear`;
+//!   statistics in place; a frozen one runs in eval mode), `Linear`;
+//! - [`mode`]: [`Mode`], train or eval per module, with frozen prefixes;
 //! - [`units`]: the conv units MSDNet and RANet share (`ConvBasic`, `ConvBn`);
 //! - [`stem`]: multi-resolution first layers with a CIFAR or an ImageNet stem;
 //! - [`multiscale`]: MSDNet's multi-scale dense layers and transitions;
@@ -11,19 +12,21 @@
 //! - [`residual`]: ResNet basic blocks;
 //!
 //! Every block loads its parameters through a `candle_nn::VarBuilder` under the
-//! reference PyTorch `state_dict` names, runs with `forward_t(xs, train)`, and
+//! reference PyTorch `state_dict` names, runs with `forward_t(xs, &mode)` (a
+//! [`Mode`]: train or eval, decided per module by its variable prefix), and
 //! reports its cost from shapes through [`anytime_flops`].
 //!
 //! ```
 //! use anytime_blocks::units::ConvBasic;
 //! use anytime_flops::{CountFlops, Counter, Shape4};
-//! use candle_core::{DType, Device, ModuleT, Tensor};
+//! use anytime_blocks::Mode;
+//! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
 //! # fn main() -> candle_core::Result<()> {
 //! let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
 //! let unit = ConvBasic::new(vb, 3, 8, 3, 2, 1)?; // keys net.0.weight, net.1.*
 //! let xs = Tensor::zeros((2, 3, 17, 17), DType::F32, &Device::Cpu)?;
-//! assert_eq!(unit.forward_t(&xs, false)?.dims(), &[2, 8, 9, 9]);
+//! assert_eq!(unit.forward_t(&xs, &Mode::eval())?.dims(), &[2, 8, 9, 9]);
 //! let mut c = Counter::new();
 //! let y = unit.count_flops(&mut c, Shape4::new(1, 3, 17, 17)).unwrap();
 //! assert_eq!((y.c, y.h, y.w), (8, 9, 9));

@@ -12,6 +12,7 @@
 //! marks the exit once the head has run.
 //!
 //! ```
+//! use anytime_blocks::Mode;
 //! use anytime_heads::ConvHead;
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
@@ -19,17 +20,18 @@
 //! let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
 //! let head = ConvHead::new(vb, 48, 128, 100)?; // the CIFAR classifier
 //! let xs = Tensor::zeros((2, 48, 8, 8), DType::F32, &Device::Cpu)?;
-//! let out = head.forward_t(&xs, false)?;
+//! let out = head.forward_t(&xs, &Mode::eval())?;
 //! assert_eq!(out.logits.dims(), &[2, 100]);
 //! assert_eq!(out.feature.dims(), &[2, 128]); // what the linear layer reads
 //! # Ok(()) }
 //! ```
 
+use anytime_blocks::Mode;
 use anytime_blocks::layers::Linear;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::pool::avg_pool2d;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// What a head produces.
@@ -110,8 +112,8 @@ impl ConvHead {
     /// # Shapes
     /// `[N, in, H, W]` (H, W in 5..=12) → logits `[N, classes]` and feature
     /// `[N, inner]`.
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<HeadOutput> {
-        let ys = self.m[1].forward_t(&self.m[0].forward_t(xs, train)?, train)?;
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<HeadOutput> {
+        let ys = self.m[1].forward_t(&self.m[0].forward_t(xs, mode)?, mode)?;
         let pooled = match self.pool {
             HeadPool::Global => ys.mean((2, 3))?,
             HeadPool::Avg2 => {
@@ -215,9 +217,10 @@ mod tests {
             var(k)?.set(&Tensor::arange(0f32, 5., &dev)?)?;
         }
         let xs = Tensor::randn(0f32, 1., (3, 6, 7, 7), &dev)?;
-        for (out, prefix, d) in
-            [(conv.forward_t(&xs, false)?, "c.linear", conv.feature_dim()), (lin.forward(&xs)?, "l", lin.feature_dim())]
-        {
+        for (out, prefix, d) in [
+            (conv.forward_t(&xs, &Mode::eval())?, "c.linear", conv.feature_dim()),
+            (lin.forward(&xs)?, "l", lin.feature_dim()),
+        ] {
             assert_eq!(out.feature.dims(), &[3, d]);
             assert_eq!(out.logits.dims(), &[3, 5]);
             let w = var(&format!("{prefix}.weight"))?;

@@ -49,11 +49,8 @@ use serde::{Deserialize, Serialize};
 /// Runs `model` on `xs` `[N, C, H, W]` in `mode` and returns every exit's
 /// output (logits and feature), in order. The one place where training,
 /// evaluation and batch-norm recalibration call the model.
-///
-/// Until the models honour frozen prefixes, the whole model runs in
-/// `mode.is_train()`.
 pub fn forward(model: &dyn MultiExit, xs: &Tensor, mode: &Mode) -> Result<Vec<ExitOutput>> {
-    model.forward_exits(xs, mode.is_train())
+    model.forward_exits(xs, mode)
 }
 
 /// What a training step sees.

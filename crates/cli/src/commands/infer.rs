@@ -43,7 +43,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     check_input(model.as_ref(), input.dims())?;
     let mut out: BTreeMap<String, candle_core::Tensor> = BTreeMap::new();
-    for (i, o) in model.forward_exits(input, false)?.into_iter().enumerate() {
+    for (i, o) in model.forward_exits(input, &anytime_blocks::Mode::eval())?.into_iter().enumerate() {
         out.insert(format!("logits.{i}"), o.logits);
         if a.features {
             out.insert(format!("features.{i}"), o.feature);
