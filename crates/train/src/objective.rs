@@ -11,7 +11,7 @@
 //! The built-in objectives are chosen by [`ObjectiveConfig`], part of the
 //! serialisable [`crate::TrainSpec`] so a resume can check it:
 //!
-//! - [`ObjectiveConfig::MultiExit`] (the default): the spec's
+//! - [`ObjectiveConfig::MultiExitCe`] (the default): the spec's
 //!   [`LossConfig`], i.e. the weighted sum of every exit's cross-entropy with
 //!   optional self-distillation and feature hint;
 //! - [`ObjectiveConfig::RandomExitWeights`]: the same loss with every exit's
@@ -97,9 +97,10 @@ pub trait Objective: Send + Sync {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ObjectiveConfig {
-    /// The spec's multi-exit loss.
+    /// The spec's multi-exit loss (per-exit cross-entropy, optional
+    /// distillation and feature hint).
     #[default]
-    MultiExit,
+    MultiExitCe,
     /// The spec's multi-exit loss with every exit's weight multiplied, each
     /// step, by a factor drawn uniformly from `[0, 2)` (mean 1) with the
     /// step's generator.
@@ -190,6 +191,46 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+
+    fn tiny() -> candle_core::Result<(Box<dyn MultiExit>, Tensor, Tensor)> {
+        let map = candle_nn::VarMap::new();
+        let cfg = anytime_models::registry::ArchConfig::Msdnet(anytime_models::registry::msdnet_tiny());
+        let vb = crate::init::seeded_var_builder(&map, 3, &Device::Cpu);
+        let model = cfg.build(vb).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+        let xs = crate::init::seeded_tensor(4, "x", &(6, 1, 28, 28).into(), init, &Device::Cpu)?;
+        Ok((model, xs, Tensor::new(&[0u32, 1, 2, 3, 4, 5], &Device::Cpu)?))
+    }
+
+    fn loss_of(cfg: &ObjectiveConfig, model: &dyn MultiExit, xs: &Tensor, ys: &Tensor, rng: &mut ChaCha8Rng) -> f32 {
+        let mode = Mode::eval();
+        let out = cfg.build(&LossConfig::default()).step(&mut StepContext { model, xs, ys, mode: &mode, rng });
+        out.and_then(|o| o.loss.to_scalar::<f32>()).unwrap_or(f32::NAN)
+    }
+
+    /// The default objective is the multi-exit loss of one forward pass, bit
+    /// for bit, and draws nothing; random exit weights depend on the
+    /// generator's state and only on it.
+    #[test]
+    fn default_is_the_plain_loss_and_random_weights_follow_the_generator() -> Result<()> {
+        let (model, xs, ys) = tiny()?;
+        let logits: Vec<Tensor> = forward(model.as_ref(), &xs, &Mode::eval())?.into_iter().map(|e| e.logits).collect();
+        let plain = LossConfig::default().loss(&logits, &ys)?.to_scalar::<f32>()?;
+        let mut rng = RngState::seeded(9).generator().map_err(candle_core::Error::Msg)?;
+        let ce = loss_of(&ObjectiveConfig::MultiExitCe, model.as_ref(), &xs, &ys, &mut rng);
+        assert_eq!(ce.to_bits(), plain.to_bits());
+        assert_eq!(RngState::of(&rng), RngState::seeded(9), "the default objective draws nothing");
+        let random = ObjectiveConfig::RandomExitWeights;
+        let saved = RngState::of(&rng);
+        let first = loss_of(&random, model.as_ref(), &xs, &ys, &mut rng);
+        let second = loss_of(&random, model.as_ref(), &xs, &ys, &mut rng);
+        let mut again = saved.generator().map_err(candle_core::Error::Msg)?;
+        let replay = loss_of(&random, model.as_ref(), &xs, &ys, &mut again);
+        assert!(first.is_finite() && first != second && first != plain, "{first} {second} {plain}");
+        assert_eq!(first.to_bits(), replay.to_bits());
+        Ok(())
+    }
 
     #[test]
     fn generator_state_round_trips_through_json() {

@@ -112,7 +112,7 @@ fn fmnist_spec(epochs: usize) -> TrainSpec {
         optim: OptimConfig::msdnet_sgd(),
         schedule: Schedule { lr: 0.1, kind: ScheduleKind::Cosine, warmup_epochs: 1.0 },
         loss: LossConfig::default(),
-        objective: ObjectiveConfig::MultiExit,
+        objective: ObjectiveConfig::MultiExitCe,
         groups: Vec::new(),
         clip_grad_norm: None,
         seed: 1,

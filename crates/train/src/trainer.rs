@@ -616,7 +616,7 @@ mod tests {
             optim: OptimConfig::msdnet_sgd(),
             schedule: Schedule { lr: 0.05, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
             loss: LossConfig::default(),
-            objective: ObjectiveConfig::MultiExit,
+            objective: ObjectiveConfig::MultiExitCe,
             groups: Vec::new(),
             clip_grad_norm: None,
             seed,

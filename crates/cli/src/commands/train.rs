@@ -93,8 +93,10 @@ impl Observer for Progress {
     fn on_epoch(&mut self, m: &EpochMetrics) {
         let pct = |v: &[f64]| v.iter().map(|a| format!("{:.2}", 100.0 * a)).collect::<Vec<_>>().join(" ");
         let swa = m.swa_val_acc.as_deref().map(|v| format!(", weight average [{}]", pct(v))).unwrap_or_default();
+        let terms: Vec<String> = m.train_logged.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let terms = if terms.is_empty() { String::new() } else { format!(" ({})", terms.join(", ")) };
         let line = format!(
-            "epoch {} train loss {:.4} held-out accuracy per exit [{}]{swa} ({:.0} img/s, {:.0} s)",
+            "epoch {} train loss {:.4}{terms} held-out accuracy per exit [{}]{swa} ({:.0} img/s, {:.0} s)",
             m.epoch + 1,
             m.train_loss,
             pct(&m.val_acc),
