@@ -196,6 +196,27 @@ mod tests {
             }
         }
         assert!(recalibrate_bn(model.as_ref(), &Mode::train(), &vars, std::iter::empty(), 4).is_err());
+        // A frozen module keeps its statistics; the others are recomputed.
+        let in_block0 = |k: &String| anytime_blocks::mode::within(k, "blocks.0");
+        let before: BTreeMap<String, Vec<f32>> = vars
+            .iter()
+            .filter(|(k, _)| is_running_stat(k) && !k.ends_with("num_batches_tracked"))
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<Result<_>>()?;
+        let frozen = Mode::train().with_frozen(["blocks.0".to_string()]);
+        recalibrate_bn(model.as_ref(), &frozen, &vars, [Ok(batch(5)?)], 1)?;
+        let (mut kept, mut moved) = (0, 0);
+        for (k, b) in &before {
+            let now = vars[k].as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            if in_block0(k) {
+                assert_eq!(&now, b, "{k} is frozen");
+                kept += 1;
+            } else if &now != b {
+                moved += 1;
+            }
+        }
+        assert!(kept > 0 && moved > 0, "{kept} kept, {moved} recomputed");
+        assert!(recalibrate_bn(model.as_ref(), &Mode::eval(), &vars, [Ok(batch(5)?)], 1).is_err());
         Ok(())
     }
 }
