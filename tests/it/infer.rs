@@ -46,3 +46,48 @@ fn r08_ranet_fixture_from_safetensors_and_checkpoint() {
     check("ranet", "ranet_cifar10_lg", "state_dict.safetensors");
     check("ranet", "ranet_cifar10_lg", "checkpoint.pth.tar");
 }
+
+/// `--features` writes `features.<k>` [N, D] next to `logits.<k>`, and each is
+/// the input of exit k's last linear layer: `features.k · Wᵀ + b` equals
+/// `logits.k` with W, b the fixture's `classifier.<k>.linear.*`.
+fn check_features(arch: &str, name: &str) {
+    let dir = temp_dir(&format!("infer-features-{name}"));
+    let out = dir.join("out.safetensors");
+    let weights = fixture(name, "state_dict.safetensors");
+    let config = fixture(name, "config.json");
+    let args = ["--arch", arch, "--config", s(&config), "--weights", s(&weights)];
+    let io = fixture(name, "io.safetensors");
+    ok(&[&["infer"], &args[..], &["--input", s(&io), "--output", s(&out), "--features"]].concat());
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).expect("output");
+    let params = candle_core::safetensors::load(&weights, &Device::Cpu).expect("weights");
+    let input = candle_core::safetensors::load(&io, &Device::Cpu).expect("fixture");
+    let n = input["input"].dim(0).expect("batch");
+    let exits = got.keys().filter(|k| k.starts_with("logits.")).count();
+    assert!(exits > 1);
+    assert_eq!(got.len(), 2 * exits, "one logits and one features tensor per exit");
+    for k in 0..exits {
+        let w = &params[&format!("classifier.{k}.linear.weight")];
+        let b = &params[&format!("classifier.{k}.linear.bias")];
+        let f = &got[&format!("features.{k}")];
+        let logits = &got[&format!("logits.{k}")];
+        assert_eq!(f.dims(), &[n, w.dim(1).expect("in features")], "{name} features.{k}");
+        let again = f.matmul(&w.t().expect("t")).and_then(|t| t.broadcast_add(b)).expect("linear");
+        let a = again.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
+        let l = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
+        assert_eq!(a.len(), l.len());
+        for (x, y) in a.iter().zip(&l) {
+            assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{name} exit {k}: {x} vs {y}");
+        }
+    }
+    // Without the flag, only logits.
+    let plain = dir.join("plain.safetensors");
+    ok(&[&["infer"], &args[..], &["--input", s(&io), "--output", s(&plain)]].concat());
+    let plain = candle_core::safetensors::load(&plain, &Device::Cpu).expect("output");
+    assert_eq!(plain.len(), exits);
+}
+
+#[test]
+fn features_are_the_last_linear_layers_input() {
+    check_features("msdnet", "msdnet_cifar100_lingrow");
+    check_features("ranet", "ranet_cifar10_lg");
+}

@@ -5,7 +5,10 @@
 //! - `bad_input`: every bad input gives exit code 1 and one `error:` line,
 //!   never a panic;
 //! - `resume`: a training run killed with SIGKILL at random moments resumes
-//!   to the same weights as an uninterrupted run;
+//!   to the same weights as an uninterrupted run, in the first stage of a
+//!   recipe and in a later one with a frozen group and a stochastic
+//!   objective;
+//! - `swa`: the weight-averaging stage;
 //! - `install`: the binary copied into a temporary root, run from an empty
 //!   directory; `download`: weights from a local stand-in for the hub.
 

@@ -92,5 +92,5 @@ fn r07_weight_averaging_stage() {
     let e = fails(&swa_args("/nonexistent/w.safetensors", s(&temp_dir("swa-none")), &data));
     assert!(e.contains("/nonexistent/w.safetensors"), "{e}");
     let e = fails(&["train", "--model", "resnet-mc-fmnist", "--stage", "swa", "--data-dir", &data]);
-    assert!(e.contains("no weight-averaging stage"), "{e}");
+    assert!(e.contains("has no stage 'swa'") && e.contains("its stages: main"), "{e}");
 }

@@ -196,9 +196,9 @@ fn model_with_channels(
             spec: json!({"kind": "model", "name": format!("{label} to exit {k} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": "exit", "exit": k}),
             flops: Some(2.0 * macs * n as f64),
             run: Box::new(move || {
-                let mut state = m.begin(&x, false)?;
+                let mut state = m.begin(&x, &anytime_blocks::Mode::eval())?;
                 for _ in 0..=k {
-                    m.advance(&mut state, false)?;
+                    m.advance(&mut state, &anytime_blocks::Mode::eval())?;
                 }
                 Ok(())
             }),
@@ -208,7 +208,8 @@ fn model_with_channels(
         spec: json!({"kind": "model", "name": format!("{label} {mode} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": mode}),
         flops: Some(2.0 * macs * n as f64 * if train { 3.0 } else { 1.0 }),
         run: Box::new(move || {
-            let logits = m.forward_exits(&x, train)?;
+            let logits: Vec<_> =
+                m.forward_exits(&x, &anytime_blocks::Mode::from_train(train))?.into_iter().map(|o| o.logits).collect();
             if train {
                 let mut loss = anytime_ops::loss::cross_entropy(&logits[0], &y, 0.0)?;
                 for l in &logits[1..] {

@@ -41,45 +41,35 @@ pub fn anytime(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Trains (the main stage, then the weight-averaging stage where the recipe
-/// has one, from the main stage's best weights), then exports the last
-/// stage when every epoch is done.
+/// Trains every stage of the model's recipe in order (a later stage starts
+/// from the previous stage's best weights), then exports the last stage
+/// when every epoch is done. `--epochs` applies to the first stage.
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let mut args = vec!["train".to_string(), "--model".into(), a.model.clone()];
-    if let Some(e) = a.epochs {
-        args.extend(["--epochs".into(), e.to_string()]);
-    }
-    if a.resume {
-        args.push("--resume".into());
-    }
-    if let Some(m) = a.max_minutes {
-        args.extend(["--max-minutes".into(), m.to_string()]);
-    }
-    anytime(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    // Export, or start the second stage from the first one's best weights,
-    // only once a stage has done all its epochs (a time limit may stop it).
-    use anytime_train::recipes::Stage;
+    let recipe = anytime_train::recipes::recipe(&a.model)?;
     let root = crate::root();
-    if !finished(&root.join(Stage::Main.run_dir(&a.model)))? {
-        return Ok(());
-    }
-    let swa = anytime_train::recipes::recipe(&a.model).is_ok_and(|r| r.swa_stage.is_some());
-    if !swa {
-        return anytime(&["export", "--model", &a.model]);
-    }
-    let mut args = vec!["train", "--model", &a.model, "--stage", "swa"];
-    if a.resume {
-        args.push("--resume");
-    }
     let minutes = a.max_minutes.map(|m| m.to_string());
-    if let Some(m) = &minutes {
-        args.extend(["--max-minutes", m]);
+    let epochs = a.epochs.map(|e| e.to_string());
+    let mut last = recipe.first_stage();
+    for (i, stage) in recipe.stages.iter().enumerate() {
+        let mut args = vec!["train", "--model", &a.model, "--stage", stage.name];
+        if let Some(e) = epochs.as_deref().filter(|_| i == 0) {
+            args.extend(["--epochs", e]);
+        }
+        if a.resume {
+            args.push("--resume");
+        }
+        if let Some(m) = &minutes {
+            args.extend(["--max-minutes", m]);
+        }
+        anytime(&args)?;
+        // Start the next stage, or export, only once a stage has done all
+        // its epochs (a time limit may stop it).
+        if !finished(&root.join(recipe.run_dir(stage.name)?))? {
+            return Ok(());
+        }
+        last = stage.name;
     }
-    anytime(&args)?;
-    if !finished(&root.join(Stage::Swa.run_dir(&a.model)))? {
-        return Ok(());
-    }
-    anytime(&["export", "--model", &a.model, "--stage", "swa"])
+    anytime(&["export", "--model", &a.model, "--stage", last])
 }
 
 /// Whether the run in `dir` has done the epochs it was started with (says

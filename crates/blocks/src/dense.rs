@@ -1,10 +1,11 @@
 //! Dense blocks: layers that concatenate their input with new features, as
 //! DenseNet, MSDNet (one scale) and RANet's `_BlockNormal` use them.
 
+use crate::Mode;
 use crate::multiscale::ConvNormal;
 use crate::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, Shape4};
-use candle_core::{ModuleT, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// RANet's `_BlockNormal`: `layers.<l>` dense layers (`cat[x, ConvBn(x)]`,
@@ -55,16 +56,16 @@ impl DenseBlock {
     ///
     /// # Shapes
     /// `[N, C, H, W]` → `[N, C_out, H, W]` and `L + 1` maps `[N, C + l·g, H, W]`.
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<(Tensor, Vec<Tensor>)> {
         let mut outputs = Vec::with_capacity(self.layers.len() + 1);
         outputs.push(xs.clone());
         let mut x = xs.clone();
         for l in &self.layers {
-            x = l.forward_t(&x, train)?;
+            x = l.forward_t(&x, mode)?;
             outputs.push(x.clone());
         }
         let x = match &self.trans {
-            Some(t) => t.forward_t(&x, train)?,
+            Some(t) => t.forward_t(&x, mode)?,
             None => x,
         };
         Ok((x, outputs))

@@ -9,10 +9,11 @@
 //! front of it. [`UpBlock`] stacks such layers, fuses the coarser block's final
 //! features through `conv_last` (1x1), and optionally compresses (`trans`).
 
+use crate::Mode;
 use crate::units::{ConvBasic, ConvBn, ConvKind};
 use anytime_flops::{CountFlops, Counter, Resize, Shape4};
 use anytime_ops::resize::bilinear;
-use candle_core::{ModuleT, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 fn resize_to(xs: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
@@ -57,10 +58,10 @@ impl ConvUpNormal {
     /// # Shapes
     /// low `[N, Cl, h, w]`, cur `[N, C, H, W]` → `[N, C + g, H', W']` (H' = H, or
     /// ⌈H/2⌉ when down-sampling).
-    pub fn forward_t(&self, low: &Tensor, cur: &Tensor, train: bool) -> Result<Tensor> {
-        let res = self.conv_normal.forward_t(cur, train)?;
+    pub fn forward_t(&self, low: &Tensor, cur: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let res = self.conv_normal.forward_t(cur, mode)?;
         let (_, _, h, w) = res.dims4()?;
-        let up = resize_to(&self.conv_up.forward_t(low, train)?, (h, w))?;
+        let up = resize_to(&self.conv_up.forward_t(low, mode)?, (h, w))?;
         Tensor::cat(&[&resize_to(cur, (h, w))?, &up, &res], 1)
     }
 
@@ -161,7 +162,7 @@ impl UpBlock {
 
     /// Returns the output and every layer's output (input first), given the
     /// coarser block's per-layer outputs `low`.
-    pub fn forward_t(&self, xs: &Tensor, low: &[Tensor], train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_t(&self, xs: &Tensor, low: &[Tensor], mode: &Mode) -> Result<(Tensor, Vec<Tensor>)> {
         if low.len() != self.layers.len() + 1 {
             candle_core::bail!("fusion block: expected {} coarser features, got {}", self.layers.len() + 1, low.len())
         }
@@ -169,14 +170,14 @@ impl UpBlock {
         outputs.push(xs.clone());
         let mut x = xs.clone();
         for (l, lo) in self.layers.iter().zip(low) {
-            x = l.forward_t(lo, &x, train)?;
+            x = l.forward_t(lo, &x, mode)?;
             outputs.push(x.clone());
         }
         let (_, _, h, w) = x.dims4()?;
-        let last = resize_to(&self.conv_last.forward_t(&low[self.layers.len()], train)?, (h, w))?;
+        let last = resize_to(&self.conv_last.forward_t(&low[self.layers.len()], mode)?, (h, w))?;
         let x = Tensor::cat(&[&x, &last], 1)?;
         let x = match &self.trans {
-            Some(t) => t.forward_t(&x, train)?,
+            Some(t) => t.forward_t(&x, mode)?,
             None => x,
         };
         Ok((x, outputs))

@@ -5,11 +5,12 @@
 //! (`weight`, `bias`, `running_mean`, `running_var`); all but
 //! [`ConvTranspose2d`] count their own cost.
 
+use crate::Mode;
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::{Conv2dParams, conv2d};
 use anytime_ops::conv_transpose::{ConvTranspose2dParams, conv_transpose2d};
 use anytime_ops::norm::{batch_norm_eval, batch_norm_train};
-use candle_core::{Module, ModuleT, Result, Tensor, Var};
+use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 /// A 2-D convolution with a square kernel, as `torch.nn.Conv2d`.
@@ -202,8 +203,13 @@ impl CountFlops for ConvTranspose2d {
 /// Batch normalisation over channels, as `torch.nn.BatchNorm2d` (eps 1e-5,
 /// momentum 0.1), optionally fused with a following ReLU.
 ///
-/// In training mode the running statistics are updated in place (they are
-/// [`Var`]s shared with the `VarMap` the layer was built from).
+/// The layer knows its variable prefix (`blocks.0.1.…`, from the
+/// `VarBuilder` it was built with) and runs in training mode only when the
+/// pass's [`Mode`] trains that prefix ([`Mode::trains`]): then it normalises
+/// with the batch statistics and updates the running ones in place (they are
+/// [`Var`]s shared with the `VarMap` the layer was built from); otherwise (an
+/// eval pass, or a frozen module) it normalises with the running statistics
+/// and leaves them untouched.
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     weight: Tensor,
@@ -213,6 +219,7 @@ pub struct BatchNorm2d {
     num_features: usize,
     eps: f64,
     momentum: f64,
+    prefix: String,
 }
 
 /// Names of the buffers a [`BatchNorm2d`] registers; training excludes them
@@ -231,20 +238,35 @@ impl BatchNorm2d {
         let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
         let running_mean = Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
         let running_var = Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
-        Ok(Self { weight, bias, running_mean, running_var, num_features, eps: 1e-5, momentum: BN_MOMENTUM })
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            num_features,
+            eps: 1e-5,
+            momentum: BN_MOMENTUM,
+            prefix: vb.prefix(),
+        })
     }
 
-    /// Normalises `xs` (training mode: batch statistics, updating the running
-    /// ones; eval mode: running statistics) and applies a ReLU when `relu`.
+    /// The variable prefix the layer was built under (its module name).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Normalises `xs` (training mode for this module: batch statistics,
+    /// updating the running ones; eval mode or frozen: running statistics)
+    /// and applies a ReLU when `relu`.
     ///
     /// # Shapes
     /// `[N, C, H, W]` → `[N, C, H, W]`.
-    pub fn forward_act(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    pub fn forward_act(&self, xs: &Tensor, mode: &Mode, relu: bool) -> Result<Tensor> {
         let (n, c, h, w) = xs.dims4()?;
         if c != self.num_features {
             candle_core::bail!("batch norm: expected {} channels, got {c}", self.num_features)
         }
-        if !train {
+        if !mode.trains(&self.prefix) {
             return batch_norm_eval(
                 xs,
                 &self.weight,
@@ -268,9 +290,10 @@ impl BatchNorm2d {
     }
 }
 
-impl ModuleT for BatchNorm2d {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_act(xs, train, false)
+impl BatchNorm2d {
+    /// [`BatchNorm2d::forward_act`] without the ReLU.
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
+        self.forward_act(xs, mode, false)
     }
 }
 
@@ -347,7 +370,7 @@ mod tests {
         let bn = BatchNorm2d::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), 2)?;
         // Channel 0 holds 1..4, channel 1 holds 2 * (1..4).
         let xs = Tensor::new(&[[[[1f32, 2.], [3., 4.]], [[2., 4.], [6., 8.]]]], &dev)?;
-        let ys = bn.forward_t(&xs, true)?;
+        let ys = bn.forward_t(&xs, &Mode::train())?;
         // torch: mean 2.5, biased var 1.25 -> (x - 2.5) / sqrt(1.25 + 1e-5).
         let y00 = ys.flatten_all()?.to_vec1::<f32>()?[0];
         assert!((y00 - (-1.5 / (1.25f32 + 1e-5).sqrt())).abs() < 1e-5);
@@ -360,6 +383,32 @@ mod tests {
         // The running statistics live in the VarMap, so a checkpoint sees them.
         let stored = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?["running_mean"].clone();
         assert_eq!(stored.as_tensor().to_vec1::<f32>()?, rm);
+        Ok(())
+    }
+
+    /// A frozen batch norm (its prefix under a frozen one) in a training pass
+    /// normalises as in eval mode and leaves its statistics alone; one
+    /// outside the frozen prefix trains.
+    #[test]
+    fn a_frozen_batch_norm_runs_in_eval_mode() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let frozen = BatchNorm2d::new(vb.pp("a").pp("bn"), 2)?;
+        let free = BatchNorm2d::new(vb.pp("b").pp("bn"), 2)?;
+        assert_eq!(frozen.prefix(), "a.bn");
+        let xs = Tensor::new(&[[[[1f32, 2.], [3., 4.]], [[2., 4.], [6., 8.]]]], &dev)?;
+        let mode = Mode::train().with_frozen(["a".to_string()]);
+        let stats = |bn: &BatchNorm2d| -> Result<Vec<f32>> {
+            Ok([bn.running_mean.as_tensor().to_vec1::<f32>()?, bn.running_var.as_tensor().to_vec1::<f32>()?].concat())
+        };
+        let before = stats(&frozen)?;
+        let ys = frozen.forward_t(&xs, &mode)?;
+        assert_eq!(stats(&frozen)?, before);
+        let eval = frozen.forward_t(&xs, &Mode::eval())?;
+        assert_eq!(ys.flatten_all()?.to_vec1::<f32>()?, eval.flatten_all()?.to_vec1::<f32>()?);
+        free.forward_t(&xs, &mode)?;
+        assert_ne!(stats(&free)?, before);
         Ok(())
     }
 

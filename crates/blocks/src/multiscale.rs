@@ -7,9 +7,10 @@
 //! dropped — a strided conv of the next finer scale (`conv_down`).
 //! [`Transition`] compresses every remaining scale with a 1x1 ConvBasic.
 
+use crate::Mode;
 use crate::units::{ConvBasic, ConvBn, ConvKind};
 use anytime_flops::{CountFlops, Counter, Shape4};
-use candle_core::{ModuleT, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Channel settings shared by every layer of a multi-scale network.
@@ -45,11 +46,11 @@ impl ConvNormal {
     }
 }
 
-impl ModuleT for ConvNormal {
+impl ConvNormal {
     /// # Shapes
     /// `[N, C, H, W]` → `[N, C + growth, H, W]`.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        Tensor::cat(&[xs, &self.conv_normal.forward_t(xs, train)?], 1)
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
+        Tensor::cat(&[xs, &self.conv_normal.forward_t(xs, mode)?], 1)
     }
 }
 
@@ -101,9 +102,9 @@ impl ConvDownNormal {
 
     /// # Shapes
     /// fine `[N, Cf, 2H, 2W]`, coarse `[N, Cc, H, W]` → `[N, Cc + 2·(out/2), H, W]`.
-    pub fn forward_t(&self, fine: &Tensor, coarse: &Tensor, train: bool) -> Result<Tensor> {
-        let down = self.conv_down.forward_t(fine, train)?;
-        let normal = self.conv_normal.forward_t(coarse, train)?;
+    pub fn forward_t(&self, fine: &Tensor, coarse: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let down = self.conv_down.forward_t(fine, mode)?;
+        let normal = self.conv_normal.forward_t(coarse, mode)?;
         if down.dims()[2..] != coarse.dims()[2..] {
             candle_core::bail!(
                 "multi-scale layer: a strided conv of the {:?} scale gives {:?}, which does not match the next scale {:?}",
@@ -206,15 +207,15 @@ impl MsdLayer {
 
     /// # Shapes
     /// `in_scales` maps (finest first) → `out_scales` maps (finest first).
-    pub fn forward_t(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+    pub fn forward_t(&self, xs: &[Tensor], mode: &Mode) -> Result<Vec<Tensor>> {
         self.check_inputs(xs.len())?;
         let first = xs.len() - self.out_scales; // index of the finest kept scale
         self.layers
             .iter()
             .enumerate()
             .map(|(i, unit)| match unit {
-                ScaleUnit::Normal(u) => u.forward_t(&xs[first + i], train),
-                ScaleUnit::DownNormal(u) => u.forward_t(&xs[first + i - 1], &xs[first + i], train),
+                ScaleUnit::Normal(u) => u.forward_t(&xs[first + i], mode),
+                ScaleUnit::DownNormal(u) => u.forward_t(&xs[first + i - 1], &xs[first + i], mode),
             })
             .collect()
     }
@@ -277,11 +278,11 @@ impl Transition {
 
     /// # Shapes
     /// one map per scale → the same maps with compressed channels.
-    pub fn forward_t(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+    pub fn forward_t(&self, xs: &[Tensor], mode: &Mode) -> Result<Vec<Tensor>> {
         if xs.len() != self.m.len() {
             candle_core::bail!("transition: expected {} scales, got {}", self.m.len(), xs.len())
         }
-        self.m.iter().zip(xs).map(|(m, x)| m.forward_t(x, train)).collect()
+        self.m.iter().zip(xs).map(|(m, x)| m.forward_t(x, mode)).collect()
     }
 
     /// Counts every unit.

@@ -1,10 +1,11 @@
 //! Residual blocks (ResNet basic block), for ResNet-style multi-exit
 //! baselines.
 
+use crate::Mode;
 use crate::layers::{BatchNorm2d, Conv2d};
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::Conv2dParams;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))` with 3x3 convs;
@@ -44,14 +45,14 @@ impl BasicBlock {
     }
 }
 
-impl ModuleT for BasicBlock {
+impl BasicBlock {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, out, H / stride, W / stride]`.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.bn1.forward_act(&self.conv1.forward(xs)?, train, true)?;
-        let ys = self.bn2.forward_act(&self.conv2.forward(&ys)?, train, false)?;
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let ys = self.bn1.forward_act(&self.conv1.forward(xs)?, mode, true)?;
+        let ys = self.bn2.forward_act(&self.conv2.forward(&ys)?, mode, false)?;
         let short = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_act(&conv.forward(xs)?, train, false)?,
+            Some((conv, bn)) => bn.forward_act(&conv.forward(xs)?, mode, false)?,
             None => xs.clone(),
         };
         (ys + short)?.relu()
@@ -89,7 +90,7 @@ mod tests {
         keys.sort();
         assert!(keys.contains(&"shortcut.0.weight".to_string()) && keys.contains(&"bn2.running_var".to_string()));
         let xs = Tensor::randn(0f32, 1., (2, 8, 9, 9), &Device::Cpu)?;
-        assert_eq!(b.forward_t(&xs, true)?.dims(), &[2, 16, 5, 5]);
+        assert_eq!(b.forward_t(&xs, &Mode::train())?.dims(), &[2, 16, 5, 5]);
         let mut c = Counter::new();
         let y = b.count_flops(&mut c, Shape4::new(1, 8, 9, 9)).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         assert_eq!((y.c, y.h, y.w), (16, 5, 5));

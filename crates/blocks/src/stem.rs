@@ -2,12 +2,13 @@
 //! `RAFirstLayer`): a stem followed by 3x3 ConvBasic units that build the
 //! coarser scales.
 
+use crate::Mode;
 use crate::layers::{BatchNorm2d, Conv2d};
 use crate::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::Conv2dParams;
 use anytime_ops::pool::max_pool2d;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -41,11 +42,11 @@ impl ImageNetStem {
     }
 }
 
-impl ModuleT for ImageNetStem {
+impl ImageNetStem {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, out, H/4, W/4]` (rounded as torch does).
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.bn.forward_act(&self.conv.forward(xs)?, train, true)?;
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let ys = self.bn.forward_act(&self.conv.forward(xs)?, mode, true)?;
         max_pool2d(&ys, (3, 3), (2, 2), (1, 1))
     }
 }
@@ -66,10 +67,10 @@ enum Unit {
 }
 
 impl Unit {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
         match self {
-            Unit::Basic(u) => u.forward_t(xs, train),
-            Unit::ImageNet(u) => u.forward_t(xs, train),
+            Unit::Basic(u) => u.forward_t(xs, mode),
+            Unit::ImageNet(u) => u.forward_t(xs, mode),
         }
     }
 
@@ -128,11 +129,11 @@ impl FirstLayer {
     ///
     /// # Shapes
     /// `[N, in, H, W]` → `[[N, channels[i], H_i, W_i]; scales]`.
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Vec<Tensor>> {
         let mut out = Vec::with_capacity(self.layers.len());
         let mut x = xs.clone();
         for layer in &self.layers {
-            x = layer.forward_t(&x, train)?;
+            x = layer.forward_t(&x, mode)?;
             out.push(x.clone());
         }
         Ok(out)

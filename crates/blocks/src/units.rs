@@ -4,10 +4,11 @@
 //! Both keep their layers in an `nn.Sequential` named `net`, so the keys are
 //! `net.0.weight`, `net.1.running_mean`, … as in the reference `state_dict`.
 
+use crate::Mode;
 use crate::layers::{BatchNorm2d, Conv2d};
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::Conv2dParams;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `Conv2d(bias=False)` → `BatchNorm2d` → `ReLU`, keys `net.0.*`, `net.1.*`.
@@ -41,11 +42,11 @@ impl ConvBasic {
     }
 }
 
-impl ModuleT for ConvBasic {
+impl ConvBasic {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, out, H', W']`.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_act(&self.conv.forward(xs)?, train, true)
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
+        self.bn.forward_act(&self.conv.forward(xs)?, mode, true)
     }
 }
 
@@ -115,15 +116,15 @@ impl ConvBn {
     }
 }
 
-impl ModuleT for ConvBn {
+impl ConvBn {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, out, H, W]` (`Normal`) or `[N, out, ⌈H/2⌉, ⌈W/2⌉]` (`Down`).
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
         let xs = match &self.bottleneck {
-            Some((conv, bn)) => bn.forward_act(&conv.forward(xs)?, train, true)?,
+            Some((conv, bn)) => bn.forward_act(&conv.forward(xs)?, mode, true)?,
             None => xs.clone(),
         };
-        self.bn.forward_act(&self.conv.forward(&xs)?, train, true)
+        self.bn.forward_act(&self.conv.forward(&xs)?, mode, true)
     }
 }
 

@@ -6,10 +6,13 @@
 //! - [`LinearHead`]: global average pooling and a linear layer, the head of
 //!   ResNet-, DenseNet- or MobileNet-style multi-exit baselines.
 //!
-//! A head's `count_flops` adds its cost and marks nothing: the model marks the
-//! exit once the head has run.
+//! A head returns a [`HeadOutput`]: the logits and the exit's *feature*, the
+//! vector its last linear layer reads (an embedding of the image at that
+//! depth). A head's `count_flops` adds its cost and marks nothing: the model
+//! marks the exit once the head has run.
 //!
 //! ```
+//! use anytime_blocks::Mode;
 //! use anytime_heads::ConvHead;
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
@@ -17,16 +20,39 @@
 //! let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
 //! let head = ConvHead::new(vb, 48, 128, 100)?; // the CIFAR classifier
 //! let xs = Tensor::zeros((2, 48, 8, 8), DType::F32, &Device::Cpu)?;
-//! assert_eq!(head.forward_t(&xs, false)?.dims(), &[2, 100]);
+//! let out = head.forward_t(&xs, &Mode::eval())?;
+//! assert_eq!(out.logits.dims(), &[2, 100]);
+//! assert_eq!(out.feature.dims(), &[2, 128]); // what the linear layer reads
 //! # Ok(()) }
 //! ```
 
+use anytime_blocks::Mode;
 use anytime_blocks::layers::Linear;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::pool::avg_pool2d;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+/// What a head produces.
+///
+/// # Shapes
+/// `logits` `[N, classes]`; `feature` `[N, D]` with `D` the input width of the
+/// head's last linear layer, so that `logits = feature · Wᵀ + b`.
+#[derive(Debug, Clone)]
+pub struct HeadOutput {
+    /// Logits `[N, classes]`.
+    pub logits: Tensor,
+    /// The last linear layer's input `[N, D]`.
+    pub feature: Tensor,
+}
+
+impl HeadOutput {
+    /// Applies `linear` to `feature`.
+    fn from_feature(linear: &Linear, feature: Tensor) -> Result<Self> {
+        Ok(Self { logits: linear.forward(&feature)?, feature })
+    }
+}
 
 /// `ConvBasic(in, inner, 3, stride 2) → ConvBasic(inner, inner, 3, stride 2)
 /// → pool → Linear(inner, classes)`.
@@ -78,10 +104,16 @@ impl ConvHead {
         self.linear.out_features()
     }
 
+    /// Input width of the linear layer (the feature size `D`).
+    pub fn feature_dim(&self) -> usize {
+        self.linear.in_features()
+    }
+
     /// # Shapes
-    /// `[N, in, H, W]` (H, W in 5..=12) → logits `[N, classes]`.
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.m[1].forward_t(&self.m[0].forward_t(xs, train)?, train)?;
+    /// `[N, in, H, W]` (H, W in 5..=12) → logits `[N, classes]` and feature
+    /// `[N, inner]`.
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<HeadOutput> {
+        let ys = self.m[1].forward_t(&self.m[0].forward_t(xs, mode)?, mode)?;
         let pooled = match self.pool {
             HeadPool::Global => ys.mean((2, 3))?,
             HeadPool::Avg2 => {
@@ -98,7 +130,7 @@ impl ConvHead {
                 avg_pool2d(&ys, (2, 2), (2, 2), (0, 0), true)?.flatten_from(1)?
             }
         };
-        self.linear.forward(&pooled)
+        HeadOutput::from_feature(&self.linear, pooled)
     }
 }
 
@@ -140,10 +172,16 @@ impl LinearHead {
         self.linear.out_features()
     }
 
+    /// Input width of the linear layer (the feature size `D`).
+    pub fn feature_dim(&self) -> usize {
+        self.linear.in_features()
+    }
+
     /// # Shapes
-    /// `[N, C, H, W]` → logits `[N, classes]`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.linear.forward(&xs.mean((2, 3))?)
+    /// `[N, C, H, W]` → logits `[N, classes]` and feature `[N, C]` (the
+    /// pooled map).
+    pub fn forward(&self, xs: &Tensor) -> Result<HeadOutput> {
+        HeadOutput::from_feature(&self.linear, xs.mean((2, 3))?)
     }
 }
 
@@ -152,5 +190,45 @@ impl CountFlops for LinearHead {
         let p = c.global_avg_pool(x);
         self.linear.count_flops(c, p.n);
         Ok(Shape4::new(p.n, self.num_classes(), 1, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// The feature is what the linear layer reads: `feature · Wᵀ + b` gives
+    /// the logits, for both heads.
+    #[test]
+    fn the_feature_is_the_linear_layers_input() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let conv = ConvHead::with_pool(vb.pp("c"), 6, 8, 5, HeadPool::Global)?;
+        let lin = LinearHead::new(vb.pp("l"), 6, 5)?;
+        // A non-zero bias, so the check sees it.
+        let vars = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?.clone();
+        let var = |k: &str| -> Result<Var> {
+            vars.get(k).cloned().ok_or_else(|| candle_core::Error::Msg(format!("no variable {k}")))
+        };
+        for k in ["c.linear.bias", "l.bias"] {
+            var(k)?.set(&Tensor::arange(0f32, 5., &dev)?)?;
+        }
+        let xs = Tensor::randn(0f32, 1., (3, 6, 7, 7), &dev)?;
+        for (out, prefix, d) in [
+            (conv.forward_t(&xs, &Mode::eval())?, "c.linear", conv.feature_dim()),
+            (lin.forward(&xs)?, "l", lin.feature_dim()),
+        ] {
+            assert_eq!(out.feature.dims(), &[3, d]);
+            assert_eq!(out.logits.dims(), &[3, 5]);
+            let w = var(&format!("{prefix}.weight"))?;
+            let b = var(&format!("{prefix}.bias"))?;
+            let again = out.feature.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+            let diff = (again - &out.logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{prefix}: {diff}");
+        }
+        Ok(())
     }
 }

@@ -10,13 +10,14 @@
 //! (`classifier.<e>.*`).
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
+use anytime_blocks::Mode;
 use anytime_blocks::multiscale::ConvNormal;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
 use anytime_heads::{ConvHead, HeadPool};
 use anytime_ops::pool::avg_pool2d;
-use candle_core::{ModuleT, Tensor, bail};
+use candle_core::{Tensor, bail};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -178,12 +179,12 @@ impl MultiExit for DenseNetMc {
         Ok(c.finish())
     }
 
-    fn begin(&self, xs: &Tensor, _train: bool) -> candle_core::Result<ExitState> {
+    fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
         let e = state.next_exit();
         if e >= self.num_exits() {
             bail!("densenet_mc: all {} exits were already computed", self.num_exits())
@@ -192,17 +193,17 @@ impl MultiExit for DenseNetMc {
             bail!("densenet_mc: empty state")
         };
         if e == 0 {
-            x = self.stem.forward_t(&x, train)?;
+            x = self.stem.forward_t(&x, mode)?;
         }
         for item in &self.features[self.stage(e)] {
             x = match item {
-                Item::Layer(l) => l.forward_t(&x, train)?,
-                Item::Transition(t) => avg_pool2d(&t.forward_t(&x, train)?, (2, 2), (2, 2), (0, 0), true)?,
+                Item::Layer(l) => l.forward_t(&x, mode)?,
+                Item::Transition(t) => avg_pool2d(&t.forward_t(&x, mode)?, (2, 2), (2, 2), (0, 0), true)?,
             };
         }
-        let logits = self.classifier[e].forward_t(&x, train)?;
+        let out = self.classifier[e].forward_t(&x, mode)?;
         state.set(vec![vec![x]]);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 
@@ -225,7 +226,8 @@ mod tests {
             head_channels: 16,
         };
         let m = DenseNetMc::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
-        let out = m.forward_exits(&Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?, false)?;
+        let out =
+            m.forward_exits(&Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?, &anytime_blocks::Mode::eval())?;
         assert_eq!(out.len(), 3);
         let costs = m.exit_costs(28, 28)?;
         assert_eq!(costs.len(), 3);

@@ -3,12 +3,14 @@
 //!
 //! A [`MultiExit`] model runs in *stages*: stage k computes whatever exit k
 //! needs beyond what is already computed (MSDNet's lazy evaluation) and
-//! returns exit k's logits. [`MultiExit::begin`] starts a pass and
-//! [`MultiExit::advance`] runs one stage; the [`ExitState`] between stages
-//! holds the features later stages reuse and can be *compacted* to a subset of
-//! the batch, so samples that have left early cost nothing afterwards.
+//! returns exit k's [`ExitOutput`]: its logits and its feature.
+//! [`MultiExit::begin`] starts a pass and [`MultiExit::advance`] runs one
+//! stage; the [`ExitState`] between stages holds the features later stages
+//! reuse and can be *compacted* to a subset of the batch, so samples that have
+//! left early cost nothing afterwards.
 
 use crate::error::{ModelError, Result};
+use anytime_blocks::Mode;
 use anytime_flops::ExitCosts;
 use candle_core::{Tensor, bail};
 
@@ -99,19 +101,21 @@ pub trait MultiExit: Send + Sync {
     fn exit_costs(&self, h: usize, w: usize) -> Result<ExitCosts>;
 
     /// Starts a lazy pass over `xs` `[N, C, H, W]`: validates the input and
-    /// computes nothing else.
-    fn begin(&self, xs: &Tensor, train: bool) -> candle_core::Result<ExitState>;
+    /// computes nothing else. `mode` decides, per module, train or eval mode
+    /// (batch norm statistics) for every stage of the pass.
+    fn begin(&self, xs: &Tensor, mode: &Mode) -> candle_core::Result<ExitState>;
 
-    /// Runs the next stage and returns its exit's logits `[N, classes]`.
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor>;
+    /// Runs the next stage and returns its exit's logits `[N, classes]` and
+    /// feature `[N, D]`.
+    fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput>;
 
-    /// Logits of every exit, in order.
+    /// Logits and features of every exit, in order.
     ///
     /// # Shapes
-    /// `[N, C, H, W]` → `num_exits` × `[N, classes]`.
-    fn forward_exits(&self, xs: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
-        let mut state = self.begin(xs, train)?;
-        (0..self.num_exits()).map(|_| self.advance(&mut state, train)).collect()
+    /// `[N, C, H, W]` → `num_exits` × (`[N, classes]`, `[N, D_k]`).
+    fn forward_exits(&self, xs: &Tensor, mode: &Mode) -> candle_core::Result<Vec<ExitOutput>> {
+        let mut state = self.begin(xs, mode)?;
+        (0..self.num_exits()).map(|_| self.advance(&mut state, mode)).collect()
     }
 }
 
@@ -152,17 +156,20 @@ pub fn check_input(model: &dyn MultiExit, dims: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// A lazy iterator over a model's exits: the k-th item is exit k's logits,
-/// computed only when asked for, so a caller can stop anywhere.
+/// A lazy iterator over a model's exits: the k-th item is exit k's output
+/// (logits and feature), computed only when asked for, so a caller can stop
+/// anywhere.
 pub struct Anytime<'a> {
     model: &'a dyn MultiExit,
     state: ExitState,
+    mode: Mode,
 }
 
 impl<'a> Anytime<'a> {
     /// Starts an eval-mode pass over `xs`.
     pub fn new(model: &'a dyn MultiExit, xs: &Tensor) -> candle_core::Result<Self> {
-        Ok(Self { model, state: model.begin(xs, false)? })
+        let mode = Mode::eval();
+        Ok(Self { model, state: model.begin(xs, &mode)?, mode })
     }
 
     /// The state between stages (for compaction by the caller).
@@ -172,10 +179,10 @@ impl<'a> Anytime<'a> {
 }
 
 impl Iterator for Anytime<'_> {
-    type Item = candle_core::Result<Tensor>;
+    type Item = candle_core::Result<ExitOutput>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        (self.state.next_exit() < self.model.num_exits()).then(|| self.model.advance(&mut self.state, false))
+        (self.state.next_exit() < self.model.num_exits()).then(|| self.model.advance(&mut self.state, &self.mode))
     }
 }
 
@@ -210,11 +217,12 @@ pub fn classify_early_exit(
         bail!("early exit: {} exit costs for a model with {k_exits} exits", exit_mflops.len())
     }
     let n = xs.dim(0)?;
-    let mut state = model.begin(xs, false)?;
+    let eval = Mode::eval();
+    let mut state = model.begin(xs, &eval)?;
     let mut alive: Vec<usize> = (0..n).collect();
     let mut out: Vec<Option<ExitDecision>> = vec![None; n];
     for (k, &mflops) in exit_mflops.iter().enumerate() {
-        let rows = model.advance(&mut state, false)?.to_vec2::<f32>()?;
+        let rows = model.advance(&mut state, &eval)?.logits.to_vec2::<f32>()?;
         let last = k + 1 == k_exits;
         let mut keep = Vec::with_capacity(rows.len());
         for (j, row) in rows.iter().enumerate() {
@@ -296,12 +304,13 @@ pub fn classify_anytime(
         bail!("anytime: the deadline must be positive")
     }
     let start = std::time::Instant::now();
-    let mut state = model.begin(xs, false)?;
-    let mut logits = model.advance(&mut state, false)?;
+    let eval = Mode::eval();
+    let mut state = model.begin(xs, &eval)?;
+    let mut logits = model.advance(&mut state, &eval)?.logits;
     let late = start.elapsed() > deadline;
     let mut exit = 0;
     while !late && state.next_exit() < model.num_exits() && start.elapsed() < deadline {
-        let next = model.advance(&mut state, false)?;
+        let next = model.advance(&mut state, &eval)?.logits;
         if start.elapsed() > deadline {
             break;
         }
@@ -353,8 +362,11 @@ mod tests {
     fn real_equals_simulated(m: &dyn MultiExit, name: &str) -> candle_core::Result<()> {
         const N: usize = 40;
         let xs = seeded_batch(N, 7)?;
-        let logits: Vec<Vec<Vec<f32>>> =
-            m.forward_exits(&xs, false)?.iter().map(|t| t.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
+        let logits: Vec<Vec<Vec<f32>>> = m
+            .forward_exits(&xs, &Mode::eval())?
+            .iter()
+            .map(|o| o.logits.to_vec2::<f32>())
+            .collect::<candle_core::Result<_>>()?;
         let labels: Vec<u32> = (0..N as u32).map(|i| i % 10).collect();
         let costs = m.exit_costs(28, 28).expect("costs").mflops(anytime_flops::Mode::Reference);
         for conf in [Confidence::MaxSoftmax, Confidence::Entropy, Confidence::Margin] {
@@ -400,14 +412,58 @@ mod tests {
         Ok(())
     }
 
+    /// Frozen modules run in eval mode inside a training pass: their batch
+    /// norm statistics stay bit-identical while the others' change, and an
+    /// exit computed only by frozen modules equals its eval-mode output.
+    #[test]
+    fn frozen_modules_keep_their_statistics() -> candle_core::Result<()> {
+        let vm = VarMap::new();
+        let cfg = MsdNetConfig { num_classes: 10, in_channels: 1, ..crate::registry::msdnet_tiny() };
+        let m = MsdNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).expect("model");
+        let stats = || -> candle_core::Result<Vec<(String, Vec<f32>)>> {
+            let data = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let mut v: Vec<(String, Vec<f32>)> = data
+                .iter()
+                .filter(|(k, _)| k.ends_with("running_mean") || k.ends_with("running_var"))
+                .map(|(k, t)| Ok((k.clone(), t.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+                .collect::<candle_core::Result<_>>()?;
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(v)
+        };
+        let xs = seeded_batch(8, 3)?;
+        let eval = m.forward_exits(&xs, &Mode::eval())?;
+        let before = stats()?;
+        let frozen = ["blocks.0".to_string(), "classifier.0".to_string()];
+        let mode = Mode::train().with_frozen(frozen.clone());
+        let train = m.forward_exits(&xs, &mode)?;
+        let after = stats()?;
+        let is_frozen = |k: &str| frozen.iter().any(|p| anytime_blocks::mode::within(k, p));
+        let (mut kept, mut changed) = (0, 0);
+        for ((k, a), (_, b)) in before.iter().zip(&after) {
+            if is_frozen(k) {
+                assert_eq!(a, b, "{k} is frozen but its statistics changed");
+                kept += 1;
+            } else if a != b {
+                changed += 1;
+            }
+        }
+        assert!(kept > 0 && changed > 0, "{kept} frozen, {changed} changed");
+        // Exit 0 reads only block 0 and classifier 0, both frozen.
+        assert_eq!(train[0].logits.to_vec2::<f32>()?, eval[0].logits.to_vec2::<f32>()?);
+        assert_eq!(train[0].feature.to_vec2::<f32>()?, eval[0].feature.to_vec2::<f32>()?);
+        // Exit 1 is not frozen: batch statistics change it.
+        assert_ne!(train[1].logits.to_vec2::<f32>()?, eval[1].logits.to_vec2::<f32>()?);
+        Ok(())
+    }
+
     #[test]
     fn deadlines() -> candle_core::Result<()> {
         let m = model();
         let xs = Tensor::randn(0f32, 1., (2, 1, 28, 28), &Device::Cpu)?;
         let r = classify_anytime(&m, &xs, std::time::Duration::from_secs(60))?;
         assert_eq!(r.exit, m.num_exits() - 1);
-        let full = m.forward_exits(&xs, false)?;
-        assert_eq!(r.logits.to_vec2::<f32>()?, full[m.num_exits() - 1].to_vec2::<f32>()?);
+        let full = m.forward_exits(&xs, &Mode::eval())?;
+        assert_eq!(r.logits.to_vec2::<f32>()?, full[m.num_exits() - 1].logits.to_vec2::<f32>()?);
         let r = classify_anytime(&m, &xs, std::time::Duration::from_nanos(1))?;
         assert_eq!(r.exit, 0);
         assert!(classify_anytime(&m, &xs, std::time::Duration::ZERO).is_err());

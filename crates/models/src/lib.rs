@@ -5,6 +5,7 @@
 //! ```
 //! use anytime_models::msdnet::{MsdNet, MsdNetConfig};
 //! use anytime_models::MultiExit;
+//! use anytime_blocks::Mode;
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
 //! # fn main() -> anytime_models::Result<()> {
@@ -13,8 +14,9 @@
 //! let costs = model.exit_costs(32, 32)?;
 //! assert_eq!(costs.len(), 7);
 //! let xs = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?;
-//! let logits = model.forward_exits(&xs, false)?;
-//! assert_eq!(logits[6].dims(), &[1, 100]);
+//! let exits = model.forward_exits(&xs, &Mode::eval())?;
+//! assert_eq!(exits[6].logits.dims(), &[1, 100]);
+//! assert_eq!(exits[6].feature.dims(), &[1, 128]); // what its linear layer reads
 //! # Ok(()) }
 //! ```
 

@@ -13,8 +13,9 @@
 //! after block b. Evaluation is lazy: stage b runs block b and classifier b.
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use crate::refargs::{self, COMMON, Namespace, OptSpec, choice, opt};
+use anytime_blocks::Mode;
 use anytime_blocks::multiscale::{MsdLayer, ScaleFactors, Transition};
 use anytime_blocks::stem::{FirstLayer, StemKind};
 use anytime_flops::{Counter, ExitCosts, Shape4};
@@ -441,16 +442,16 @@ impl MsdNet {
         &self.cfg
     }
 
-    fn run_block(&self, b: usize, xs: Vec<Tensor>, train: bool) -> candle_core::Result<Vec<Tensor>> {
+    fn run_block(&self, b: usize, xs: Vec<Tensor>, mode: &Mode) -> candle_core::Result<Vec<Tensor>> {
         let mut xs = xs;
         for item in &self.blocks[b] {
             xs = match item {
                 Item::First(f) => match xs.as_slice() {
-                    [x] => f.forward_t(x, train)?,
+                    [x] => f.forward_t(x, mode)?,
                     _ => bail!("msdnet: the first layer takes one input"),
                 },
-                Item::Layer(l) => l.forward_t(&xs, train)?,
-                Item::Transition(t) => t.forward_t(&xs, train)?,
+                Item::Layer(l) => l.forward_t(&xs, mode)?,
+                Item::Transition(t) => t.forward_t(&xs, mode)?,
             };
         }
         Ok(xs)
@@ -493,22 +494,22 @@ impl MultiExit for MsdNet {
         Ok(c.finish())
     }
 
-    fn begin(&self, xs: &Tensor, _train: bool) -> candle_core::Result<ExitState> {
+    fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
         let b = state.next_exit();
         if b >= self.cfg.n_blocks {
             bail!("msdnet: all {} exits were already computed", self.cfg.n_blocks)
         }
         let feats = state.feats().first().cloned().unwrap_or_default();
-        let feats = self.run_block(b, feats, train)?;
+        let feats = self.run_block(b, feats, mode)?;
         let coarsest = feats.last().ok_or_else(|| candle_core::Error::Msg("msdnet: no scale left".into()))?;
-        let logits = self.classifier[b].forward_t(coarsest, train)?;
+        let out = self.classifier[b].forward_t(coarsest, mode)?;
         state.set(vec![feats]);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 
@@ -629,11 +630,12 @@ mod tests {
         let cfg = MsdNetConfig::from_json(&testutil::json(FIXTURE, "config.json")).unwrap();
         let model = zeros(&cfg);
         let xs = Tensor::randn(0f32, 1., (3, 3, 20, 28), &Device::Cpu)?;
-        let full = model.forward_exits(&xs, false)?;
-        let lazy: Vec<Tensor> = crate::exit::Anytime::new(&model, &xs)?.collect::<candle_core::Result<_>>()?;
+        let full = model.forward_exits(&xs, &anytime_blocks::Mode::eval())?;
+        let lazy: Vec<ExitOutput> = crate::exit::Anytime::new(&model, &xs)?.collect::<candle_core::Result<_>>()?;
         assert_eq!(full.len(), lazy.len());
         for (a, b) in full.iter().zip(&lazy) {
-            assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+            assert_eq!(a.logits.to_vec2::<f32>()?, b.logits.to_vec2::<f32>()?);
+            assert_eq!(a.feature.to_vec2::<f32>()?, b.feature.to_vec2::<f32>()?);
         }
         Ok(())
     }
@@ -654,10 +656,10 @@ mod golden {
         let (input, expected) = testutil::io(name, "io.safetensors");
         for file in ["state_dict.safetensors", "checkpoint.pth.tar"] {
             let model = load_model(&cfg, &testutil::fixture(name).join(file)).unwrap();
-            let got = model.forward_exits(&input, false).unwrap();
+            let got = model.forward_exits(&input, &anytime_blocks::Mode::eval()).unwrap();
             assert_eq!(got.len(), expected.len());
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                testutil::assert_close(&format!("{file} exit {i}"), g, e);
+                testutil::assert_close(&format!("{file} exit {i}"), &g.logits, e);
             }
         }
     }

@@ -16,8 +16,9 @@
 //! exactly the blocks exit k needs beyond what is computed.
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use crate::refargs::{self, COMMON, Namespace, OptSpec, choice, flag, opt};
+use anytime_blocks::Mode;
 use anytime_blocks::dense::DenseBlock;
 use anytime_blocks::fusion::{UpBlock, UpBlockSpec};
 use anytime_blocks::stem::{FirstLayer, StemKind};
@@ -443,12 +444,12 @@ impl MultiExit for RaNet {
         Ok(c.finish())
     }
 
-    fn begin(&self, xs: &Tensor, _train: bool) -> candle_core::Result<ExitState> {
+    fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
         let e = state.next_exit();
         if e >= self.exits.len() {
             bail!("ranet: all {} exits were already computed", self.exits.len())
@@ -460,7 +461,7 @@ impl MultiExit for RaNet {
         let mut feats = state.feats().to_vec();
         if e == 0 {
             let Some(xs) = feats.first().and_then(|g| g.first()) else { bail!("ranet: empty state") };
-            let mut inp = self.first.forward_t(xs, train)?;
+            let mut inp = self.first.forward_t(xs, mode)?;
             inp.reverse();
             feats = vec![inp, Vec::new()];
         }
@@ -481,19 +482,19 @@ impl MultiExit for RaNet {
         let Some(mut x) = feats[1].first().cloned() else { bail!("ranet: no current features at exit {e}") };
         for pos in range {
             let (y, outs) = match &self.flows[f][pos] {
-                Block::Dense(d) => d.forward_t(&x, train)?,
+                Block::Dense(d) => d.forward_t(&x, mode)?,
                 Block::Up(u) => {
                     let Some(l) = low.get(pos) else { bail!("ranet: flow {f} block {pos} has no coarser features") };
-                    u.forward_t(&x, l, train)?
+                    u.forward_t(&x, l, mode)?
                 }
             };
             x = y;
             feats.push(outs);
         }
-        let logits = self.classifier[e].forward_t(&x, train)?;
+        let out = self.classifier[e].forward_t(&x, mode)?;
         feats[1] = vec![x];
         state.set(feats);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 
@@ -567,10 +568,10 @@ mod tests {
                 panic!("{} missing", path.display());
             }
             let model = load_model(&cfg, &path).unwrap();
-            let got = model.forward_exits(&input, false).unwrap();
+            let got = model.forward_exits(&input, &anytime_blocks::Mode::eval()).unwrap();
             assert_eq!(got.len(), expected.len());
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                testutil::assert_close(&format!("{file} exit {i}"), g, e);
+                testutil::assert_close(&format!("{file} exit {i}"), &g.logits, e);
             }
         }
     }
@@ -591,16 +592,22 @@ mod tests {
         let vm = VarMap::new();
         let model = RaNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
         let xs = Tensor::randn(0f32, 1., (4, 3, 32, 32), &Device::Cpu)?;
-        let full = model.forward_exits(&xs, false)?;
-        let mut state = model.begin(&xs, false)?;
+        let full = model.forward_exits(&xs, &anytime_blocks::Mode::eval())?;
+        let mut state = model.begin(&xs, &anytime_blocks::Mode::eval())?;
         let mut keep: Vec<u32> = vec![0, 1, 2, 3];
         for (e, want) in full.iter().enumerate() {
-            let got = model.advance(&mut state, false)?;
-            let want = want.index_select(&Tensor::new(keep.as_slice(), &Device::Cpu)?, 0)?;
+            let got = model.advance(&mut state, &anytime_blocks::Mode::eval())?;
+            let rows = Tensor::new(keep.as_slice(), &Device::Cpu)?;
             // Another batch size changes the GEMMs' summation order, so the
             // comparison allows float round-off (random, un-normalised weights
             // give large activations).
-            testutil::assert_close_tol(&format!("exit {e}"), &got, &want, 1e-3);
+            testutil::assert_close_tol(&format!("exit {e}"), &got.logits, &want.logits.index_select(&rows, 0)?, 1e-3);
+            testutil::assert_close_tol(
+                &format!("exit {e} feature"),
+                &got.feature,
+                &want.feature.index_select(&rows, 0)?,
+                1e-3,
+            );
             if e == 1 || e == 2 {
                 // Drop the first remaining sample, as real early exit does.
                 let positions: Vec<u32> = (1..keep.len() as u32).collect();
@@ -621,7 +628,8 @@ mod tests {
             ..RaNetConfig::cifar10_readme()
         };
         let m = zeros(&cfg);
-        let out = m.forward_exits(&Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?, false)?;
+        let out =
+            m.forward_exits(&Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?, &anytime_blocks::Mode::eval())?;
         assert_eq!(out.len(), m.num_exits());
         assert!(m.exit_costs(32, 32).is_ok());
         Ok(())

@@ -348,11 +348,12 @@ mod tests {
             assert_eq!(costs.len(), m.num_exits(), "{}", e.name);
             if h * w <= 32 * 32 {
                 let xs = Tensor::zeros((2, c, h, w), DType::F32, &Device::Cpu).expect("input");
-                let out = m.forward_exits(&xs, false).expect(e.name);
+                let out = m.forward_exits(&xs, &anytime_blocks::Mode::eval()).expect(e.name);
                 assert_eq!(out.len(), m.num_exits());
                 for o in out {
-                    assert_eq!(o.dims(), &[2, m.num_classes()]);
-                    assert!(o.to_vec2::<f32>().expect("values").iter().flatten().all(|v| v.is_finite()));
+                    assert_eq!(o.logits.dims(), &[2, m.num_classes()]);
+                    assert_eq!(o.feature.dims()[0], 2);
+                    assert!(o.logits.to_vec2::<f32>().expect("values").iter().flatten().all(|v| v.is_finite()));
                 }
             }
         }
@@ -402,10 +403,10 @@ mod golden {
             let extra = testutil::json(name, "config.json")["extra_io_files"].as_object().cloned().unwrap_or_default();
             for file in std::iter::once("io.safetensors".to_string()).chain(extra.keys().cloned()) {
                 let (input, expected) = testutil::io(name, &file);
-                let got = model.forward_exits(&input, false).expect(name);
+                let got = model.forward_exits(&input, &anytime_blocks::Mode::eval()).expect(name);
                 assert_eq!(got.len(), expected.len(), "{name}");
                 for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                    testutil::assert_close(&format!("{name} {file} exit {i}"), g, e);
+                    testutil::assert_close(&format!("{name} {file} exit {i}"), &g.logits, e);
                 }
             }
             let flops = testutil::json(name, "flops.json");

@@ -9,12 +9,13 @@
 //! pooling, so they fit any map size.
 
 use crate::error::{ConfigError, ModelError, Result};
-use crate::exit::{ExitState, MultiExit, check_input};
+use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
+use anytime_blocks::Mode;
 use anytime_blocks::residual::BasicBlock;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
 use anytime_heads::{ConvHead, HeadPool};
-use candle_core::{ModuleT, Tensor, bail};
+use candle_core::{Tensor, bail};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -165,12 +166,12 @@ impl MultiExit for ResNetMc {
         Ok(c.finish())
     }
 
-    fn begin(&self, xs: &Tensor, _train: bool) -> candle_core::Result<ExitState> {
+    fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
     }
 
-    fn advance(&self, state: &mut ExitState, train: bool) -> candle_core::Result<Tensor> {
+    fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
         let e = state.next_exit();
         if e >= self.num_exits() {
             bail!("resnet_mc: all {} exits were already computed", self.num_exits())
@@ -179,14 +180,14 @@ impl MultiExit for ResNetMc {
             bail!("resnet_mc: empty state")
         };
         if e == 0 {
-            x = self.stem.forward_t(&x, train)?;
+            x = self.stem.forward_t(&x, mode)?;
         }
         for b in self.block_range(e) {
-            x = self.blocks[b].forward_t(&x, train)?;
+            x = self.blocks[b].forward_t(&x, mode)?;
         }
-        let logits = self.classifier[e].forward_t(&x, train)?;
+        let out = self.classifier[e].forward_t(&x, mode)?;
         state.set(vec![vec![x]]);
-        Ok(logits)
+        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 
@@ -211,9 +212,9 @@ mod tests {
     fn exits_shapes_and_costs() -> Result<()> {
         let m = ResNetMc::new(&cfg(), VarBuilder::zeros(DType::F32, &Device::Cpu))?;
         let xs = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
-        let out = m.forward_exits(&xs, false)?;
+        let out = m.forward_exits(&xs, &anytime_blocks::Mode::eval())?;
         assert_eq!(out.len(), 3);
-        assert!(out.iter().all(|o| o.dims() == [2, 10]));
+        assert!(out.iter().all(|o| o.logits.dims() == [2, 10] && o.feature.dims() == [2, 16]));
         let costs = m.exit_costs(28, 28)?;
         assert!(costs.exits.windows(2).all(|w| w[0].macs < w[1].macs));
         Ok(())

@@ -45,6 +45,10 @@ pub struct TrainState {
     /// initialisation.
     #[serde(default)]
     pub init_from: Option<String>,
+    /// The state of the objective's random generator at the checkpoint
+    /// (absent before the first checkpoint: a fresh generator).
+    #[serde(default)]
+    pub rng: Option<crate::objective::RngState>,
 }
 
 impl TrainState {
@@ -76,6 +80,9 @@ pub struct PartialEpoch {
     pub correct: Vec<u64>,
     /// Training images seen.
     pub total: u64,
+    /// Sums of the objective's logged scalars.
+    #[serde(default)]
+    pub logged: BTreeMap<String, f64>,
 }
 
 /// A checkpoint in memory.

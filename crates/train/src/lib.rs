@@ -1,15 +1,19 @@
 //! Training for multi-exit networks on Candle.
 //!
 //! - [`loss`]: the multi-exit loss (weighted sum of cross-entropies, optional
-//!   self-distillation from the last exit);
+//!   self-distillation from the last exit and feature hint);
+//! - [`objective`]: what a training step computes (the multi-exit loss by
+//!   default, or a stochastic objective with a checkpointed generator);
 //! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch's exact
-//!   rule), AdamW, gradient clipping;
+//!   rule), AdamW, gradient clipping, parameter groups (learning-rate
+//!   factors, weight decays, frozen parts);
 //! - [`schedule`]: multistep, cosine and cyclic cosine schedules with warm-up;
 //! - [`swa`]: stochastic weight averaging and batch-norm recalibration;
 //! - [`init`]: deterministic, seeded initialisation;
 //! - [`checkpoint`] and [`trainer`]: resumable, atomic checkpoints and the
 //!   loop, for any [`anytime_models::MultiExit`] model;
-//! - [`metrics`] and [`plot`]: per-exit accuracy, a JSON-lines log, SVG curves.
+//! - [`metrics`] and [`plot`]: per-exit accuracy, a JSON-lines log, SVG curves;
+//! - [`recipes`]: each trainable model's recipe, a list of stages.
 //!
 //! ```
 //! use anytime_train::optim::{OptimConfig, Optimizer};
@@ -28,6 +32,7 @@ pub mod error;
 pub mod init;
 pub mod loss;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod recipes;

@@ -57,6 +57,9 @@ pub struct EpochMetrics {
     /// Held-out accuracy per exit of the weight average (weight averaging only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swa_val_acc: Option<Vec<f64>>,
+    /// Epoch means of the scalars the objective logs (e.g. its loss terms).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub train_logged: std::collections::BTreeMap<String, f64>,
 }
 
 /// Evaluates every exit on `batches` (eval mode).
@@ -67,7 +70,8 @@ where
     let mut acc = ExitAccuracy::default();
     for b in batches {
         let (xs, ys) = b?;
-        acc.update(&model.forward_exits(&xs, false)?, &ys)?;
+        let exits = crate::objective::forward(model, &xs, &anytime_blocks::Mode::eval())?;
+        acc.update(&exits.into_iter().map(|e| e.logits).collect::<Vec<_>>(), &ys)?;
     }
     Ok(acc)
 }
@@ -113,7 +117,7 @@ where
         let mut logits = Vec::with_capacity(k);
         for (i, l) in anytime_models::Anytime::new(model, &xs)?.enumerate() {
             // Force the computation before reading the clock.
-            let l = l?.contiguous()?;
+            let l = l?.logits.contiguous()?;
             out.seconds[i] += start.elapsed().as_secs_f64();
             logits.push(l);
         }

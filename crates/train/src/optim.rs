@@ -3,6 +3,10 @@
 //!
 //! Both keep their state (momentum buffers, moments, step count) as named
 //! tensors so a checkpoint can save and restore it exactly.
+//!
+//! [`ParamGroup`]s select parameters by name prefix and give them their own
+//! learning-rate multiplier and weight decay, or freeze them: a frozen
+//! parameter is not optimised and has no optimiser state.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
@@ -69,10 +73,79 @@ impl OptimConfig {
     }
 }
 
+/// Parameters selected by name prefix, with their own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroup {
+    /// The variables named `prefix` or `prefix.…` (the empty prefix selects
+    /// everything). A variable in several groups belongs to the one with the
+    /// longest prefix.
+    pub prefix: String,
+    /// Factor on the scheduled learning rate.
+    #[serde(default = "one")]
+    pub lr_mult: f64,
+    /// Weight decay instead of the optimiser's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// Not optimised; its modules run in eval mode (batch-norm statistics
+    /// are not updated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl ParamGroup {
+    /// A group of the variables under `prefix` with the optimiser's settings.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into(), lr_mult: 1.0, weight_decay: None, frozen: false }
+    }
+
+    /// The group of `name`: the one with the longest prefix that holds it.
+    pub fn of<'a>(groups: &'a [ParamGroup], name: &str) -> Option<&'a ParamGroup> {
+        groups
+            .iter()
+            .filter(|g| anytime_blocks::mode::within(name, g.prefix.trim_end_matches('.')))
+            .max_by_key(|g| g.prefix.trim_end_matches('.').len())
+    }
+
+    /// Checks the groups against the model's variable names: valid values,
+    /// no prefix twice, every prefix selecting at least one variable.
+    pub fn validate<'a>(
+        groups: &[ParamGroup],
+        names: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> std::result::Result<(), String> {
+        for (i, g) in groups.iter().enumerate() {
+            let p = g.prefix.trim_end_matches('.');
+            if !(g.lr_mult >= 0.0 && g.lr_mult.is_finite()) {
+                return Err(format!(
+                    "group '{p}': learning-rate multiplier must be finite and >= 0, got {}",
+                    g.lr_mult
+                ));
+            }
+            if let Some(wd) = g.weight_decay.filter(|wd| !(*wd >= 0.0 && wd.is_finite())) {
+                return Err(format!("group '{p}': weight decay must be finite and >= 0, got {wd}"));
+            }
+            if groups[..i].iter().any(|o| o.prefix.trim_end_matches('.') == p) {
+                return Err(format!("group '{p}' is given twice"));
+            }
+            if !names.clone().into_iter().any(|n| anytime_blocks::mode::within(n, p)) {
+                return Err(format!("group '{p}' selects no variable of the model"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An optimiser over named parameters.
 pub struct Optimizer {
     cfg: OptimConfig,
     params: Vec<(String, Var)>,
+    /// Per parameter (in the order of `params`): learning-rate factor and
+    /// weight decay.
+    settings: Vec<(f64, f64)>,
     step: u64,
     /// Momentum buffers (SGD) or first moments (AdamW).
     m: BTreeMap<String, Tensor>,
@@ -82,9 +155,24 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// An optimiser over `params` (sorted by name for a deterministic order).
-    pub fn new(cfg: OptimConfig, mut params: Vec<(String, Var)>) -> Self {
+    pub fn new(cfg: OptimConfig, params: Vec<(String, Var)>) -> Self {
+        Self::with_groups(cfg, params, &[])
+    }
+
+    /// An optimiser over `params` with the settings of their [`ParamGroup`]s
+    /// (see [`ParamGroup::of`]); frozen parameters are left out. Parameters
+    /// in no group get the optimiser's settings.
+    pub fn with_groups(cfg: OptimConfig, mut params: Vec<(String, Var)>, groups: &[ParamGroup]) -> Self {
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        Self { cfg, params, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        params.retain(|(n, _)| !ParamGroup::of(groups, n).is_some_and(|g| g.frozen));
+        let wd = match cfg {
+            OptimConfig::Sgd { weight_decay, .. } | OptimConfig::AdamW { weight_decay, .. } => weight_decay,
+        };
+        let settings = params
+            .iter()
+            .map(|(n, _)| ParamGroup::of(groups, n).map_or((1.0, wd), |g| (g.lr_mult, g.weight_decay.unwrap_or(wd))))
+            .collect();
+        Self { cfg, params, settings, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
     }
 
     /// Steps taken so far.
@@ -123,13 +211,14 @@ impl Optimizer {
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        for (name, p) in &self.params {
+        for ((name, p), &(mult, weight_decay)) in self.params.iter().zip(&self.settings) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
+            let lr = lr * mult;
             // Detached: the update must not record an autograd graph, or every
             // momentum buffer would keep all previous steps alive.
             let (g, w) = (&g.detach(), &p.as_tensor().detach());
             match self.cfg {
-                OptimConfig::Sgd { momentum, nesterov, weight_decay } => {
+                OptimConfig::Sgd { momentum, nesterov, .. } => {
                     let mut d = if weight_decay != 0.0 { (g + (w * weight_decay)?)? } else { g.clone() };
                     if momentum != 0.0 {
                         let buf = match self.m.get(name) {
@@ -141,7 +230,7 @@ impl Optimizer {
                     }
                     p.set(&(w - (d * lr)?)?)?;
                 }
-                OptimConfig::AdamW { beta1, beta2, eps, weight_decay } => {
+                OptimConfig::AdamW { beta1, beta2, eps, .. } => {
                     let m = match self.m.get(name) {
                         Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
                         None => (g * (1.0 - beta1))?,
@@ -257,6 +346,45 @@ mod tests {
         let mut bad = state;
         bad.insert("m.nope".into(), Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu)?);
         assert!(other.load_state(bad, 1).is_err());
+        Ok(())
+    }
+
+    /// Groups: the longest prefix wins, a multiplier scales the step, a
+    /// weight-decay override replaces the optimiser's, a frozen parameter
+    /// neither moves nor gets state; bad groups are named.
+    #[test]
+    fn groups_scale_override_and_freeze() -> Result<()> {
+        let dev = Device::Cpu;
+        let names = ["a.x", "a.b.y", "c.z", "ab.w"];
+        let vars: Vec<(String, Var)> =
+            names.iter().map(|n| Ok((n.to_string(), Var::new(&[1.0f32], &dev)?))).collect::<Result<_>>()?;
+        let groups = vec![
+            ParamGroup { lr_mult: 0.5, ..ParamGroup::new("a") },
+            ParamGroup { weight_decay: Some(1.0), ..ParamGroup::new("a.b.") },
+            ParamGroup { frozen: true, ..ParamGroup::new("c") },
+        ];
+        ParamGroup::validate(&groups, names).map_err(candle_core::Error::Msg)?;
+        assert_eq!(ParamGroup::of(&groups, "a.b.y").map(|g| g.prefix.as_str()), Some("a.b."));
+        assert!(ParamGroup::of(&groups, "ab.w").is_none());
+        let cfg = OptimConfig::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        let mut opt = Optimizer::with_groups(cfg, vars.clone(), &groups);
+        assert_eq!(opt.params().len(), 3);
+        let loss = vars.iter().map(|(_, v)| v.as_tensor().sum_all()).reduce(|a, b| a? + b?).expect("vars")?;
+        opt.step(&loss.backward()?, 0.1)?;
+        let got: Vec<f32> =
+            vars.iter().map(|(_, v)| v.as_tensor().to_vec1::<f32>().map(|v| v[0])).collect::<Result<_>>()?;
+        // a.x: 1 − 0.05; a.b.y: 1 − 0.1·(1 + 1); c.z frozen; ab.w: 1 − 0.1.
+        assert_eq!(got, vec![1.0 - 0.05, 1.0 - 0.2, 1.0, 1.0 - 0.1]);
+        let mom = Optimizer::with_groups(OptimConfig::msdnet_sgd(), vars.clone(), &groups);
+        let mut mom = mom;
+        mom.step(&vars[2].1.as_tensor().sum_all()?.backward()?, 0.1)?;
+        assert!(mom.state().0.keys().all(|k| !k.contains("c.z")), "a frozen parameter has no state");
+        let bad = |g: ParamGroup| ParamGroup::validate(&[g], names).err().unwrap_or_default();
+        assert!(bad(ParamGroup::new("nope")).contains("'nope' selects no variable"));
+        assert!(bad(ParamGroup { lr_mult: -1.0, ..ParamGroup::new("a") }).contains("'a'"));
+        assert!(bad(ParamGroup { weight_decay: Some(f64::NAN), ..ParamGroup::new("a") }).contains("weight decay"));
+        let twice = ParamGroup::validate(&[ParamGroup::new("a"), ParamGroup::new("a.")], names);
+        assert!(twice.is_err_and(|e| e.contains("twice")));
         Ok(())
     }
 

@@ -1,9 +1,19 @@
 //! Training recipes: for each trainable registry model, the data, the
-//! augmentation and the hyper-parameters that produced its shipped weights.
+//! augmentation and the stages (each with its hyper-parameters) that
+//! produced its shipped weights.
+//!
+//! ```
+//! let r = anytime_train::recipes::recipe("msdnet-fmnist")?;
+//! assert_eq!(r.stages.iter().map(|s| s.name).collect::<Vec<_>>(), ["main", "swa"]);
+//! assert_eq!(r.run_dir("swa")?, std::path::Path::new("runs/msdnet-fmnist/swa"));
+//! assert_eq!(r.previous("swa")?.map(|s| s.name), Some("main"));
+//! # Ok::<(), anytime_train::Error>(())
+//! ```
 
 use crate::error::{Error, Result};
-use crate::loss::LossConfig;
-use crate::optim::OptimConfig;
+use crate::loss::{FeatureHint, LossConfig, Reduction};
+use crate::objective::ObjectiveConfig;
+use crate::optim::{OptimConfig, ParamGroup};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::swa::SwaConfig;
 use crate::trainer::TrainSpec;
@@ -14,8 +24,10 @@ use anytime_data::loader::Augment;
 pub struct Recipe {
     /// The registry model it trains.
     pub model: &'static str,
-    /// Epochs, optimiser, schedule, loss, seed.
-    pub spec: TrainSpec,
+    /// The stages, in order; the first trains from the seeded
+    /// initialisation, every later one starts from the previous stage's
+    /// best weights.
+    pub stages: Vec<Stage>,
     /// Samples per batch.
     pub batch_size: usize,
     /// Training augmentation.
@@ -25,43 +37,71 @@ pub struct Recipe {
     /// Seed of the held-out split (kept apart from the training seed so the
     /// split never changes).
     pub split_seed: u64,
-    /// A second stage that starts from the first stage's best weights
-    /// (`anytime train --stage swa --init runs/<model>/best.safetensors`):
-    /// stochastic weight averaging over a cyclic schedule.
-    pub swa_stage: Option<TrainSpec>,
+}
+
+/// One stage of a recipe: a training run with its own epochs, optimiser,
+/// schedule, parameter groups and objective.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Its name (`main`, `swa`, …): `anytime train --stage <name>`, and the
+    /// run directory of a later stage.
+    pub name: &'static str,
+    /// Its settings.
+    pub spec: TrainSpec,
 }
 
 impl Recipe {
-    /// The settings of `stage`, or an error when the recipe has no such stage.
-    pub fn stage(&self, stage: Stage) -> Result<&TrainSpec> {
-        match stage {
-            Stage::Main => Ok(&self.spec),
-            Stage::Swa => self
-                .swa_stage
-                .as_ref()
-                .ok_or_else(|| Error::Config(format!("the recipe of '{}' has no weight-averaging stage", self.model))),
-        }
+    /// The stage called `name` and its position, or an error naming the
+    /// recipe's stages.
+    pub fn stage(&self, name: &str) -> Result<(usize, &Stage)> {
+        self.stages.iter().enumerate().find(|(_, s)| s.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.stages.iter().map(|s| s.name).collect();
+            Error::Config(format!(
+                "the recipe of '{}' has no stage '{name}' (its stages: {})",
+                self.model,
+                names.join(", ")
+            ))
+        })
     }
-}
 
-/// A stage of a recipe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Training from the seeded initialisation.
-    Main,
-    /// Stochastic weight averaging from the main stage's best weights.
-    Swa,
-}
+    /// The first stage's name.
+    pub fn first_stage(&self) -> &'static str {
+        self.stages.first().map_or("main", |s| s.name)
+    }
 
-impl Stage {
-    /// The default run directory of this stage of `model`, relative to the
-    /// repository root: `runs/<model>`, `runs/<model>/swa`.
-    pub fn run_dir(self, model: &str) -> std::path::PathBuf {
-        let main = std::path::Path::new("runs").join(model);
-        match self {
-            Stage::Main => main,
-            Stage::Swa => main.join("swa"),
+    /// The stage before `name`, whose best weights `name` starts from
+    /// (`None` for the first stage).
+    pub fn previous(&self, name: &str) -> Result<Option<&Stage>> {
+        let (i, _) = self.stage(name)?;
+        Ok(i.checked_sub(1).and_then(|p| self.stages.get(p)))
+    }
+
+    /// The default run directory of stage `name`, relative to the
+    /// repository root: `runs/<model>` for the first stage,
+    /// `runs/<model>/<name>` for a later one.
+    pub fn run_dir(&self, name: &str) -> Result<std::path::PathBuf> {
+        let (i, s) = self.stage(name)?;
+        let root = std::path::Path::new("runs").join(self.model);
+        Ok(if i == 0 { root } else { root.join(s.name) })
+    }
+
+    /// Checks every stage against a model with `exits` exits, and that the
+    /// stage names are distinct, non-empty path components.
+    pub fn validate(&self, exits: usize) -> Result<()> {
+        if self.stages.is_empty() {
+            return Err(Error::Config(format!("the recipe of '{}' has no stage", self.model)));
         }
+        for (i, s) in self.stages.iter().enumerate() {
+            let plain = !s.name.is_empty() && s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !plain || self.stages[..i].iter().any(|o| o.name == s.name) {
+                return Err(Error::Config(format!(
+                    "the recipe of '{}': stage names must be distinct words of letters, digits, '-' and '_', got '{}'",
+                    self.model, s.name
+                )));
+            }
+            s.spec.validate(exits).map_err(|e| Error::Config(format!("stage '{}': {e}", s.name)))?;
+        }
+        Ok(())
     }
 }
 
@@ -72,6 +112,8 @@ fn fmnist_spec(epochs: usize) -> TrainSpec {
         optim: OptimConfig::msdnet_sgd(),
         schedule: Schedule { lr: 0.1, kind: ScheduleKind::Cosine, warmup_epochs: 1.0 },
         loss: LossConfig::default(),
+        objective: ObjectiveConfig::MultiExitCe,
+        groups: Vec::new(),
         clip_grad_norm: None,
         seed: 1,
         checkpoint_minutes: 5.0,
@@ -108,29 +150,61 @@ fn swa_spec(epochs: usize, lr: f64, bn_batches: usize) -> TrainSpec {
     }
 }
 
+/// The tiny test recipe's loss: the multi-exit cross-entropy with a feature
+/// hint (mean over the batch).
+fn tiny_loss() -> LossConfig {
+    LossConfig { feature_hint: Some(FeatureHint { coef: 1e-3, reduction: Reduction::Mean }), ..LossConfig::default() }
+}
+
+/// The tiny test recipe's last stage: the first block frozen (its batch
+/// norm in eval mode), the classifiers at half the learning rate, every
+/// exit's loss weighted by a random factor each step.
+fn tune_spec() -> TrainSpec {
+    TrainSpec {
+        objective: ObjectiveConfig::RandomExitWeights,
+        groups: vec![
+            ParamGroup { frozen: true, ..ParamGroup::new("blocks.0") },
+            ParamGroup { lr_mult: 0.5, ..ParamGroup::new("classifier") },
+        ],
+        schedule: Schedule { lr: 0.02, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
+        seed: 3,
+        checkpoint_minutes: 0.002,
+        ..fmnist_spec(2)
+    }
+}
+
 const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true, random_resized_crop: None };
 
 /// The recipe for `model`, or an error listing the trainable models.
 pub fn recipe(model: &str) -> Result<Recipe> {
     let fmnist = |model, epochs| Recipe {
         model,
-        spec: fmnist_spec(epochs),
+        stages: vec![Stage { name: "main", spec: fmnist_spec(epochs) }],
         batch_size: 64,
         augment: FMNIST_AUG,
         holdout: 5000,
         split_seed: 2024,
-        swa_stage: None,
     };
     Ok(match model {
-        "msdnet-fmnist" => {
-            Recipe { swa_stage: Some(swa_spec(12, 0.03, 200)), ..fmnist("msdnet-fmnist", MSDNET_FMNIST_EPOCHS) }
-        }
+        "msdnet-fmnist" => Recipe {
+            stages: vec![
+                Stage { name: "main", spec: fmnist_spec(MSDNET_FMNIST_EPOCHS) },
+                Stage { name: "swa", spec: swa_spec(12, 0.03, 200) },
+            ],
+            ..fmnist("msdnet-fmnist", MSDNET_FMNIST_EPOCHS)
+        },
         "resnet-mc-fmnist" => fmnist("resnet-mc-fmnist", FMNIST_EPOCHS),
         "densenet-mc-fmnist" => fmnist("densenet-mc-fmnist", FMNIST_EPOCHS),
         "ranet-fmnist" => fmnist("ranet-fmnist", FMNIST_EPOCHS),
         "msdnet-tiny" => Recipe {
-            spec: TrainSpec { checkpoint_minutes: 0.002, ..fmnist_spec(2) },
-            swa_stage: Some(TrainSpec { checkpoint_minutes: 0.002, ..swa_spec(2, 0.03, 2) }),
+            stages: vec![
+                Stage {
+                    name: "main",
+                    spec: TrainSpec { checkpoint_minutes: 0.002, loss: tiny_loss(), ..fmnist_spec(2) },
+                },
+                Stage { name: "swa", spec: TrainSpec { checkpoint_minutes: 0.002, ..swa_spec(2, 0.03, 2) } },
+                Stage { name: "tune", spec: tune_spec() },
+            ],
             batch_size: 50,
             holdout: 200,
             ..fmnist("msdnet-tiny", 2)
@@ -141,4 +215,35 @@ pub fn recipe(model: &str) -> Result<Recipe> {
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every recipe fits its model, and stage lookups name what is missing.
+    #[test]
+    fn recipes_are_valid_and_stages_are_found_by_name() -> Result<()> {
+        for name in ["msdnet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist", "ranet-fmnist", "msdnet-tiny"] {
+            let r = recipe(name)?;
+            let entry = anytime_models::registry::lookup(name)?;
+            let model = (entry.config)()
+                .build(candle_nn::VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu))?;
+            r.validate(model.num_exits())?;
+            assert_eq!(r.run_dir(r.first_stage())?, std::path::Path::new("runs").join(name));
+            assert!(r.previous(r.first_stage())?.is_none());
+        }
+        let tiny = recipe("msdnet-tiny")?;
+        assert_eq!(tiny.run_dir("tune")?, std::path::Path::new("runs/msdnet-tiny/tune"));
+        assert_eq!(tiny.previous("tune")?.map(|s| s.name), Some("swa"));
+        let e = recipe("resnet-mc-fmnist")?.stage("swa").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no stage 'swa'") && e.contains("its stages: main"), "{e}");
+        let mut twice = tiny.clone();
+        twice.stages[1].name = "main";
+        assert!(twice.validate(3).is_err_and(|e| e.to_string().contains("'main'")));
+        let mut bad = tiny;
+        bad.stages[2].spec.epochs = 0;
+        assert!(bad.validate(3).is_err_and(|e| e.to_string().contains("stage 'tune'")));
+        Ok(())
+    }
 }

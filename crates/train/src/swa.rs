@@ -7,6 +7,7 @@
 //! the per-batch statistics over training batches (PyTorch's `update_bn`).
 
 use crate::error::{Error, Result};
+use anytime_blocks::Mode;
 use anytime_blocks::layers::BN_MOMENTUM;
 use anytime_models::MultiExit;
 use candle_core::{Tensor, Var};
@@ -69,20 +70,33 @@ pub fn accumulate(avg: &mut BTreeMap<String, Tensor>, weights: &BTreeMap<String,
 }
 
 /// Recomputes every batch-norm running statistic among `vars` (the model's
-/// variables by key; the model's layers share their storage) as the mean of
-/// the per-batch statistics over at most `limit` batches, run through the
-/// model in training mode. Returns the number of batches used.
+/// variables by key; the model's layers share their storage) of the modules
+/// that train in `mode` (a training mode; frozen modules keep theirs) as the
+/// mean of the per-batch statistics over at most `limit` batches, run
+/// through the model in `mode`. Returns the number of batches used.
 ///
 /// The layers update their statistics with momentum [`BN_MOMENTUM`] from
 /// zero before each batch, which leaves `momentum × batch statistic`; the
 /// sum of those over the batches, divided by `momentum × batches`, is the
 /// mean.
-pub fn recalibrate_bn<I>(model: &dyn MultiExit, vars: &BTreeMap<String, Var>, batches: I, limit: usize) -> Result<usize>
+pub fn recalibrate_bn<I>(
+    model: &dyn MultiExit,
+    mode: &Mode,
+    vars: &BTreeMap<String, Var>,
+    batches: I,
+    limit: usize,
+) -> Result<usize>
 where
     I: IntoIterator<Item = candle_core::Result<(Tensor, Tensor)>>,
 {
-    let stats: Vec<(&String, &Var)> =
-        vars.iter().filter(|(k, _)| k.ends_with("running_mean") || k.ends_with("running_var")).collect();
+    if !mode.is_train() {
+        return Err(Error::Config("batch-norm recalibration needs a training mode".into()));
+    }
+    let module = |k: &str| k.rsplit_once('.').map_or("", |(m, _)| m).to_string();
+    let stats: Vec<(&String, &Var)> = vars
+        .iter()
+        .filter(|(k, _)| (k.ends_with("running_mean") || k.ends_with("running_var")) && mode.trains(&module(k)))
+        .collect();
     let mut sums: Vec<Tensor> =
         stats.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<candle_core::Result<_>>()?;
     let mut used = 0usize;
@@ -91,7 +105,7 @@ where
         for (_, v) in &stats {
             v.set(&v.as_tensor().zeros_like()?)?;
         }
-        drop(model.forward_exits(&xs, true)?);
+        drop(crate::objective::forward(model, &xs, mode)?);
         for (s, (_, v)) in sums.iter_mut().zip(&stats) {
             *s = (&*s + v.as_tensor().detach())?;
         }
@@ -163,25 +177,46 @@ mod tests {
     fn recalibration_averages_batch_statistics() -> Result<()> {
         let (model, vars) = tiny()?;
         let (a, b) = (batch(1)?, batch(2)?);
-        recalibrate_bn(model.as_ref(), &vars, [Ok(a.clone())], 10)?;
+        recalibrate_bn(model.as_ref(), &Mode::train(), &vars, [Ok(a.clone())], 10)?;
         let sa = stats(&vars)?;
-        let eval = model.forward_exits(&a.0, false)?;
-        let train = model.forward_exits(&a.0, true)?;
-        for (e, t) in eval.iter().zip(&train) {
+        let eval = crate::objective::forward(model.as_ref(), &a.0, &Mode::eval())?;
+        let train = crate::objective::forward(model.as_ref(), &a.0, &Mode::train())?;
+        for (e, t) in eval.iter().map(|e| &e.logits).zip(train.iter().map(|t| &t.logits)) {
             let diff = (e - t)?.abs()?.max_all()?.to_scalar::<f32>()?;
             let scale = t.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff <= 0.05 * scale, "eval after recalibration differs from train mode by {diff} (scale {scale})");
         }
-        recalibrate_bn(model.as_ref(), &vars, [Ok(b.clone())], 10)?;
+        recalibrate_bn(model.as_ref(), &Mode::train(), &vars, [Ok(b.clone())], 10)?;
         let sb = stats(&vars)?;
-        let used = recalibrate_bn(model.as_ref(), &vars, [Ok(a), Ok(b.clone()), Ok(b)], 2)?;
+        let used = recalibrate_bn(model.as_ref(), &Mode::train(), &vars, [Ok(a), Ok(b.clone()), Ok(b)], 2)?;
         assert_eq!(used, 2);
         for ((x, y), m) in sa.iter().zip(&sb).zip(stats(&vars)?) {
             for ((x, y), m) in x.iter().zip(y).zip(m) {
                 assert!((0.5 * (x + y) - m).abs() <= 1e-4 * (1.0 + m.abs()), "{x} {y} -> {m}");
             }
         }
-        assert!(recalibrate_bn(model.as_ref(), &vars, std::iter::empty(), 4).is_err());
+        assert!(recalibrate_bn(model.as_ref(), &Mode::train(), &vars, std::iter::empty(), 4).is_err());
+        // A frozen module keeps its statistics; the others are recomputed.
+        let in_block0 = |k: &String| anytime_blocks::mode::within(k, "blocks.0");
+        let before: BTreeMap<String, Vec<f32>> = vars
+            .iter()
+            .filter(|(k, _)| is_running_stat(k) && !k.ends_with("num_batches_tracked"))
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<Result<_>>()?;
+        let frozen = Mode::train().with_frozen(["blocks.0".to_string()]);
+        recalibrate_bn(model.as_ref(), &frozen, &vars, [Ok(batch(5)?)], 1)?;
+        let (mut kept, mut moved) = (0, 0);
+        for (k, b) in &before {
+            let now = vars[k].as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            if in_block0(k) {
+                assert_eq!(&now, b, "{k} is frozen");
+                kept += 1;
+            } else if &now != b {
+                moved += 1;
+            }
+        }
+        assert!(kept > 0 && moved > 0, "{kept} kept, {moved} recomputed");
+        assert!(recalibrate_bn(model.as_ref(), &Mode::eval(), &vars, [Ok(batch(5)?)], 1).is_err());
         Ok(())
     }
 }

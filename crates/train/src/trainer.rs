@@ -12,24 +12,31 @@
 //! - `swa.safetensors`: with weight averaging ([`TrainSpec::swa`]), the
 //!   latest average with recalibrated batch-norm statistics.
 //!
+//! Each step is the spec's [`Objective`](crate::objective::Objective) (the
+//! multi-exit loss by default); the spec's parameter groups
+//! ([`ParamGroup`]) scale the learning rate and weight decay per group or
+//! freeze a group, whose modules then run in eval mode.
+//!
 //! A run can start from trained weights ([`Trainer::init_from`]) instead of
-//! the seeded initialisation: fine-tuning, or a second stage such as the
-//! weight-averaging stage of a recipe.
+//! the seeded initialisation: fine-tuning, or a later stage of a recipe
+//! such as its weight-averaging stage.
 //!
 //! A run killed at any moment resumes exactly: the data order and
 //! augmentation depend only on `(seed, epoch)`, the checkpoint records the
-//! next batch, and every kernel is deterministic for a given thread count, so
-//! a resumed run ends with the same weights, bit for bit, as an uninterrupted
-//! one.
+//! next batch and the state of the objective's random generator, and every
+//! kernel is deterministic for a given thread count, so a resumed run ends
+//! with the same weights, bit for bit, as an uninterrupted one.
 
 use crate::checkpoint::{Checkpoint, PartialEpoch, TrainState};
 use crate::error::{Error, Result};
 use crate::init::seeded_var_builder;
 use crate::loss::LossConfig;
 use crate::metrics::{EpochMetrics, ExitAccuracy, evaluate, write_jsonl};
-use crate::optim::{OptimConfig, Optimizer};
+use crate::objective::{Objective, ObjectiveConfig, RngState, StepContext};
+use crate::optim::{OptimConfig, Optimizer, ParamGroup};
 use crate::schedule::Schedule;
 use crate::swa::{SwaConfig, accumulate, is_running_stat, recalibrate_bn};
+use anytime_blocks::Mode;
 use anytime_models::MultiExit;
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -61,6 +68,13 @@ pub struct TrainSpec {
     /// Multi-exit loss.
     #[serde(default)]
     pub loss: LossConfig,
+    /// What a training step computes (the multi-exit loss by default).
+    #[serde(default)]
+    pub objective: ObjectiveConfig,
+    /// Parameter groups: learning-rate factors, weight decays, frozen
+    /// parts.
+    #[serde(default)]
+    pub groups: Vec<ParamGroup>,
     /// Clip the global gradient norm to this value.
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
@@ -156,6 +170,11 @@ pub struct Trainer {
     model: Box<dyn MultiExit>,
     varmap: VarMap,
     opt: Optimizer,
+    objective: Box<dyn Objective>,
+    /// Training mode with the frozen groups' modules in eval mode.
+    mode: Mode,
+    /// The objective's generator.
+    rng: rand_chacha::ChaCha8Rng,
     dir: PathBuf,
     state: TrainState,
     /// Running mean of the parameters (weight averaging), by key.
@@ -197,16 +216,15 @@ impl Trainer {
         spec.validate(model.num_exits())?;
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), msg: e.to_string() })?;
         clean_temporaries(dir)?;
-        let mut params: Vec<(String, candle_core::Var)> = varmap
-            .data()
-            .lock()
-            .map_err(|e| Error::Config(e.to_string()))?
-            .iter()
-            .filter(|(k, _)| !is_running_stat(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let opt = Optimizer::new(spec.optim.clone(), params);
+        let vars: BTreeMap<String, candle_core::Var> =
+            varmap.data().lock().map_err(|e| Error::Config(e.to_string()))?.clone().into_iter().collect();
+        ParamGroup::validate(&spec.groups, vars.keys().map(String::as_str)).map_err(Error::Config)?;
+        let params: Vec<(String, candle_core::Var)> = vars.into_iter().filter(|(k, _)| !is_running_stat(k)).collect();
+        let opt = Optimizer::with_groups(spec.optim.clone(), params, &spec.groups);
+        let frozen = spec.groups.iter().filter(|g| g.frozen).map(|g| g.prefix.clone());
+        let mode = Mode::train().with_frozen(frozen);
+        let objective = spec.objective.build(&spec.loss);
+        let rng = RngState::seeded(spec.seed).generator().map_err(Error::Config)?;
         let state = TrainState {
             epoch: 0,
             batch: 0,
@@ -218,8 +236,20 @@ impl Trainer {
             partial: PartialEpoch::default(),
             spec: Some(spec.clone()),
             init_from: None,
+            rng: None,
         };
-        let mut t = Self { spec, model, varmap, opt, dir: dir.to_path_buf(), state, swa_avg: BTreeMap::new() };
+        let mut t = Self {
+            spec,
+            model,
+            varmap,
+            opt,
+            objective,
+            mode,
+            rng,
+            dir: dir.to_path_buf(),
+            state,
+            swa_avg: BTreeMap::new(),
+        };
         let ckpt = t.dir.join(CHECKPOINT_FILE);
         if ckpt.exists() {
             if !resume {
@@ -261,6 +291,9 @@ impl Trainer {
         self.opt
             .load_state(ck.optim, ck.state.step)
             .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+        if let Some(rng) = &ck.state.rng {
+            self.rng = rng.generator().map_err(|msg| Error::Checkpoint { path: path.to_path_buf(), msg })?;
+        }
         self.state = ck.state;
         self.swa_avg = ck.swa;
         Ok(())
@@ -336,7 +369,8 @@ impl Trainer {
 
     fn save_checkpoint(&self, obs: &mut dyn Observer) -> Result<()> {
         let (optim, _) = self.opt.state();
-        let ck = Checkpoint { model: self.weights()?, optim, state: self.state.clone(), swa: self.swa_avg.clone() };
+        let state = TrainState { rng: Some(RngState::of(&self.rng)), ..self.state.clone() };
+        let ck = Checkpoint { model: self.weights()?, optim, state, swa: self.swa_avg.clone() };
         let path = self.dir.join(CHECKPOINT_FILE);
         ck.save(&path)?;
         obs.on_checkpoint(&path);
@@ -361,7 +395,7 @@ impl Trainer {
             let epoch_start = Instant::now();
             let mut images = 0usize;
             let p = std::mem::take(&mut self.state.partial);
-            let (mut loss_sum, mut seen_batches) = (p.loss_sum, p.batches);
+            let (mut loss_sum, mut seen_batches, mut logged_sums) = (p.loss_sum, p.batches, p.logged);
             let mut acc = ExitAccuracy { correct: p.correct, total: p.total };
             let lr0 = self.spec.schedule.lr_at(epoch as f64, epochs);
             let first = self.state.batch;
@@ -369,8 +403,14 @@ impl Trainer {
                 let b = first + i;
                 let (xs, ys) = batch?;
                 let lr = self.spec.schedule.lr_at(epoch as f64 + b as f64 / batches.max(1) as f64, epochs);
-                let logits = self.model.forward_exits(&xs, true)?;
-                let loss = self.spec.loss.loss(&logits, &ys)?;
+                let out = self.objective.step(&mut StepContext {
+                    model: self.model.as_ref(),
+                    xs: &xs,
+                    ys: &ys,
+                    mode: &self.mode,
+                    rng: &mut self.rng,
+                })?;
+                let loss = out.loss;
                 let mut grads = loss.backward()?;
                 if let Some(max) = self.spec.clip_grad_norm {
                     self.opt.clip_grad_norm(&mut grads, max)?;
@@ -382,7 +422,10 @@ impl Trainer {
                         "the loss diverged ({l}) at epoch {epoch}, batch {b}; lower the learning rate"
                     )));
                 }
-                acc.update(&logits.iter().map(|t| t.detach()).collect::<Vec<_>>(), &ys)?;
+                acc.update(&out.logits.iter().map(|t| t.detach()).collect::<Vec<_>>(), &ys)?;
+                for (name, v) in out.logged {
+                    *logged_sums.entry(name).or_insert(0.0) += v;
+                }
                 loss_sum += l;
                 seen_batches += 1;
                 images += xs.dim(0)?;
@@ -406,6 +449,7 @@ impl Trainer {
                         batches: seen_batches,
                         correct: acc.correct.clone(),
                         total: acc.total,
+                        logged: logged_sums.clone(),
                     };
                     self.save_checkpoint(obs)?;
                     last_ckpt = Instant::now();
@@ -431,10 +475,14 @@ impl Trainer {
                 images_per_s: images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
                 seconds: self.state.seconds,
                 swa_val_acc: swa.as_ref().map(|(acc, _)| acc.clone()),
+                train_logged: logged_sums.iter().map(|(k, v)| (k.clone(), v / seen_batches.max(1) as f64)).collect(),
             };
             self.state.history.push(m.clone());
             self.state.epoch += 1;
             self.state.batch = 0;
+            // The sums of a mid-epoch checkpoint belong to the epoch just
+            // finished, not to the next one.
+            self.state.partial = PartialEpoch::default();
             let swa_final = swa.as_ref().and_then(|(acc, _)| acc.last().copied());
             let (acc, weights) = match swa {
                 Some((_, w)) if swa_final.is_some_and(|a| a > final_acc) => (swa_final.unwrap_or(0.0), w),
@@ -477,7 +525,7 @@ impl Trainer {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        recalibrate_bn(self.model.as_ref(), &vars, train.epoch(epoch, 0), cfg.bn_batches)?;
+        recalibrate_bn(self.model.as_ref(), &self.mode, &vars, train.epoch(epoch, 0), cfg.bn_batches)?;
         let acc = evaluate(self.model.as_ref(), val.epoch(0, 0))?.fractions();
         let averaged = self.weights()?;
         write_weights(&self.dir.join(SWA_FILE), &averaged)?;
@@ -521,5 +569,172 @@ impl Batches for anytime_data::loader::Loader {
             anytime_data::loader::Loader::epoch(self, epoch, start)
                 .map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::{FeatureHint, Reduction};
+    use crate::schedule::ScheduleKind;
+    use anytime_models::registry::{ArchConfig, msdnet_tiny};
+
+    /// Seeded random images with fixed labels, `batches` batches of `n`.
+    struct Synthetic {
+        batches: usize,
+        n: usize,
+        seed: u64,
+    }
+
+    impl Batches for Synthetic {
+        fn num_batches(&self) -> usize {
+            self.batches
+        }
+
+        fn epoch(
+            &self,
+            epoch: usize,
+            start: usize,
+        ) -> Box<dyn Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_> {
+            Box::new((start..self.batches).map(move |b| {
+                let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+                let shape = (self.n, 1, 28, 28).into();
+                let xs = crate::init::seeded_tensor(self.seed, &format!("x.{epoch}.{b}"), &shape, init, &Device::Cpu)?;
+                let ys: Vec<u32> = (0..self.n).map(|i| ((i * 7 + b * 3 + epoch) % 10) as u32).collect();
+                Ok((xs, Tensor::new(ys, &Device::Cpu)?))
+            }))
+        }
+    }
+
+    fn build(vb: VarBuilder) -> anytime_models::Result<Box<dyn MultiExit>> {
+        ArchConfig::Msdnet(msdnet_tiny()).build(vb)
+    }
+
+    fn spec(epochs: usize, seed: u64) -> TrainSpec {
+        TrainSpec {
+            epochs,
+            optim: OptimConfig::msdnet_sgd(),
+            schedule: Schedule { lr: 0.05, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
+            loss: LossConfig::default(),
+            objective: ObjectiveConfig::MultiExitCe,
+            groups: Vec::new(),
+            clip_grad_norm: None,
+            seed,
+            checkpoint_minutes: 5.0,
+            swa: None,
+        }
+    }
+
+    /// A toy two-stage recipe: stage 1 adds a feature hint to the loss;
+    /// stage 2 starts from stage 1's best weights with the first block
+    /// frozen, the classifiers at half the learning rate and random exit
+    /// weights.
+    fn stages() -> (TrainSpec, TrainSpec) {
+        let hint = FeatureHint { coef: 1e-3, reduction: Reduction::Mean };
+        let one = TrainSpec { loss: LossConfig { feature_hint: Some(hint), ..LossConfig::default() }, ..spec(1, 5) };
+        let two = TrainSpec {
+            objective: ObjectiveConfig::RandomExitWeights,
+            groups: vec![
+                ParamGroup { frozen: true, ..ParamGroup::new("blocks.0") },
+                ParamGroup { lr_mult: 0.5, ..ParamGroup::new("classifier") },
+            ],
+            checkpoint_minutes: 1e-6,
+            ..spec(2, 6)
+        };
+        (one, two)
+    }
+
+    fn data() -> (Synthetic, Synthetic) {
+        (Synthetic { batches: 3, n: 8, seed: 11 }, Synthetic { batches: 1, n: 8, seed: 12 })
+    }
+
+    fn bits(w: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Vec<u32>>> {
+        w.iter()
+            .map(|(k, t)| Ok((k.clone(), t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())))
+            .collect()
+    }
+
+    /// The toy recipe's second stage, started from `init`, in `dir`: run
+    /// whole, or stopped after every step and resumed each time. Returns
+    /// the final weights, the history and the number of runs.
+    fn stage_two(
+        init: &Path,
+        dir: &Path,
+        stop_every_step: bool,
+    ) -> Result<(TrainState, BTreeMap<String, Tensor>, usize)> {
+        let (train, val) = data();
+        let limit = stop_every_step.then_some(Duration::ZERO);
+        for runs in 1..100 {
+            let mut t = Trainer::new(stages().1, build, dir, true)?;
+            if t.state().step == 0 {
+                t.init_from(init)?;
+            }
+            if t.run(&train, &val, &mut Silent, limit)? == RunEnd::Finished {
+                return Ok((t.state().clone(), t.weights()?, runs));
+            }
+        }
+        Err(Error::Config("the stage does not finish".into()))
+    }
+
+    #[test]
+    fn two_stage_recipe_with_feature_hint_frozen_group_and_stochastic_objective() -> Result<()> {
+        let root = std::env::temp_dir().join(format!("anytime-train-stages-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (train, val) = data();
+
+        // Stage 1: the feature hint is part of the loss and logged.
+        let (one, _) = stages();
+        let mut t = Trainer::new(one, build, &root.join("one"), false)?;
+        assert_eq!(t.run(&train, &val, &mut Silent, None)?, RunEnd::Finished);
+        let logged = &t.state().history[0].train_logged;
+        let hint = logged.get("feature_hint").copied().unwrap_or(0.0);
+        assert!(hint > 0.0 && hint.is_finite(), "{logged:?}");
+        assert!(logged.get("ce").is_some_and(|ce| *ce > hint), "{logged:?}");
+        let init = root.join("one").join(BEST_FILE);
+        let start = bits(&anytime_io::load_tensors(&init).map_err(|e| Error::Config(e.to_string()))?.tensors)?;
+
+        // Stage 2, uninterrupted: the frozen block (parameters and
+        // batch-norm statistics) is unchanged, everything else trained.
+        let (state, whole, _) = stage_two(&init, &root.join("whole"), false)?;
+        let whole = bits(&whole)?;
+        let frozen = |k: &str| anytime_blocks::mode::within(k, "blocks.0");
+        assert!(whole.keys().any(|k| frozen(k) && k.ends_with("running_mean")));
+        for (k, w) in &whole {
+            if frozen(k) {
+                assert_eq!(w, &start[k], "{k} of the frozen group changed");
+            }
+        }
+        for part in ["blocks.1", "classifier"] {
+            let mut params = whole.iter().filter(|(k, _)| anytime_blocks::mode::within(k, part) && !is_running_stat(k));
+            assert!(params.all(|(k, w)| *w != start[k]), "a parameter under {part} did not train");
+        }
+
+        // Stopped after every step and resumed: the same weights and
+        // metrics, bit for bit (the random exit weights continue where they
+        // stopped).
+        let (resumed_state, resumed, runs) = stage_two(&init, &root.join("resumed"), true)?;
+        assert!(runs >= 6, "{runs} runs");
+        assert_eq!(bits(&resumed)?, whole);
+        assert_eq!(state.history.len(), 2);
+        for (a, b) in state.history.iter().zip(&resumed_state.history) {
+            assert_eq!((a.train_loss, &a.train_acc, &a.val_acc), (b.train_loss, &b.train_acc, &b.val_acc));
+        }
+
+        // The checkpoint holds the generator's advanced state.
+        let ck = Checkpoint::load(&root.join("resumed").join(CHECKPOINT_FILE))?;
+        assert!(ck.state.rng.as_ref().is_some_and(|r| r.word_pos != "0"));
+
+        // A resume with other settings is refused, naming them.
+        let mut other = stages().1;
+        other.groups[1].lr_mult = 0.25;
+        let e =
+            Trainer::new(other, build, &root.join("resumed"), true).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("other training settings") && e.contains("groups"), "{e}");
+        let mut unknown = stages().1;
+        unknown.groups.push(ParamGroup::new("nowhere"));
+        let e = Trainer::new(unknown, build, &root.join("new"), false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("'nowhere' selects no variable"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
     }
 }

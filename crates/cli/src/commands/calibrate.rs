@@ -95,8 +95,8 @@ pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLo
     let mut labels = Vec::new();
     for b in loader.epoch(0, 0) {
         let (xs, ys) = b?;
-        for (k, l) in model.forward_exits(&xs, false)?.iter().enumerate() {
-            logits[k].extend(l.to_vec2::<f32>()?);
+        for (k, l) in model.forward_exits(&xs, &anytime_blocks::Mode::eval())?.iter().enumerate() {
+            logits[k].extend(l.logits.to_vec2::<f32>()?);
         }
         labels.extend(ys.to_vec1::<u32>()?);
     }

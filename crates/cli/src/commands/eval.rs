@@ -99,7 +99,7 @@ pub fn report(a: &Args) -> Result<serde_json::Value> {
     // One untimed batch first, so that no timing below includes a cold start
     // (allocator, thread pool, caches).
     if let Some(b) = loader.epoch(0, 0).next() {
-        model.forward_exits(&b?.0, false)?;
+        model.forward_exits(&b?.0, &anytime_blocks::Mode::eval())?;
     }
     let ev = evaluate_anytime(
         model.as_ref(),

@@ -4,7 +4,7 @@
 
 use super::WeightsArgs;
 use super::eval::{EvalSplit, report};
-use super::train::{StageArg, stage_dir};
+use super::train::stage_dir;
 use anyhow::{Context, Result};
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
 use anytime_io::WeightMeta;
@@ -19,13 +19,13 @@ pub struct Args {
     /// Registry model the run trained.
     #[arg(long)]
     model: String,
-    /// Run directory; default `runs/<model>` (`runs/<model>/swa` for the
-    /// weight-averaging stage).
+    /// Run directory; default `runs/<model>` for the recipe's first stage,
+    /// `runs/<model>/<stage>` for a later one.
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// The recipe stage the run trained.
-    #[arg(long, value_enum, default_value_t = StageArg::Main)]
-    stage: StageArg,
+    /// The recipe stage the run trained (default: the first).
+    #[arg(long)]
+    stage: Option<String>,
     /// Output file; default `weights/<registry file>`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -50,7 +50,8 @@ fn git_commit() -> String {
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
-    let dir = stage_dir(&a.model, a.stage, a.run_dir.as_deref());
+    let r = anytime_train::recipes::recipe(&a.model)?;
+    let (stage, dir) = stage_dir(&r, a.stage.as_deref(), a.run_dir.as_deref())?;
     let best = dir.join(anytime_train::trainer::BEST_FILE);
     let out = match (&a.out, entry.weights) {
         (Some(p), _) => p.clone(),
@@ -71,10 +72,7 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let exits = eval["exits"].as_array().cloned().unwrap_or_default();
     let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
-    let epochs = anytime_train::recipes::recipe(&a.model)
-        .ok()
-        .and_then(|r| r.stage(a.stage.into()).ok().map(|s| s.epochs))
-        .unwrap_or(state.epoch);
+    let epochs = r.stage(stage)?.1.spec.epochs;
     if state.epoch < epochs && !a.partial {
         anyhow::bail!(
             "the run in {} has finished {} of {epochs} epochs; resume it, or pass --partial to export it as it is",
@@ -87,10 +85,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut extra = BTreeMap::new();
     // A later stage keeps the record of the stage it started from (the
     // weight file's metadata), its own under a `<stage>_` prefix.
-    let prefix = match a.stage {
-        StageArg::Main => "",
-        StageArg::Swa => "swa_",
-    };
+    let prefix = if stage == r.first_stage() { String::new() } else { format!("{stage}_") };
     if let Some(init) = &state.init_from {
         let from = anytime_io::read_meta(init).map(|m| m.extra).unwrap_or_default();
         for key in ["epochs_trained", "epochs_planned", "train_seconds", "holdout_final_exit_accuracy", "best_epoch"] {

@@ -1,4 +1,5 @@
-//! `anytime infer`: every exit's logits for an input tensor.
+//! `anytime infer`: every exit's logits (and, with `--features`, every exit's
+//! feature) for an input tensor.
 
 use super::ModelArgs;
 use anyhow::{Context, Result, bail};
@@ -22,6 +23,10 @@ pub struct Args {
     /// Output safetensors file; receives `logits.<i>` [N, classes] per exit.
     #[arg(long)]
     output: PathBuf,
+    /// Also write `features.<i>` [N, D] per exit: the vector exit i's last
+    /// linear layer reads (an embedding of the image at that depth).
+    #[arg(long)]
+    features: bool,
 }
 
 /// Runs the command.
@@ -37,10 +42,14 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: `input` must be f32, got {:?}", a.input.display(), input.dtype());
     }
     check_input(model.as_ref(), input.dims())?;
-    let logits = model.forward_exits(input, false)?;
-    let out: BTreeMap<String, candle_core::Tensor> =
-        logits.into_iter().enumerate().map(|(i, t)| (format!("logits.{i}"), t)).collect();
-    let bytes = safetensors::serialize(out.iter(), None).context("cannot serialise the logits")?;
+    let mut out: BTreeMap<String, candle_core::Tensor> = BTreeMap::new();
+    for (i, o) in model.forward_exits(input, &anytime_blocks::Mode::eval())?.into_iter().enumerate() {
+        out.insert(format!("logits.{i}"), o.logits);
+        if a.features {
+            out.insert(format!("features.{i}"), o.feature);
+        }
+    }
+    let bytes = safetensors::serialize(out.iter(), None).context("cannot serialise the outputs")?;
     anytime_io::atomic_write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
 use anytime_models::registry::lookup;
 use anytime_train::metrics::EpochMetrics;
-use anytime_train::recipes::{Stage, recipe};
+use anytime_train::recipes::{Recipe, recipe};
 use anytime_train::{Observer, RunEnd, StepProgress, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -20,14 +20,15 @@ pub struct Args {
     #[arg(long)]
     model: String,
     /// Run directory (checkpoints, metrics, curves); default `runs/<model>`
-    /// (`runs/<model>/swa` for the weight-averaging stage).
+    /// for the recipe's first stage, `runs/<model>/<stage>` for a later one.
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Recipe stage: `main` trains from the seeded initialisation; `swa`
-    /// averages weights over a cyclic schedule, starting from `--init`
-    /// (default: the main stage's `best.safetensors`).
-    #[arg(long, value_enum, default_value_t = StageArg::Main)]
-    stage: StageArg,
+    /// Recipe stage (default: the first). The first stage trains from the
+    /// seeded initialisation; a later one (e.g. `swa`, weight averaging over
+    /// a cyclic schedule) starts from `--init`, by default the previous
+    /// stage's `best.safetensors`.
+    #[arg(long)]
+    stage: Option<String>,
     /// Start a new run from these weights (safetensors or PyTorch file with
     /// every variable of the model) instead of the seeded initialisation.
     #[arg(long)]
@@ -49,27 +50,15 @@ pub struct Args {
     quiet: bool,
 }
 
-/// `--stage`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StageArg {
-    /// The recipe's main training.
-    Main,
-    /// The recipe's weight-averaging stage.
-    Swa,
-}
-
-impl From<StageArg> for Stage {
-    fn from(s: StageArg) -> Self {
-        match s {
-            StageArg::Main => Stage::Main,
-            StageArg::Swa => Stage::Swa,
-        }
-    }
-}
-
-/// The run directory of `stage` of `model` unless one is given.
-pub fn stage_dir(model: &str, stage: StageArg, given: Option<&Path>) -> PathBuf {
-    given.map_or_else(|| Stage::from(stage).run_dir(model), Path::to_path_buf)
+/// The stage `--stage` names (default: the recipe's first) and its run
+/// directory (`given`, or the stage's default).
+pub fn stage_dir(r: &Recipe, stage: Option<&str>, given: Option<&Path>) -> Result<(&'static str, PathBuf)> {
+    let (_, s) = r.stage(stage.unwrap_or(r.first_stage()))?;
+    let dir = match given {
+        Some(d) => d.to_path_buf(),
+        None => r.run_dir(s.name)?,
+    };
+    Ok((s.name, dir))
 }
 
 struct Progress {
@@ -104,8 +93,10 @@ impl Observer for Progress {
     fn on_epoch(&mut self, m: &EpochMetrics) {
         let pct = |v: &[f64]| v.iter().map(|a| format!("{:.2}", 100.0 * a)).collect::<Vec<_>>().join(" ");
         let swa = m.swa_val_acc.as_deref().map(|v| format!(", weight average [{}]", pct(v))).unwrap_or_default();
+        let terms: Vec<String> = m.train_logged.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let terms = if terms.is_empty() { String::new() } else { format!(" ({})", terms.join(", ")) };
         let line = format!(
-            "epoch {} train loss {:.4} held-out accuracy per exit [{}]{swa} ({:.0} img/s, {:.0} s)",
+            "epoch {} train loss {:.4}{terms} held-out accuracy per exit [{}]{swa} ({:.0} img/s, {:.0} s)",
             m.epoch + 1,
             m.train_loss,
             pct(&m.val_acc),
@@ -134,7 +125,8 @@ pub fn fmnist_splits(
 pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
     let r = recipe(&a.model)?;
-    let mut spec = r.stage(a.stage.into())?.clone();
+    let (stage, dir) = stage_dir(&r, a.stage.as_deref(), a.run_dir.as_deref())?;
+    let mut spec = r.stage(stage)?.1.spec.clone();
     if let Some(e) = a.epochs {
         spec.epochs = e;
     }
@@ -147,15 +139,14 @@ pub fn run(a: Args) -> Result<()> {
         val,
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
     )?;
-    let dir = stage_dir(&a.model, a.stage, a.run_dir.as_deref());
     let cfg = (entry.config)();
     let epochs = spec.epochs;
     let mut trainer = Trainer::new(spec, |vb| cfg.build(vb), &dir, a.resume)
         .with_context(|| format!("cannot start the run in {}", dir.display()))?;
-    let init = match (&a.init, a.stage) {
+    let init = match (&a.init, r.previous(stage)?) {
         (Some(p), _) => Some(p.clone()),
-        (None, StageArg::Swa) => Some(Stage::Main.run_dir(&a.model).join(anytime_train::trainer::BEST_FILE)),
-        (None, StageArg::Main) => None,
+        (None, Some(prev)) => Some(r.run_dir(prev.name)?.join(anytime_train::trainer::BEST_FILE)),
+        (None, None) => None,
     };
     // A resumed run holds its weights already.
     if let Some(path) = init.filter(|_| trainer.state().step == 0) {
