@@ -54,7 +54,8 @@ fn check_features(arch: &str, name: &str) {
     let dir = temp_dir(&format!("infer-features-{name}"));
     let out = dir.join("out.safetensors");
     let weights = fixture(name, "state_dict.safetensors");
-    let args = ["--arch", arch, "--config", s(&fixture(name, "config.json")), "--weights", s(&weights)];
+    let config = fixture(name, "config.json");
+    let args = ["--arch", arch, "--config", s(&config), "--weights", s(&weights)];
     let io = fixture(name, "io.safetensors");
     ok(&[&["infer"], &args[..], &["--input", s(&io), "--output", s(&out), "--features"]].concat());
     let got = candle_core::safetensors::load(&out, &Device::Cpu).expect("output");

@@ -28,6 +28,7 @@ pub mod ranet;
 mod refargs;
 pub mod registry;
 pub mod resnet_mc;
+pub mod stages;
 #[cfg(test)]
 mod testutil;
 
