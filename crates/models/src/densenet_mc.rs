@@ -200,6 +200,25 @@ impl MultiExit for DenseNetMc {
     }
 }
 
+impl crate::registry::Architecture for DenseNetMcConfig {
+    const NAME: &'static str = "densenet_mc";
+    const HELP: &'static str = "DenseNet with intermediate classifiers; own JSON";
+
+    fn from_json(v: &serde_json::Value) -> std::result::Result<Self, ConfigError> {
+        let cfg: Self = serde_json::from_value(v.clone())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        DenseNetMcConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(DenseNetMc::new(self, vb)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -532,6 +532,30 @@ impl MultiExit for MsdNet {
     }
 }
 
+impl crate::registry::Architecture for MsdNetConfig {
+    const NAME: &'static str = "msdnet";
+    const HELP: &'static str = "MSDNet; own JSON, or reference `args` / `cli_args`";
+
+    fn from_json(v: &Value) -> std::result::Result<Self, ConfigError> {
+        MsdNetConfig::from_json(v)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        MsdNetConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(MsdNet::new(self, vb)?))
+    }
+
+    fn default_size(&self) -> (usize, usize) {
+        match self.stem {
+            StemKind::ImageNet => (224, 224),
+            StemKind::Cifar => (32, 32),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -548,6 +548,30 @@ impl MultiExit for RaNet {
     }
 }
 
+impl crate::registry::Architecture for RaNetConfig {
+    const NAME: &'static str = "ranet";
+    const HELP: &'static str = "RANet; own JSON, or reference `args` / `cli_args`";
+
+    fn from_json(v: &Value) -> std::result::Result<Self, ConfigError> {
+        RaNetConfig::from_json(v)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        RaNetConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(RaNet::new(self, vb)?))
+    }
+
+    fn default_size(&self) -> (usize, usize) {
+        match self.stem {
+            StemKind::ImageNet => (224, 224),
+            StemKind::Cifar => (32, 32),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

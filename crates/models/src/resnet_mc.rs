@@ -190,6 +190,23 @@ impl MultiExit for ResNetMc {
     }
 }
 
+impl crate::registry::Architecture for ResNetMcConfig {
+    const NAME: &'static str = "resnet_mc";
+    const HELP: &'static str = "ResNet with intermediate classifiers; own JSON";
+
+    fn from_json(v: &serde_json::Value) -> std::result::Result<Self, ConfigError> {
+        ResNetMcConfig::from_json(v)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        ResNetMcConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(ResNetMc::new(self, vb)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
