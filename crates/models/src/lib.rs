@@ -34,7 +34,7 @@ mod testutil;
 
 pub use error::{ConfigError, ModelError, Result};
 pub use exit::{
-    Anytime, AnytimeResult, ExitDecision, ExitOutput, ExitState, MultiExit, classify_anytime, classify_budgeted,
-    classify_early_exit,
+    Anytime, AnytimeResult, ExitDecision, ExitOutput, ExitState, MultiExit, StageState, classify_anytime,
+    classify_budgeted, classify_early_exit,
 };
 pub use refargs::Namespace;
