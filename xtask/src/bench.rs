@@ -244,10 +244,10 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
     if !kernels_only {
         use anytime_models::msdnet::MsdNetConfig;
         use anytime_models::ranet::RaNetConfig;
-        let msd = ArchConfig::Msdnet(MsdNetConfig { num_classes: 10, ..MsdNetConfig::cifar100_budgeted() });
+        let msd = ArchConfig::new(MsdNetConfig { num_classes: 10, ..MsdNetConfig::cifar100_budgeted() });
         let msd_args = json!({"data": "cifar10", "nBlocks": 5, "nChannels": 16, "base": 1, "step": 1, "stepmode": "lin_grow", "growthRate": 6,
             "grFactor": [1, 2, 4], "bnFactor": [1, 2, 4], "nScales": 3, "prune": "max", "bottleneck": true, "reduction": 0.5});
-        let ra = ArchConfig::Ranet(RaNetConfig::cifar10_readme());
+        let ra = ArchConfig::new(RaNetConfig::cifar10_readme());
         let ra_args = json!({"data": "cifar10", "nBlocks": 2, "block_step": 2, "step": 2, "stepmode": "lg", "scale_list": [1, 2, 3],
             "grFactor": [4, 2, 1], "bnFactor": [4, 2, 1], "nScales": 3, "compress_factor": 0.25, "reduction": 0.5, "growthRate": 6, "nChannels": 16});
         for (label, cfg, args) in

@@ -11,13 +11,14 @@
 
 use crate::error::{ConfigError, ModelError, Result};
 use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
+use crate::stages::{Chain, Stage, Stages, Step};
 use anytime_blocks::Mode;
 use anytime_blocks::multiscale::ConvNormal;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
 use anytime_heads::{ConvHead, HeadPool};
 use anytime_ops::pool::avg_pool2d;
-use candle_core::{Tensor, bail};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -79,66 +80,90 @@ impl DenseNetMcConfig {
     }
 }
 
+/// One step of a DenseNet-MC stage.
 #[derive(Debug, Clone)]
 enum Item {
+    Stem(ConvBasic),
     Layer(ConvNormal),
+    /// A 1x1 ConvBasic, then a 2x2 average pool.
     Transition(ConvBasic),
+}
+
+impl Step for Item {
+    type State = Chain<Tensor>;
+    type Shapes = Chain<Shape4>;
+
+    fn forward(&self, s: &mut Chain<Tensor>, mode: &Mode) -> candle_core::Result<()> {
+        s.x = match self {
+            Item::Stem(u) => u.forward_t(&s.x, mode)?,
+            Item::Layer(l) => l.forward_t(&s.x, mode)?,
+            Item::Transition(t) => avg_pool2d(&t.forward_t(&s.x, mode)?, (2, 2), (2, 2), (0, 0), true)?,
+        };
+        Ok(())
+    }
+
+    fn count(&self, s: &mut Chain<Shape4>, c: &mut Counter) -> anytime_flops::Result<()> {
+        s.x = match self {
+            Item::Stem(u) => u.count_flops(c, s.x)?,
+            Item::Layer(l) => l.count_flops(c, s.x)?,
+            Item::Transition(t) => {
+                let y = t.count_flops(c, s.x)?;
+                c.pool2d(y, 2, 2, 0)?
+            }
+        };
+        Ok(())
+    }
 }
 
 /// A DenseNet with intermediate classifiers.
 #[derive(Debug, Clone)]
 pub struct DenseNetMc {
     cfg: DenseNetMcConfig,
-    stem: ConvBasic,
-    features: Vec<Item>,
-    /// For each exit, the end (exclusive) of its items in `features`.
-    stage_end: Vec<usize>,
-    classifier: Vec<ConvHead>,
+    /// Stage e: the stem (e = 0), the layers and transitions since the
+    /// previous exit, then classifier e.
+    stages: Stages<Item>,
 }
 
 impl DenseNetMc {
     /// Builds the network under `vb`.
     pub fn new(cfg: &DenseNetMcConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let stem = ConvBasic::new(vb.pp("stem"), cfg.in_channels, cfg.stem_channels, 3, 1, 1)?;
-        let mut features = Vec::new();
-        let mut widths_after_layer = Vec::new();
-        let mut layer_end = Vec::new();
+        let mut steps = vec![Item::Stem(ConvBasic::new(vb.pp("stem"), cfg.in_channels, cfg.stem_channels, 3, 1, 1)?)];
+        let mut list = Vec::with_capacity(cfg.exits.len());
+        // Index of the next `features.<i>` module, and dense layers so far.
+        let (mut i, mut done) = (0, 0);
         let mut c = cfg.stem_channels;
         for (b, &n) in cfg.blocks.iter().enumerate() {
             if b > 0 {
                 let out = ((c as f64) * cfg.compression).floor().max(1.0) as usize;
-                features.push(Item::Transition(ConvBasic::new(vb.pp("features").pp(features.len()), c, out, 1, 1, 0)?));
+                steps.push(Item::Transition(ConvBasic::new(vb.pp("features").pp(i), c, out, 1, 1, 0)?));
+                i += 1;
                 c = out;
             }
             for _ in 0..n {
-                let vbi = vb.pp("features").pp(features.len());
-                features.push(Item::Layer(ConvNormal::new(vbi, c, cfg.growth_rate, true, cfg.bottleneck_factor)?));
+                let vbi = vb.pp("features").pp(i);
+                steps.push(Item::Layer(ConvNormal::new(vbi, c, cfg.growth_rate, true, cfg.bottleneck_factor)?));
+                i += 1;
                 c += cfg.growth_rate;
-                widths_after_layer.push(c);
-                layer_end.push(features.len());
+                done += 1;
+                if cfg.exits.get(list.len()) == Some(&done) {
+                    let head = ConvHead::with_pool(
+                        vb.pp("classifier").pp(list.len()),
+                        c,
+                        cfg.head_channels,
+                        cfg.num_classes,
+                        HeadPool::Global,
+                    )?;
+                    list.push(Stage { steps: std::mem::take(&mut steps), head });
+                }
             }
         }
-        let stage_end = cfg.exits.iter().map(|&e| layer_end[e - 1]).collect();
-        let classifier = cfg
-            .exits
-            .iter()
-            .enumerate()
-            .map(|(e, &after)| {
-                let c = widths_after_layer[after - 1];
-                ConvHead::with_pool(vb.pp("classifier").pp(e), c, cfg.head_channels, cfg.num_classes, HeadPool::Global)
-            })
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self { cfg: cfg.clone(), stem, features, stage_end, classifier })
+        Ok(Self { cfg: cfg.clone(), stages: Stages::new("densenet_mc", list) })
     }
 
     /// The configuration.
     pub fn config(&self) -> &DenseNetMcConfig {
         &self.cfg
-    }
-
-    fn stage(&self, e: usize) -> std::ops::Range<usize> {
-        (if e == 0 { 0 } else { self.stage_end[e - 1] })..self.stage_end[e]
     }
 }
 
@@ -148,7 +173,7 @@ impl MultiExit for DenseNetMc {
     }
 
     fn num_exits(&self) -> usize {
-        self.cfg.exits.len()
+        self.stages.len()
     }
 
     fn num_classes(&self) -> usize {
@@ -160,50 +185,37 @@ impl MultiExit for DenseNetMc {
     }
 
     fn exit_costs(&self, h: usize, w: usize) -> Result<ExitCosts> {
-        let err = |e: anytime_flops::Error| ModelError::Input(format!("densenet_mc at {h}x{w}: {e}"));
-        let mut c = Counter::new();
-        let mut x = self.stem.count_flops(&mut c, Shape4::new(1, self.cfg.in_channels, h, w)).map_err(err)?;
-        for e in 0..self.num_exits() {
-            for item in &self.features[self.stage(e)] {
-                x = match item {
-                    Item::Layer(l) => l.count_flops(&mut c, x).map_err(err)?,
-                    Item::Transition(t) => {
-                        let y = t.count_flops(&mut c, x).map_err(err)?;
-                        c.pool2d(y, 2, 2, 0).map_err(err)?
-                    }
-                };
-            }
-            self.classifier[e].count_flops(&mut c, x).map_err(err)?;
-            c.mark_exit();
-        }
-        Ok(c.finish())
+        self.stages
+            .costs(Shape4::new(1, self.cfg.in_channels, h, w))
+            .map_err(|e| ModelError::Input(format!("densenet_mc at {h}x{w}: {e}")))
     }
 
     fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
+        self.stages.begin(xs)
     }
 
     fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
-        let e = state.next_exit();
-        if e >= self.num_exits() {
-            bail!("densenet_mc: all {} exits were already computed", self.num_exits())
-        }
-        let Some(mut x) = state.feats().first().and_then(|f| f.first()).cloned() else {
-            bail!("densenet_mc: empty state")
-        };
-        if e == 0 {
-            x = self.stem.forward_t(&x, mode)?;
-        }
-        for item in &self.features[self.stage(e)] {
-            x = match item {
-                Item::Layer(l) => l.forward_t(&x, mode)?,
-                Item::Transition(t) => avg_pool2d(&t.forward_t(&x, mode)?, (2, 2), (2, 2), (0, 0), true)?,
-            };
-        }
-        let out = self.classifier[e].forward_t(&x, mode)?;
-        state.set(vec![vec![x]]);
-        Ok(ExitOutput { logits: out.logits, feature: out.feature })
+        self.stages.advance(state, mode)
+    }
+}
+
+impl crate::registry::Architecture for DenseNetMcConfig {
+    const NAME: &'static str = "densenet_mc";
+    const HELP: &'static str = "DenseNet with intermediate classifiers; own JSON";
+
+    fn from_json(v: &serde_json::Value) -> std::result::Result<Self, ConfigError> {
+        let cfg: Self = serde_json::from_value(v.clone())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        DenseNetMcConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(DenseNetMc::new(self, vb)?))
     }
 }
 

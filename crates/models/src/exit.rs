@@ -10,25 +10,60 @@
 //! left early cost nothing afterwards.
 
 use crate::error::{ModelError, Result};
+use crate::stages::Compact;
 use anytime_blocks::Mode;
 use anytime_flops::ExitCosts;
 use candle_core::{Tensor, bail};
+use std::any::Any;
 
-/// The features a lazy pass carries from one stage to the next.
+/// The typed state a model's lazy pass carries between stages (each model
+/// defines its own, see [`crate::stages`]), behind a trait object so that
+/// [`MultiExit`] stays object-safe.
 ///
-/// The layout of `feats` is private to each model; every tensor's first
-/// dimension is the batch.
-#[derive(Debug, Clone)]
+/// Every type that is [`Compact`] (knows how to keep a subset of the batch),
+/// `Clone`, `Debug`, `Send` and `Sync` is a stage state.
+pub trait StageState: Any + std::fmt::Debug + Send + Sync {
+    /// The state restricted to the samples at positions `keep`, in that order.
+    fn select_boxed(&self, keep: &[u32]) -> candle_core::Result<Box<dyn StageState>>;
+    /// A copy of the state.
+    fn clone_boxed(&self) -> Box<dyn StageState>;
+    /// The state as `Any`, for the model to downcast.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Compact + Clone + std::fmt::Debug + Send + Sync + 'static> StageState for T {
+    fn select_boxed(&self, keep: &[u32]) -> candle_core::Result<Box<dyn StageState>> {
+        Ok(Box::new(self.select(keep)?))
+    }
+
+    fn clone_boxed(&self) -> Box<dyn StageState> {
+        Box::new(self.clone())
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A lazy pass between stages: the index of the next exit, the batch size and
+/// the model's typed state.
+#[derive(Debug)]
 pub struct ExitState {
     next: usize,
     batch: usize,
-    feats: Vec<Vec<Tensor>>,
+    carry: Box<dyn StageState>,
+}
+
+impl Clone for ExitState {
+    fn clone(&self) -> Self {
+        Self { next: self.next, batch: self.batch, carry: self.carry.clone_boxed() }
+    }
 }
 
 impl ExitState {
-    /// A state before stage `next` for a batch of `batch` samples.
-    pub fn new(next: usize, batch: usize, feats: Vec<Vec<Tensor>>) -> Self {
-        Self { next, batch, feats }
+    /// A pass before stage 0 for a batch of `batch` samples, carrying `carry`.
+    pub fn new<T: StageState>(batch: usize, carry: T) -> Self {
+        Self { next: 0, batch, carry: Box::new(carry) }
     }
 
     /// Index of the exit the next stage computes.
@@ -41,14 +76,14 @@ impl ExitState {
         self.batch
     }
 
-    /// The carried features (model-specific layout).
-    pub fn feats(&self) -> &[Vec<Tensor>] {
-        &self.feats
+    /// The carried state as the model's type `T`, or `None` when the pass
+    /// was started by another kind of model.
+    pub fn carry_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.carry.as_mut().as_any_mut().downcast_mut::<T>()
     }
 
-    /// Replaces the features and moves to the next stage.
-    pub fn set(&mut self, feats: Vec<Vec<Tensor>>) {
-        self.feats = feats;
+    /// Moves to the next stage (the model calls it once a stage has run).
+    pub fn finish_stage(&mut self) {
         self.next += 1;
     }
 
@@ -58,12 +93,7 @@ impl ExitState {
         if let Some(&bad) = keep.iter().find(|&&i| i as usize >= self.batch) {
             bail!("early exit: sample {bad} is not in a batch of {}", self.batch)
         }
-        let feats = self
-            .feats
-            .iter()
-            .map(|group| group.iter().map(|t| anytime_ops::batch::select_rows(t, keep)).collect())
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self { next: self.next, batch: keep.len(), feats })
+        Ok(Self { next: self.next, batch: keep.len(), carry: self.carry.select_boxed(keep)? })
     }
 }
 

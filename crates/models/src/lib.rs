@@ -28,12 +28,13 @@ pub mod ranet;
 mod refargs;
 pub mod registry;
 pub mod resnet_mc;
+pub mod stages;
 #[cfg(test)]
 mod testutil;
 
 pub use error::{ConfigError, ModelError, Result};
 pub use exit::{
-    Anytime, AnytimeResult, ExitDecision, ExitOutput, ExitState, MultiExit, classify_anytime, classify_budgeted,
-    classify_early_exit,
+    Anytime, AnytimeResult, ExitDecision, ExitOutput, ExitState, MultiExit, StageState, classify_anytime,
+    classify_budgeted, classify_early_exit,
 };
 pub use refargs::Namespace;

@@ -15,6 +15,7 @@
 use crate::error::{ConfigError, ModelError, Result};
 use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use crate::refargs::{self, COMMON, Namespace, OptSpec, choice, opt};
+use crate::stages::{Carry, Compact, Stage, Stages, Step};
 use anytime_blocks::Mode;
 use anytime_blocks::multiscale::{MsdLayer, ScaleFactors, Transition};
 use anytime_blocks::stem::{FirstLayer, StemKind};
@@ -363,6 +364,7 @@ impl MsdNetConfig {
     }
 }
 
+/// One step of an MSDNet stage, in `nn.Sequential` order within its block.
 #[derive(Debug, Clone)]
 enum Item {
     First(FirstLayer),
@@ -370,13 +372,66 @@ enum Item {
     Transition(Transition),
 }
 
+/// What an MSDNet pass carries between steps: the maps of the scales still in
+/// use, finest first (the input alone before the first layer).
+#[derive(Debug, Clone)]
+struct Scales<V> {
+    maps: Vec<V>,
+}
+
+impl<V> Carry<V> for Scales<V> {
+    fn start(input: V) -> Self {
+        Self { maps: vec![input] }
+    }
+
+    /// Classifier b reads the coarsest scale.
+    fn head_input(&self) -> Option<&V> {
+        self.maps.last()
+    }
+}
+
+impl Compact for Scales<Tensor> {
+    fn select(&self, keep: &[u32]) -> candle_core::Result<Self> {
+        Ok(Self { maps: self.maps.select(keep)? })
+    }
+}
+
+impl Step for Item {
+    type State = Scales<Tensor>;
+    type Shapes = Scales<Shape4>;
+
+    fn forward(&self, s: &mut Scales<Tensor>, mode: &Mode) -> candle_core::Result<()> {
+        s.maps = match self {
+            Item::First(f) => match s.maps.as_slice() {
+                [x] => f.forward_t(x, mode)?,
+                _ => bail!("msdnet: the first layer takes one input"),
+            },
+            Item::Layer(l) => l.forward_t(&s.maps, mode)?,
+            Item::Transition(t) => t.forward_t(&s.maps, mode)?,
+        };
+        Ok(())
+    }
+
+    fn count(&self, s: &mut Scales<Shape4>, c: &mut Counter) -> anytime_flops::Result<()> {
+        s.maps = match self {
+            Item::First(f) => match s.maps.as_slice() {
+                [x] => f.count_flops(c, *x)?,
+                _ => return Err(anytime_flops::Error::Shape("msdnet: the first layer takes one input".into())),
+            },
+            Item::Layer(l) => l.count_flops(c, &s.maps)?,
+            Item::Transition(t) => t.count_flops(c, &s.maps)?,
+        };
+        Ok(())
+    }
+}
+
 /// An MSDNet. Build it with [`MsdNet::new`] from a [`MsdNetConfig`] and a
 /// `VarBuilder` (weights from a file, a `VarMap` for training, or zeros).
 #[derive(Debug, Clone)]
 pub struct MsdNet {
     cfg: MsdNetConfig,
-    blocks: Vec<Vec<Item>>,
-    classifier: Vec<ConvHead>,
+    /// Stage b: block b's layers, then classifier b.
+    stages: Stages<Item>,
 }
 
 impl MsdNet {
@@ -389,7 +444,7 @@ impl MsdNet {
             bottleneck: cfg.bn_factor.clone(),
             use_bottleneck: cfg.bottleneck,
         };
-        let mut blocks = Vec::with_capacity(cfg.n_blocks);
+        let mut blocks: Vec<Vec<Item>> = Vec::with_capacity(cfg.n_blocks);
         for (b, items) in cfg.plan().into_iter().enumerate() {
             let vb = vb.pp("blocks").pp(b);
             let built = items
@@ -421,7 +476,7 @@ impl MsdNet {
             blocks.push(built);
         }
         let last = cfg.gr_factor[n_scales - 1];
-        let classifier = cfg
+        let classifier: Vec<ConvHead> = cfg
             .block_widths()
             .iter()
             .enumerate()
@@ -434,27 +489,13 @@ impl MsdNet {
                 ConvHead::new(vb.pp("classifier").pp(b), c, inner, cfg.num_classes)
             })
             .collect::<candle_core::Result<_>>()?;
-        Ok(Self { cfg: cfg.clone(), blocks, classifier })
+        let list = blocks.into_iter().zip(classifier).map(|(steps, head)| Stage { steps, head }).collect();
+        Ok(Self { cfg: cfg.clone(), stages: Stages::new("msdnet", list) })
     }
 
     /// The configuration.
     pub fn config(&self) -> &MsdNetConfig {
         &self.cfg
-    }
-
-    fn run_block(&self, b: usize, xs: Vec<Tensor>, mode: &Mode) -> candle_core::Result<Vec<Tensor>> {
-        let mut xs = xs;
-        for item in &self.blocks[b] {
-            xs = match item {
-                Item::First(f) => match xs.as_slice() {
-                    [x] => f.forward_t(x, mode)?,
-                    _ => bail!("msdnet: the first layer takes one input"),
-                },
-                Item::Layer(l) => l.forward_t(&xs, mode)?,
-                Item::Transition(t) => t.forward_t(&xs, mode)?,
-            };
-        }
-        Ok(xs)
     }
 }
 
@@ -476,40 +517,42 @@ impl MultiExit for MsdNet {
     }
 
     fn exit_costs(&self, h: usize, w: usize) -> Result<ExitCosts> {
-        let mut c = Counter::new();
-        let mut xs = vec![Shape4::new(1, self.cfg.in_channels, h, w)];
-        let count = |e: anytime_flops::Error| ModelError::Input(format!("msdnet at {h}x{w}: {e}"));
-        for (b, items) in self.blocks.iter().enumerate() {
-            for item in items {
-                xs = match item {
-                    Item::First(f) => f.count_flops(&mut c, xs[0]).map_err(count)?,
-                    Item::Layer(l) => l.count_flops(&mut c, &xs).map_err(count)?,
-                    Item::Transition(t) => t.count_flops(&mut c, &xs).map_err(count)?,
-                };
-            }
-            let coarsest = *xs.last().ok_or_else(|| ModelError::Input("msdnet: no scale left".into()))?;
-            anytime_flops::CountFlops::count_flops(&self.classifier[b], &mut c, coarsest).map_err(count)?;
-            c.mark_exit();
-        }
-        Ok(c.finish())
+        self.stages
+            .costs(Shape4::new(1, self.cfg.in_channels, h, w))
+            .map_err(|e| ModelError::Input(format!("msdnet at {h}x{w}: {e}")))
     }
 
     fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
+        self.stages.begin(xs)
     }
 
     fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
-        let b = state.next_exit();
-        if b >= self.cfg.n_blocks {
-            bail!("msdnet: all {} exits were already computed", self.cfg.n_blocks)
+        self.stages.advance(state, mode)
+    }
+}
+
+impl crate::registry::Architecture for MsdNetConfig {
+    const NAME: &'static str = "msdnet";
+    const HELP: &'static str = "MSDNet; own JSON, or reference `args` / `cli_args`";
+
+    fn from_json(v: &Value) -> std::result::Result<Self, ConfigError> {
+        MsdNetConfig::from_json(v)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        MsdNetConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(MsdNet::new(self, vb)?))
+    }
+
+    fn default_size(&self) -> (usize, usize) {
+        match self.stem {
+            StemKind::ImageNet => (224, 224),
+            StemKind::Cifar => (32, 32),
         }
-        let feats = state.feats().first().cloned().unwrap_or_default();
-        let feats = self.run_block(b, feats, mode)?;
-        let coarsest = feats.last().ok_or_else(|| candle_core::Error::Msg("msdnet: no scale left".into()))?;
-        let out = self.classifier[b].forward_t(coarsest, mode)?;
-        state.set(vec![feats]);
-        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 

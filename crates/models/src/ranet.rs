@@ -18,6 +18,7 @@
 use crate::error::{ConfigError, ModelError, Result};
 use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
 use crate::refargs::{self, COMMON, Namespace, OptSpec, choice, flag, opt};
+use crate::stages::{Carry, Compact, Stage, Stages, Step};
 use anytime_blocks::Mode;
 use anytime_blocks::dense::DenseBlock;
 use anytime_blocks::fusion::{UpBlock, UpBlockSpec};
@@ -299,22 +300,154 @@ impl RaNetConfig {
     }
 }
 
+/// One step of a RANet stage.
 #[derive(Debug, Clone)]
-enum Block {
+enum Item {
+    /// The first layer: base features of every flow.
+    First(FirstLayer),
+    /// Starts the next flow: its first-layer features become the current
+    /// map, and the previous flow's block outputs become what its fusion
+    /// blocks read.
+    NextFlow,
+    /// A dense block (an exit follows it).
     Dense(DenseBlock),
-    Up(UpBlock),
+    /// A fusion block at position `pos` of its flow, reading the coarser
+    /// flow's block `pos`.
+    Up { pos: usize, block: UpBlock },
+}
+
+/// What a RANet pass carries between steps.
+#[derive(Debug, Clone)]
+struct Flows<V> {
+    /// First-layer outputs of the flows not started yet, lowest resolution
+    /// first.
+    pending: Vec<V>,
+    /// The current map (the input before the first layer).
+    x: Option<V>,
+    /// The current flow's per-block outputs (each block's input and layer
+    /// outputs), which the next flow fuses.
+    outs: Vec<Vec<V>>,
+    /// The previous flow's per-block outputs, while the current flow's fusion
+    /// blocks run (dropped at its first dense block).
+    low: Vec<Vec<V>>,
+}
+
+impl<V> Carry<V> for Flows<V> {
+    fn start(input: V) -> Self {
+        Self { pending: Vec::new(), x: Some(input), outs: Vec::new(), low: Vec::new() }
+    }
+
+    fn head_input(&self) -> Option<&V> {
+        self.x.as_ref()
+    }
+}
+
+impl Compact for Flows<Tensor> {
+    fn select(&self, keep: &[u32]) -> candle_core::Result<Self> {
+        Ok(Self {
+            pending: self.pending.select(keep)?,
+            x: self.x.select(keep)?,
+            outs: self.outs.select(keep)?,
+            low: self.low.select(keep)?,
+        })
+    }
+}
+
+impl<V: Clone> Flows<V> {
+    /// Moves to the next flow; `None` when no flow is left.
+    fn next_flow(&mut self) -> Option<()> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.low = std::mem::take(&mut self.outs);
+        self.x = Some(self.pending.remove(0));
+        Some(())
+    }
+
+    /// Records a block's output and its per-layer outputs.
+    fn block_done(&mut self, y: V, outs: Vec<V>, dense: bool) {
+        self.x = Some(y);
+        self.outs.push(outs);
+        if dense {
+            // Fusion blocks come first in a flow: nothing reads `low` now.
+            self.low.clear();
+        }
+    }
+}
+
+fn shape_err(m: String) -> anytime_flops::Error {
+    anytime_flops::Error::Shape(m)
+}
+
+impl Step for Item {
+    type State = Flows<Tensor>;
+    type Shapes = Flows<Shape4>;
+
+    fn forward(&self, s: &mut Flows<Tensor>, mode: &Mode) -> candle_core::Result<()> {
+        match self {
+            Item::First(f) => {
+                let Some(x) = s.x.take() else { bail!("ranet: no input for the first layer") };
+                let mut inp = f.forward_t(&x, mode)?;
+                inp.reverse();
+                s.pending = inp;
+            }
+            Item::NextFlow => {
+                if s.next_flow().is_none() {
+                    bail!("ranet: no first-layer features left for the next flow")
+                }
+            }
+            Item::Dense(d) => {
+                let Some(x) = &s.x else { bail!("ranet: no current features") };
+                let (y, outs) = d.forward_t(x, mode)?;
+                s.block_done(y, outs, true);
+            }
+            Item::Up { pos, block } => {
+                let Some(x) = &s.x else { bail!("ranet: no current features") };
+                let Some(low) = s.low.get(*pos) else { bail!("ranet: fusion block {pos} has no coarser features") };
+                let (y, outs) = block.forward_t(x, low, mode)?;
+                s.block_done(y, outs, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, s: &mut Flows<Shape4>, c: &mut Counter) -> anytime_flops::Result<()> {
+        match self {
+            Item::First(f) => {
+                let x = s.x.take().ok_or_else(|| shape_err("ranet: no input for the first layer".into()))?;
+                let mut inp = f.count_flops(c, x)?;
+                inp.reverse();
+                s.pending = inp;
+            }
+            Item::NextFlow => s
+                .next_flow()
+                .ok_or_else(|| shape_err("ranet: no first-layer features left for the next flow".into()))?,
+            Item::Dense(d) => {
+                let x = s.x.ok_or_else(|| shape_err("ranet: no current features".into()))?;
+                let (y, outs) = d.count_flops(c, x)?;
+                s.block_done(y, outs, true);
+            }
+            Item::Up { pos, block } => {
+                let x = s.x.ok_or_else(|| shape_err("ranet: no current features".into()))?;
+                let low = s
+                    .low
+                    .get(*pos)
+                    .ok_or_else(|| shape_err(format!("ranet: fusion block {pos} has no coarser map")))?;
+                let (y, outs) = block.count_flops(c, x, low)?;
+                s.block_done(y, outs, false);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A RANet.
 #[derive(Debug, Clone)]
 pub struct RaNet {
     cfg: RaNetConfig,
-    first: FirstLayer,
-    /// `flows[f][pos]`.
-    flows: Vec<Vec<Block>>,
-    classifier: Vec<ConvHead>,
-    /// `(flow, pos)` of each exit.
-    exits: Vec<(usize, usize)>,
+    /// Stage k: whatever exit k needs beyond the previous stages (the first
+    /// layer, flow starts, fusion and dense blocks), then classifier k.
+    stages: Stages<Item>,
 }
 
 impl RaNet {
@@ -330,20 +463,19 @@ impl RaNet {
             (0..k).map(|i| if i > 0 && rev_scale[i] != rev_scale[i - 1] { 2 } else { 1 }).collect();
         let first = FirstLayer::new(vb.pp("FirstLayer"), cfg.in_channels, cfg.stem, &channels, &strides)?;
         let plan = cfg.plan();
-        let mut flows: Vec<Vec<Block>> = Vec::with_capacity(k);
-        let mut classifier = Vec::new();
-        let mut exits = Vec::new();
+        let mut list = Vec::new();
+        let mut steps = vec![Item::First(first)];
         let mut low_channels: Vec<Vec<usize>> = Vec::new();
         for f in 0..k {
+            steps.push(Item::NextFlow);
             let mut n_in = cfg.n_channels * cfg.gr_factor[f];
             let growth = cfg.growth_rate * cfg.gr_factor[f];
-            let mut blocks = Vec::new();
             let mut this_low = Vec::new();
             for p in plan.iter().filter(|p| p.flow == f) {
                 let vbb = vb.pp("scale_flows").pp(f).pp(p.pos);
                 let trans = p.trans.then_some(cfg.reduction);
                 let outs: Vec<usize> = (0..=p.layers).map(|i| n_in + i * growth).collect();
-                let block = if p.up {
+                if p.up {
                     let spec = UpBlockSpec {
                         num_layers: p.layers,
                         in_channels: n_in,
@@ -356,46 +488,30 @@ impl RaNet {
                     let low = low_channels.get(p.pos).ok_or_else(|| {
                         ModelError::Input(format!("ranet: flow {f} block {} has no coarser block to fuse", p.pos))
                     })?;
-                    Block::Up(UpBlock::new(vbb, spec, low)?)
+                    let block = UpBlock::new(vbb, spec, low)?;
+                    n_in = block.out_channels();
+                    steps.push(Item::Up { pos: p.pos, block });
                 } else {
-                    Block::Dense(DenseBlock::new(vbb, p.layers, n_in, growth, cfg.bn_factor[f], trans)?)
-                };
-                n_in = match &block {
-                    Block::Up(b) => b.out_channels(),
-                    Block::Dense(b) => b.out_channels(),
-                };
-                if !p.up {
+                    let block = DenseBlock::new(vbb, p.layers, n_in, growth, cfg.bn_factor[f], trans)?;
+                    n_in = block.out_channels();
+                    steps.push(Item::Dense(block));
                     let inner = match cfg.stem {
                         StemKind::Cifar => 128,
                         StemKind::ImageNet => n_in,
                     };
-                    classifier.push(ConvHead::new(
-                        vb.pp("classifier").pp(classifier.len()),
-                        n_in,
-                        inner,
-                        cfg.num_classes,
-                    )?);
-                    exits.push((f, p.pos));
+                    let head = ConvHead::new(vb.pp("classifier").pp(list.len()), n_in, inner, cfg.num_classes)?;
+                    list.push(Stage { steps: std::mem::take(&mut steps), head });
                 }
                 this_low.push(outs);
-                blocks.push(block);
             }
             low_channels = this_low;
-            flows.push(blocks);
         }
-        Ok(Self { cfg: cfg.clone(), first, flows, classifier, exits })
+        Ok(Self { cfg: cfg.clone(), stages: Stages::new("ranet", list) })
     }
 
     /// The configuration.
     pub fn config(&self) -> &RaNetConfig {
         &self.cfg
-    }
-
-    /// The blocks stage `e` runs: `(flow, positions)`.
-    fn stage(&self, e: usize) -> (usize, std::ops::Range<usize>) {
-        let (f, pos) = self.exits[e];
-        let start = if e > 0 && self.exits[e - 1].0 == f { self.exits[e - 1].1 + 1 } else { 0 };
-        (f, start..pos + 1)
     }
 }
 
@@ -405,7 +521,7 @@ impl MultiExit for RaNet {
     }
 
     fn num_exits(&self) -> usize {
-        self.exits.len()
+        self.stages.len()
     }
 
     fn num_classes(&self) -> usize {
@@ -417,84 +533,42 @@ impl MultiExit for RaNet {
     }
 
     fn exit_costs(&self, h: usize, w: usize) -> Result<ExitCosts> {
-        let err = |e: anytime_flops::Error| ModelError::Input(format!("ranet at {h}x{w}: {e}"));
-        let mut c = Counter::new();
-        let mut inp = self.first.count_flops(&mut c, Shape4::new(1, self.cfg.in_channels, h, w)).map_err(err)?;
-        inp.reverse();
-        let mut low: Vec<Vec<Shape4>> = Vec::new();
-        let mut e = 0;
-        for (f, blocks) in self.flows.iter().enumerate() {
-            let mut x = inp[f];
-            let mut this_low = Vec::with_capacity(blocks.len());
-            for (pos, b) in blocks.iter().enumerate() {
-                let (y, outs) = match b {
-                    Block::Dense(d) => d.count_flops(&mut c, x).map_err(err)?,
-                    Block::Up(u) => u.count_flops(&mut c, x, &low[pos]).map_err(err)?,
-                };
-                x = y;
-                this_low.push(outs);
-                if matches!(b, Block::Dense(_)) {
-                    anytime_flops::CountFlops::count_flops(&self.classifier[e], &mut c, x).map_err(err)?;
-                    c.mark_exit();
-                    e += 1;
-                }
-            }
-            low = this_low;
-        }
-        Ok(c.finish())
+        self.stages
+            .costs(Shape4::new(1, self.cfg.in_channels, h, w))
+            .map_err(|e| ModelError::Input(format!("ranet at {h}x{w}: {e}")))
     }
 
     fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
+        self.stages.begin(xs)
     }
 
     fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
-        let e = state.next_exit();
-        if e >= self.exits.len() {
-            bail!("ranet: all {} exits were already computed", self.exits.len())
+        self.stages.advance(state, mode)
+    }
+}
+
+impl crate::registry::Architecture for RaNetConfig {
+    const NAME: &'static str = "ranet";
+    const HELP: &'static str = "RANet; own JSON, or reference `args` / `cli_args`";
+
+    fn from_json(v: &Value) -> std::result::Result<Self, ConfigError> {
+        RaNetConfig::from_json(v)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        RaNetConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(RaNet::new(self, vb)?))
+    }
+
+    fn default_size(&self) -> (usize, usize) {
+        match self.stem {
+            StemKind::ImageNet => (224, 224),
+            StemKind::Cifar => (32, 32),
         }
-        // Layout: feats[0] = first-layer outputs of the flows not started yet
-        // (lowest resolution first); feats[1] = [current features];
-        // feats[2..] = the current flow's per-block outputs (each block's
-        // input and layer outputs), which the next flow fuses.
-        let mut feats = state.feats().to_vec();
-        if e == 0 {
-            let Some(xs) = feats.first().and_then(|g| g.first()) else { bail!("ranet: empty state") };
-            let mut inp = self.first.forward_t(xs, mode)?;
-            inp.reverse();
-            feats = vec![inp, Vec::new()];
-        }
-        let (f, range) = self.stage(e);
-        // A stage that starts a flow runs all its fusion blocks, which read the
-        // previous flow's outputs; those are not needed afterwards.
-        let low = if range.start == 0 {
-            let low = feats.split_off(2);
-            if feats[0].is_empty() {
-                bail!("ranet: no input left for flow {f}")
-            }
-            let x = feats[0].remove(0);
-            feats[1] = vec![x];
-            low
-        } else {
-            Vec::new()
-        };
-        let Some(mut x) = feats[1].first().cloned() else { bail!("ranet: no current features at exit {e}") };
-        for pos in range {
-            let (y, outs) = match &self.flows[f][pos] {
-                Block::Dense(d) => d.forward_t(&x, mode)?,
-                Block::Up(u) => {
-                    let Some(l) = low.get(pos) else { bail!("ranet: flow {f} block {pos} has no coarser features") };
-                    u.forward_t(&x, l, mode)?
-                }
-            };
-            x = y;
-            feats.push(outs);
-        }
-        let out = self.classifier[e].forward_t(&x, mode)?;
-        feats[1] = vec![x];
-        state.set(feats);
-        Ok(ExitOutput { logits: out.logits, feature: out.feature })
     }
 }
 

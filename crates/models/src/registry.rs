@@ -6,94 +6,198 @@
 //! [`create_model`] builds one from a `VarBuilder`; the CLI's `anytime
 //! models` lists them.
 
-use crate::densenet_mc::{DenseNetMc, DenseNetMcConfig};
+use crate::densenet_mc::DenseNetMcConfig;
 use crate::error::{ConfigError, ModelError, Result};
 use crate::exit::MultiExit;
-use crate::msdnet::{MsdNet, MsdNetConfig, Prune, StepMode};
-use crate::ranet::{RaNet, RaNetConfig};
-use crate::resnet_mc::{ResNetMc, ResNetMcConfig};
+use crate::msdnet::{MsdNetConfig, Prune, StepMode};
+use crate::ranet::RaNetConfig;
+use crate::resnet_mc::ResNetMcConfig;
 use anytime_blocks::stem::StemKind;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
+
+/// What an architecture's model file provides, on its configuration type:
+/// its name, a line of help, how to read a configuration and how to build the
+/// model. Adding an architecture is implementing this in the model's file and
+/// adding one line to [`ARCHS`].
+pub trait Architecture: Serialize + Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static {
+    /// Architecture name, as in weight-file metadata and `--arch`.
+    const NAME: &'static str;
+    /// One line for the CLI's `--arch` help.
+    const HELP: &'static str;
+    /// Reads and validates a configuration (the project's own JSON form, or
+    /// whatever reference forms the architecture accepts).
+    fn from_json(v: &Value) -> std::result::Result<Self, ConfigError>;
+    /// Checks every value.
+    fn validate(&self) -> std::result::Result<(), ConfigError>;
+    /// Builds the model, reading parameters through `vb`.
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>>;
+    /// The input size to count the model at when none is given.
+    fn default_size(&self) -> (usize, usize) {
+        (32, 32)
+    }
+}
+
+/// An entry of the architecture table.
+#[derive(Debug, Clone, Copy)]
+pub struct Arch {
+    /// Architecture name.
+    pub name: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+    /// Reads a configuration of this architecture.
+    pub from_json: fn(&Value) -> std::result::Result<ArchConfig, ConfigError>,
+}
+
+impl Arch {
+    /// The table entry of the architecture whose configuration type is `C`.
+    pub const fn of<C: Architecture>() -> Self {
+        Self { name: C::NAME, help: C::HELP, from_json: read_config::<C> }
+    }
+}
+
+fn read_config<C: Architecture>(v: &Value) -> std::result::Result<ArchConfig, ConfigError> {
+    Ok(ArchConfig::new(C::from_json(v)?))
+}
+
+/// Every architecture `anytime` builds: one line each.
+pub static ARCHS: &[Arch] = &[
+    Arch::of::<MsdNetConfig>(),
+    Arch::of::<RaNetConfig>(),
+    Arch::of::<ResNetMcConfig>(),
+    Arch::of::<DenseNetMcConfig>(),
+];
+
+/// The table entry named `name`, or an error listing the known ones.
+pub fn arch(name: &str) -> std::result::Result<&'static Arch, ConfigError> {
+    ARCHS.iter().find(|a| a.name == name).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "unknown architecture '{name}' (known: {})",
+            ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+/// The CLI's `--arch` help, from the table.
+pub fn arch_help() -> String {
+    let list: Vec<String> = ARCHS.iter().map(|a| format!("{} ({})", a.name, a.help)).collect();
+    format!("Architecture of a configuration file: {}", list.join("; "))
+}
+
+/// The object-safe face of an [`Architecture`] configuration.
+trait DynConfig: std::fmt::Debug + Send + Sync {
+    fn name(&self) -> &'static str;
+    fn to_json(&self) -> std::result::Result<Value, serde_json::Error>;
+    fn validate(&self) -> std::result::Result<(), ConfigError>;
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>>;
+    fn default_size(&self) -> (usize, usize);
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<C: Architecture> DynConfig for C {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn to_json(&self) -> std::result::Result<Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        Architecture::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Architecture::build(self, vb)
+    }
+
+    fn default_size(&self) -> (usize, usize) {
+        Architecture::default_size(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// An architecture and its configuration, as stored in weight-file metadata
 /// (`{"arch": "msdnet", "config": {...}}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "arch", content = "config", rename_all = "snake_case")]
-pub enum ArchConfig {
-    /// MSDNet.
-    Msdnet(MsdNetConfig),
-    /// RANet.
-    Ranet(RaNetConfig),
-    /// ResNet with intermediate classifiers.
-    ResnetMc(ResNetMcConfig),
-    /// DenseNet with intermediate classifiers.
-    DensenetMc(DenseNetMcConfig),
-}
-
-/// The architectures `anytime` builds.
-pub const ARCHS: &[&str] = &["msdnet", "ranet", "resnet_mc", "densenet_mc"];
+#[derive(Debug, Clone)]
+pub struct ArchConfig(Arc<dyn DynConfig>);
 
 impl ArchConfig {
+    /// Wraps a configuration.
+    pub fn new<C: Architecture>(cfg: C) -> Self {
+        Self(Arc::new(cfg))
+    }
+
     /// Reads a configuration file's JSON for architecture `arch`: the
     /// project's own form, or (MSDNet, RANet) a reference-style object with
-    /// `args` or `cli_args`.
+    /// `args` or `cli_args`, or a weight-file style `{"arch", "config"}`
+    /// object.
     pub fn from_json(arch: &str, v: &Value) -> std::result::Result<Self, ConfigError> {
-        // A weight-file style object carries its own tag.
-        if v.get("arch").is_some() && v.get("config").is_some() {
-            let cfg: Self = serde_json::from_value(v.clone())?;
-            if cfg.arch() != arch {
-                return Err(ConfigError::Invalid(format!("the configuration is for {}, not {arch}", cfg.arch())));
+        if let (Some(tag), Some(config)) = (v.get("arch"), v.get("config")) {
+            let Some(tag) = tag.as_str() else {
+                return Err(ConfigError::Invalid(format!("`arch` must be a string, got {tag}")));
+            };
+            if tag != arch {
+                return Err(ConfigError::Invalid(format!("the configuration is for {tag}, not {arch}")));
             }
-            cfg.validate()?;
-            return Ok(cfg);
+            return (self::arch(tag)?.from_json)(config);
         }
-        match arch {
-            "msdnet" => Ok(Self::Msdnet(MsdNetConfig::from_json(v)?)),
-            "ranet" => Ok(Self::Ranet(RaNetConfig::from_json(v)?)),
-            "resnet_mc" => {
-                let c: ResNetMcConfig = serde_json::from_value(v.clone())?;
-                c.validate()?;
-                Ok(Self::ResnetMc(c))
-            }
-            "densenet_mc" => {
-                let c: DenseNetMcConfig = serde_json::from_value(v.clone())?;
-                c.validate()?;
-                Ok(Self::DensenetMc(c))
-            }
-            other => Err(ConfigError::Invalid(format!("unknown architecture '{other}' (known: {})", ARCHS.join(", ")))),
-        }
+        (self::arch(arch)?.from_json)(v)
+    }
+
+    /// The configuration as type `C`, when it is one.
+    pub fn downcast_ref<C: Architecture>(&self) -> Option<&C> {
+        self.0.as_any().downcast_ref::<C>()
     }
 
     /// The architecture's name.
     pub fn arch(&self) -> &'static str {
-        match self {
-            Self::Msdnet(_) => "msdnet",
-            Self::Ranet(_) => "ranet",
-            Self::ResnetMc(_) => "resnet_mc",
-            Self::DensenetMc(_) => "densenet_mc",
-        }
+        self.0.name()
     }
 
     /// Checks every value.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
-        match self {
-            Self::Msdnet(c) => c.validate(),
-            Self::Ranet(c) => c.validate(),
-            Self::ResnetMc(c) => c.validate(),
-            Self::DensenetMc(c) => c.validate(),
-        }
+        self.0.validate()
     }
 
     /// Builds the model, reading parameters through `vb`.
     pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
-        Ok(match self {
-            Self::Msdnet(c) => Box::new(MsdNet::new(c, vb)?),
-            Self::Ranet(c) => Box::new(RaNet::new(c, vb)?),
-            Self::ResnetMc(c) => Box::new(ResNetMc::new(c, vb)?),
-            Self::DensenetMc(c) => Box::new(DenseNetMc::new(c, vb)?),
-        })
+        self.0.build(vb)
+    }
+
+    /// The input size to count the model at when none is given.
+    pub fn default_size(&self) -> (usize, usize) {
+        self.0.default_size()
+    }
+}
+
+impl PartialEq for ArchConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.arch() == other.arch() && self.0.to_json().ok() == other.0.to_json().ok()
+    }
+}
+
+impl Serialize for ArchConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let config = self.0.to_json().map_err(serde::ser::Error::custom)?;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("arch", self.arch())?;
+        m.serialize_entry("config", &config)?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ArchConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let arch = v.get("arch").and_then(Value::as_str).ok_or_else(|| serde::de::Error::missing_field("arch"))?;
+        Self::from_json(arch, &v).map_err(serde::de::Error::custom)
     }
 }
 
@@ -220,7 +324,7 @@ pub static REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "msdnet-fmnist",
         description: "MSDNet, 3 scales, 5 exits, trained on Fashion-MNIST",
-        config: || ArchConfig::Msdnet(msdnet_fmnist()),
+        config: || ArchConfig::new(msdnet_fmnist()),
         data: FMNIST,
         weights: Some(Pretrained {
             file: "msdnet-fmnist.safetensors",
@@ -231,7 +335,7 @@ pub static REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "resnet-mc-fmnist",
         description: "ResNet-MC baseline, 6 exits, trained on Fashion-MNIST",
-        config: || ArchConfig::ResnetMc(resnet_mc_fmnist()),
+        config: || ArchConfig::new(resnet_mc_fmnist()),
         data: FMNIST,
         weights: Some(Pretrained {
             file: "resnet-mc-fmnist.safetensors",
@@ -242,7 +346,7 @@ pub static REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "densenet-mc-fmnist",
         description: "DenseNet-MC baseline, 6 exits, trained on Fashion-MNIST",
-        config: || ArchConfig::DensenetMc(densenet_mc_fmnist()),
+        config: || ArchConfig::new(densenet_mc_fmnist()),
         data: FMNIST,
         weights: Some(Pretrained {
             file: "densenet-mc-fmnist.safetensors",
@@ -253,7 +357,7 @@ pub static REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "ranet-fmnist",
         description: "RANet, 3 flows (7/14/28), 6 exits, trained on Fashion-MNIST",
-        config: || ArchConfig::Ranet(ranet_fmnist()),
+        config: || ArchConfig::new(ranet_fmnist()),
         data: FMNIST,
         weights: Some(Pretrained {
             file: "ranet-fmnist.safetensors",
@@ -264,42 +368,42 @@ pub static REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "msdnet-tiny",
         description: "tiny MSDNet (3 exits) for smoke tests, trains in seconds on the bundled sample",
-        config: || ArchConfig::Msdnet(msdnet_tiny()),
+        config: || ArchConfig::new(msdnet_tiny()),
         data: FMNIST,
         weights: None,
     },
     ModelEntry {
         name: "msdnet-cifar100-anytime",
         description: "MSDNet paper/README: CIFAR-100 anytime model (7 blocks, even, step 2, base 4)",
-        config: || ArchConfig::Msdnet(MsdNetConfig::cifar100_anytime()),
+        config: || ArchConfig::new(MsdNetConfig::cifar100_anytime()),
         data: CIFAR100,
         weights: None,
     },
     ModelEntry {
         name: "msdnet-cifar100-budgeted",
         description: "MSDNet paper/README: CIFAR-100 budgeted model (5 blocks, lin_grow, step 1, base 1)",
-        config: || ArchConfig::Msdnet(MsdNetConfig::cifar100_budgeted()),
+        config: || ArchConfig::new(MsdNetConfig::cifar100_budgeted()),
         data: CIFAR100,
         weights: None,
     },
     ModelEntry {
         name: "ranet-cifar10",
         description: "RANet README: CIFAR-10 (lg, step 2, scale-list 1-2-3, grFactor 4-2-1)",
-        config: || ArchConfig::Ranet(RaNetConfig::cifar10_readme()),
+        config: || ArchConfig::new(RaNetConfig::cifar10_readme()),
         data: CIFAR10,
         weights: None,
     },
     ModelEntry {
         name: "ranet-imagenet",
         description: "RANet README: ImageNet (even, step 8, scale-list 1-2-3-4, grFactor 4-2-2-1)",
-        config: || ArchConfig::Ranet(RaNetConfig::imagenet_readme()),
+        config: || ArchConfig::new(RaNetConfig::imagenet_readme()),
         data: IMAGENET,
         weights: None,
     },
     ModelEntry {
         name: "msdnet-imagenet-step4",
         description: "MSDNet paper/README: ImageNet model (5 blocks, step 4, 4 scales)",
-        config: || ArchConfig::Msdnet(MsdNetConfig::imagenet_step4()),
+        config: || ArchConfig::new(MsdNetConfig::imagenet_step4()),
         data: IMAGENET,
         weights: None,
     },
@@ -360,9 +464,31 @@ mod tests {
         assert!(lookup("nope").unwrap_err().to_string().contains("msdnet-fmnist"));
     }
 
+    /// Every registered configuration goes through the weight-file form and
+    /// back, its architecture is in the table, and the help lists the table.
+    #[test]
+    fn the_arch_table_drives_configs() {
+        for e in REGISTRY {
+            let c = (e.config)();
+            let v = serde_json::to_value(&c).expect("json");
+            assert_eq!(v["arch"], c.arch(), "{}", e.name);
+            let back: ArchConfig = serde_json::from_value(v.clone()).expect(e.name);
+            assert_eq!(back, c, "{}", e.name);
+            let own = ArchConfig::from_json(c.arch(), &v["config"]).expect(e.name);
+            assert_eq!(own, c, "{}", e.name);
+            assert!(arch(c.arch()).is_ok());
+        }
+        let help = arch_help();
+        assert!(ARCHS.iter().all(|a| help.contains(a.name)), "{help}");
+        assert!(serde_json::from_value::<ArchConfig>(serde_json::json!({"arch": "vgg", "config": {}})).is_err());
+        let m = (lookup("msdnet-fmnist").expect("entry").config)();
+        assert_eq!(m.downcast_ref::<MsdNetConfig>(), Some(&msdnet_fmnist()));
+        assert!(m.downcast_ref::<RaNetConfig>().is_none());
+    }
+
     #[test]
     fn arch_config_round_trips() {
-        let c = ArchConfig::Msdnet(msdnet_fmnist());
+        let c = ArchConfig::new(msdnet_fmnist());
         let v = serde_json::to_value(&c).expect("json");
         assert_eq!(ArchConfig::from_json("msdnet", &v).expect("read"), c);
         assert!(ArchConfig::from_json("resnet_mc", &v).is_err());
@@ -436,10 +562,12 @@ mod golden {
 
     /// Channels of the stem's output.
     fn first_width(cfg: &ArchConfig) -> usize {
-        match cfg {
-            ArchConfig::Msdnet(c) => c.n_channels * c.gr_factor[0],
-            ArchConfig::Ranet(c) => c.n_channels * c.gr_factor[c.gr_factor.len() - 1],
-            _ => 0,
+        if let Some(c) = cfg.downcast_ref::<MsdNetConfig>() {
+            c.n_channels * c.gr_factor[0]
+        } else if let Some(c) = cfg.downcast_ref::<RaNetConfig>() {
+            c.n_channels * c.gr_factor[c.gr_factor.len() - 1]
+        } else {
+            0
         }
     }
 

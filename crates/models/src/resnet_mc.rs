@@ -10,12 +10,13 @@
 
 use crate::error::{ConfigError, ModelError, Result};
 use crate::exit::{ExitOutput, ExitState, MultiExit, check_input};
+use crate::stages::{Chain, Stage, Stages, Step};
 use anytime_blocks::Mode;
 use anytime_blocks::residual::BasicBlock;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
 use anytime_heads::{ConvHead, HeadPool};
-use candle_core::{Tensor, bail};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -77,46 +78,72 @@ impl ResNetMcConfig {
     }
 }
 
+/// One step of a ResNet-MC stage (one stem per model: the size difference
+/// does not matter).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Stem(ConvBasic),
+    Block(BasicBlock),
+}
+
+impl Step for Item {
+    type State = Chain<Tensor>;
+    type Shapes = Chain<Shape4>;
+
+    fn forward(&self, s: &mut Chain<Tensor>, mode: &Mode) -> candle_core::Result<()> {
+        s.x = match self {
+            Item::Stem(u) => u.forward_t(&s.x, mode)?,
+            Item::Block(b) => b.forward_t(&s.x, mode)?,
+        };
+        Ok(())
+    }
+
+    fn count(&self, s: &mut Chain<Shape4>, c: &mut Counter) -> anytime_flops::Result<()> {
+        s.x = match self {
+            Item::Stem(u) => u.count_flops(c, s.x)?,
+            Item::Block(b) => b.count_flops(c, s.x)?,
+        };
+        Ok(())
+    }
+}
+
 /// A ResNet with intermediate classifiers.
 #[derive(Debug, Clone)]
 pub struct ResNetMc {
     cfg: ResNetMcConfig,
-    stem: ConvBasic,
-    blocks: Vec<BasicBlock>,
-    classifier: Vec<ConvHead>,
+    /// Stage e: the stem (e = 0), the blocks since the previous exit, then
+    /// classifier e.
+    stages: Stages<Item>,
 }
 
 impl ResNetMc {
     /// Builds the network under `vb`.
     pub fn new(cfg: &ResNetMcConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let stem = ConvBasic::new(vb.pp("stem"), cfg.in_channels, cfg.stem_channels, 3, 1, 1)?;
-        let mut blocks = Vec::new();
-        let mut widths = Vec::new();
+        let mut steps = vec![Item::Stem(ConvBasic::new(vb.pp("stem"), cfg.in_channels, cfg.stem_channels, 3, 1, 1)?)];
+        let mut list = Vec::with_capacity(cfg.exits.len());
+        let mut done = 0;
         let mut c = cfg.stem_channels;
         for (s, (&w, &n)) in cfg.widths.iter().zip(&cfg.blocks).enumerate() {
             for b in 0..n {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(vb.pp("layers").pp(s).pp(b), c, w, stride)?);
-                widths.push(w);
+                steps.push(Item::Block(BasicBlock::new(vb.pp("layers").pp(s).pp(b), c, w, stride)?));
                 c = w;
+                done += 1;
+                if cfg.exits.get(list.len()) == Some(&done) {
+                    let head = ConvHead::with_pool(
+                        vb.pp("classifier").pp(list.len()),
+                        w,
+                        cfg.head_channels,
+                        cfg.num_classes,
+                        HeadPool::Global,
+                    )?;
+                    list.push(Stage { steps: std::mem::take(&mut steps), head });
+                }
             }
         }
-        let classifier = cfg
-            .exits
-            .iter()
-            .enumerate()
-            .map(|(e, &after)| {
-                ConvHead::with_pool(
-                    vb.pp("classifier").pp(e),
-                    widths[after - 1],
-                    cfg.head_channels,
-                    cfg.num_classes,
-                    HeadPool::Global,
-                )
-            })
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self { cfg: cfg.clone(), stem, blocks, classifier })
+        Ok(Self { cfg: cfg.clone(), stages: Stages::new("resnet_mc", list) })
     }
 
     /// Reads a configuration (the project's JSON form) and builds the network.
@@ -128,11 +155,6 @@ impl ResNetMc {
     pub fn config(&self) -> &ResNetMcConfig {
         &self.cfg
     }
-
-    fn block_range(&self, exit: usize) -> std::ops::Range<usize> {
-        let start = if exit == 0 { 0 } else { self.cfg.exits[exit - 1] };
-        start..self.cfg.exits[exit]
-    }
 }
 
 impl MultiExit for ResNetMc {
@@ -141,7 +163,7 @@ impl MultiExit for ResNetMc {
     }
 
     fn num_exits(&self) -> usize {
-        self.cfg.exits.len()
+        self.stages.len()
     }
 
     fn num_classes(&self) -> usize {
@@ -153,41 +175,35 @@ impl MultiExit for ResNetMc {
     }
 
     fn exit_costs(&self, h: usize, w: usize) -> Result<ExitCosts> {
-        let err = |e: anytime_flops::Error| ModelError::Input(format!("resnet_mc at {h}x{w}: {e}"));
-        let mut c = Counter::new();
-        let mut x = self.stem.count_flops(&mut c, Shape4::new(1, self.cfg.in_channels, h, w)).map_err(err)?;
-        for e in 0..self.num_exits() {
-            for b in self.block_range(e) {
-                x = self.blocks[b].count_flops(&mut c, x).map_err(err)?;
-            }
-            self.classifier[e].count_flops(&mut c, x).map_err(err)?;
-            c.mark_exit();
-        }
-        Ok(c.finish())
+        self.stages
+            .costs(Shape4::new(1, self.cfg.in_channels, h, w))
+            .map_err(|e| ModelError::Input(format!("resnet_mc at {h}x{w}: {e}")))
     }
 
     fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(ExitState::new(0, xs.dim(0)?, vec![vec![xs.clone()]]))
+        self.stages.begin(xs)
     }
 
     fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
-        let e = state.next_exit();
-        if e >= self.num_exits() {
-            bail!("resnet_mc: all {} exits were already computed", self.num_exits())
-        }
-        let Some(mut x) = state.feats().first().and_then(|f| f.first()).cloned() else {
-            bail!("resnet_mc: empty state")
-        };
-        if e == 0 {
-            x = self.stem.forward_t(&x, mode)?;
-        }
-        for b in self.block_range(e) {
-            x = self.blocks[b].forward_t(&x, mode)?;
-        }
-        let out = self.classifier[e].forward_t(&x, mode)?;
-        state.set(vec![vec![x]]);
-        Ok(ExitOutput { logits: out.logits, feature: out.feature })
+        self.stages.advance(state, mode)
+    }
+}
+
+impl crate::registry::Architecture for ResNetMcConfig {
+    const NAME: &'static str = "resnet_mc";
+    const HELP: &'static str = "ResNet with intermediate classifiers; own JSON";
+
+    fn from_json(v: &serde_json::Value) -> std::result::Result<Self, ConfigError> {
+        ResNetMcConfig::from_json(v)
+    }
+
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        ResNetMcConfig::validate(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>> {
+        Ok(Box::new(ResNetMc::new(self, vb)?))
     }
 }
 

@@ -151,7 +151,7 @@ mod tests {
 
     fn tiny() -> Result<(Box<dyn MultiExit>, BTreeMap<String, Var>)> {
         let map = candle_nn::VarMap::new();
-        let cfg = anytime_models::registry::ArchConfig::Msdnet(anytime_models::registry::msdnet_tiny());
+        let cfg = anytime_models::registry::ArchConfig::new(anytime_models::registry::msdnet_tiny());
         let model = cfg.build(crate::init::seeded_var_builder(&map, 3, &Device::Cpu))?;
         let vars = map.data().lock().map_err(|e| Error::Config(e.to_string()))?.clone().into_iter().collect();
         Ok((model, vars))

@@ -24,8 +24,9 @@ pub struct ModelArgs {
     /// A registered model name (see `anytime models`).
     #[arg(long, conflicts_with_all = ["arch", "config"])]
     pub model: Option<String>,
-    /// Architecture of a configuration file: msdnet, ranet, resnet_mc, densenet_mc.
-    #[arg(long, requires = "config")]
+    /// Architecture of a configuration file (the list comes from the
+    /// architecture table, `anytime_models::registry::ARCHS`).
+    #[arg(long, requires = "config", help = anytime_models::registry::arch_help())]
     pub arch: Option<String>,
     /// Configuration JSON: the project's own form, or a reference-style object
     /// with `args` (argparse namespace) or `cli_args` (the training command).

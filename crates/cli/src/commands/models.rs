@@ -2,7 +2,6 @@
 
 use super::ModelArgs;
 use anyhow::Result;
-use anytime_blocks::stem::StemKind;
 use anytime_flops::Mode;
 use anytime_models::registry::{ArchConfig, REGISTRY, lookup};
 use candle_core::{DType, Device};
@@ -21,11 +20,7 @@ pub fn default_size(m: &ModelArgs, cfg: &ArchConfig) -> (usize, usize) {
     if let Some(Ok(e)) = m.model.as_deref().map(lookup) {
         return (e.data.input.1, e.data.input.2);
     }
-    match cfg {
-        ArchConfig::Msdnet(c) if c.stem == StemKind::ImageNet => (224, 224),
-        ArchConfig::Ranet(c) if c.stem == StemKind::ImageNet => (224, 224),
-        _ => (32, 32),
-    }
+    cfg.default_size()
 }
 
 /// Runs the command.
