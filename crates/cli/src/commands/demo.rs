@@ -5,10 +5,10 @@ use super::{WeightsArgs, load_registry_model};
 use anyhow::Result;
 use anytime_data::fmnist::{CLASSES, Split, fashion_mnist, fashion_mnist_sample_dir};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
+use anytime_eval::evaluate_anytime;
 use anytime_flops::Mode;
 use anytime_models::classify_early_exit;
 use anytime_models::registry::lookup;
-use anytime_train::metrics::evaluate_anytime;
 use std::sync::Arc;
 use std::time::Instant;
 
