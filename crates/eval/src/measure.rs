@@ -200,3 +200,55 @@ impl EvalReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anytime_data::dataset::Normalization;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+
+    /// Blank 28×28 images with these labels.
+    fn blank(labels: Vec<u32>) -> Arc<Dataset> {
+        let norm = Normalization { mean: vec![0.5], std: vec![0.5] };
+        let classes = (0..10).map(|c| c.to_string()).collect();
+        let n = labels.len();
+        Arc::new(Dataset::new("blank", vec![0; n * 28 * 28], labels, (1, 28, 28), classes, norm).unwrap())
+    }
+
+    #[test]
+    fn calibrated_run_and_sweep_on_an_untrained_model() {
+        // Zero weights: every exit's logits are zero, so class 0 everywhere.
+        let model =
+            anytime_models::registry::create_model("resnet-mc-fmnist", VarBuilder::zeros(DType::F32, &Device::Cpu))
+                .unwrap();
+        let stop_at_0 = Thresholds::first_exit(Confidence::MaxSoftmax, 6);
+        let request = Request {
+            model: "m".into(),
+            split: Split::Test,
+            batch_size: 3,
+            calibration: Some(("c.json".into(), stop_at_0)),
+            sweep_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
+        };
+        let r = evaluate_model(model.as_ref(), blank(vec![0, 0, 0, 1]), &request).unwrap();
+        assert_eq!((r.images, r.batch_size, r.exits.len()), (4, 3, 6));
+        let c = &r.calibrated.as_ref().unwrap().run;
+        assert_eq!((c.exit_counts.clone(), c.accuracy, c.mflops), (vec![4, 0, 0, 0, 0, 0], 0.75, r.exits[0].mflops));
+        let full = r.exits[5];
+        assert_eq!(r.full_ms_per_image, Some(full.ms_per_image));
+        assert_eq!(c.saving_ratio, saving_ratio(c.mflops, c.ms_per_image, full.mflops, full.ms_per_image));
+        let sweep = r.budgeted.as_ref().unwrap();
+        assert_eq!(sweep.iter().map(|p| p.q).collect::<Vec<_>>(), sweep_qs());
+        for p in sweep {
+            assert_eq!((p.run.exit_counts.iter().sum::<usize>(), p.run.accuracy, p.holdout_accuracy), (4, 0.75, 0.6));
+        }
+        // Thresholds for another model are refused, naming both.
+        let wrong = Request {
+            calibration: Some(("c.json".into(), Thresholds::first_exit(Confidence::MaxSoftmax, 3))),
+            sweep_holdout: None,
+            ..request
+        };
+        let e = evaluate_model(model.as_ref(), blank(vec![0]), &wrong).unwrap_err().to_string();
+        assert_eq!(e, "c.json has 3 thresholds, m has 6 exits");
+    }
+}
