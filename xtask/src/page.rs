@@ -387,6 +387,9 @@ fn speed_section(out: &mut String, root: &Path) -> Result<()> {
          up to 2× on the torch side; [the log](log/README.md) has the A/B runs and repeated full runs.\n",
         b.measured.date, b.measured.commit, b.measured.machine, b.threads, b.torch, b.peak_gflops
     )?;
+    if let Some(note) = &b.note {
+        writeln!(out, "{note}\n")?;
+    }
     out.push_str(&b.table());
     writeln!(out, "\n{}", read(&root.join("docs/data/speed.md"))?.trim())?;
     Ok(())
