@@ -477,3 +477,36 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_table_has_ratios_and_dashes_for_missing_sides() {
+        let case = |name: &str, stock, torch, gflops| BenchCase {
+            name: name.into(),
+            ours_ms: 2.0,
+            stock_ms: stock,
+            torch_ms: torch,
+            gflops,
+        };
+        let r = BenchReport {
+            measured: BenchProvenance { date: "2026-12-01".into(), commit: "abc1234".into(), machine: "m".into() },
+            threads: 2,
+            torch: "2.15.0".into(),
+            peak_gflops: 100.0,
+            cases: vec![case("a", Some(8.0), Some(4.0), Some(50.0)), case("b", None, None, None)],
+            note: None,
+        };
+        let t = r.table();
+        assert!(t.contains("| a | 2.00 | 8.00 | 4.00 | 0.50 | 2.00 | 50.0 | 50% |"), "{t}");
+        assert!(t.contains("| b | 2.00 | — | — | — | — | — | — |"), "{t}");
+        let back: BenchReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // The committed report reads.
+        let text = std::fs::read_to_string(crate::root().join("docs/data/bench.json")).unwrap();
+        let committed: BenchReport = serde_json::from_str(&text).unwrap();
+        assert!(!committed.cases.is_empty() && committed.peak_gflops > 0.0);
+    }
+}
