@@ -8,6 +8,7 @@ use anytime_calibrate::{
     sweep_q,
 };
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
+use anytime_eval::collect_logits;
 use anytime_flops::Mode;
 use anytime_models::registry::lookup;
 use std::path::PathBuf;
@@ -78,8 +79,6 @@ pub struct Args {
     #[arg(long)]
     output: PathBuf,
 }
-
-pub use anytime_eval::collect_logits;
 
 /// Resolves `--budget` / `--budget-fraction` against the exit costs.
 pub fn budget_mflops(budget: Option<f64>, fraction: Option<f64>, costs: &[f64]) -> Result<Option<f64>> {
