@@ -3,7 +3,8 @@
 //!
 //! Prints, per case, the median time of each, the ratios to PyTorch, the
 //! GFLOP/s reached and the share of the machine's peak (a large f32 matmul
-//! measured in the same run), and writes the table to `docs/bench.md`.
+//! measured in the same run), and writes the table to `docs/bench.md` and the
+//! report to `docs/data/bench.json` (the speed table of `docs/results.md`).
 
 use anyhow::{Context, Result, bail};
 use anytime_models::MultiExit;
@@ -12,6 +13,7 @@ use anytime_ops::conv::{Conv2dParams, conv2d};
 use anytime_ops::norm::batch_norm_train;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::process::Command;
 use std::time::Instant;
@@ -39,6 +41,78 @@ pub struct BenchArgs {
     /// Run the shifted convolutions as one GEMM per kernel tap instead of the AVX2/FMA micro-kernels (to compare the two; docs/bench.md is then left as it is).
     #[arg(long)]
     gemm_taps: bool,
+}
+
+/// One case of a full benchmark run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchCase {
+    /// The case, e.g. `conv 3x3/1 16->16 28x28 n64 fwd`.
+    pub name: String,
+    /// Our median time, ms.
+    pub ours_ms: f64,
+    /// Stock Candle's median time, ms (`None`: it failed).
+    pub stock_ms: Option<f64>,
+    /// PyTorch's median time, ms (`None`: no torch side for this case).
+    pub torch_ms: Option<f64>,
+    /// GFLOP/s of ours (`None`: no operation count for this case).
+    pub gflops: Option<f64>,
+}
+
+/// When, with what and where a benchmark ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchProvenance {
+    /// UTC date, `YYYY-MM-DD`.
+    pub date: String,
+    /// Commit of the measured build.
+    pub commit: String,
+    /// The machine.
+    pub machine: String,
+}
+
+/// A full `cargo xtask bench` run, as `docs/data/bench.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// When and where.
+    pub measured: BenchProvenance,
+    /// Threads of every side.
+    pub threads: usize,
+    /// torch's version.
+    pub torch: String,
+    /// GFLOP/s of a 2048³ f32 matmul with the gemm crate, same run.
+    pub peak_gflops: f64,
+    /// The cases, in order.
+    pub cases: Vec<BenchCase>,
+    /// Where the numbers come from, if not from a run writing this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl BenchReport {
+    /// The Markdown table of `docs/bench.md`.
+    pub fn table(&self) -> String {
+        let fmt = |t: Option<f64>| t.map_or("—".to_string(), |t| format!("{t:.2}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "—".into(),
+        };
+        let mut table = String::from(
+            "| case | ours ms | stock Candle ms | torch ms | ours / torch | stock / torch | ours GFLOP/s | % of peak |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for c in &self.cases {
+            table.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                c.name,
+                fmt(Some(c.ours_ms)),
+                fmt(c.stock_ms),
+                fmt(c.torch_ms),
+                ratio(Some(c.ours_ms), c.torch_ms),
+                ratio(c.stock_ms, c.torch_ms),
+                c.gflops.map_or("—".into(), |g| format!("{g:.1}")),
+                c.gflops.map_or("—".into(), |g| format!("{:.0}%", 100.0 * g / self.peak_gflops)),
+            ));
+        }
+        table
+    }
 }
 
 fn median_time(mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
@@ -362,42 +436,78 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         bail!("torch benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let torch: Value = serde_json::from_slice(&out.stdout).context("torch benchmark output")?;
-    let fmt = |t: Option<f64>| t.map_or("—".to_string(), |t| format!("{:.2}", t * 1e3));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => format!("{:.2}", a / b),
-        _ => "—".into(),
+    let torch_version = String::from_utf8_lossy(
+        &Command::new(&py).args(["-c", "import torch; print(torch.__version__)"]).output()?.stdout,
+    )
+    .trim()
+    .to_string();
+    let stamp = crate::results::provenance();
+    let report = BenchReport {
+        measured: BenchProvenance { date: stamp.date, commit: stamp.commit, machine: stamp.machine },
+        threads: a.threads,
+        torch: torch_version,
+        peak_gflops: peak,
+        cases: cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let name = c.spec["name"].as_str().unwrap_or("").to_string();
+                let torch_ms = torch[name.as_str()].as_f64().map(|t| t * 1e3);
+                BenchCase {
+                    gflops: c.flops.map(|f| f / ours[i] / 1e9),
+                    name,
+                    ours_ms: ours[i] * 1e3,
+                    stock_ms: stock[i].map(|t| t * 1e3),
+                    torch_ms,
+                }
+            })
+            .collect(),
+        note: None,
     };
-    let mut table = String::from(
-        "| case | ours ms | stock Candle ms | torch ms | ours / torch | stock / torch | ours GFLOP/s | % of peak |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    for (i, c) in cases.iter().enumerate() {
-        let name = c.spec["name"].as_str().unwrap_or("");
-        let t = torch[name].as_f64();
-        let gf = c.flops.map(|f| f / ours[i] / 1e9);
-        table.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
-            fmt(Some(ours[i])),
-            fmt(stock[i]),
-            fmt(t),
-            ratio(Some(ours[i]), t),
-            ratio(stock[i], t),
-            gf.map_or("—".into(), |g| format!("{g:.1}")),
-            gf.map_or("—".into(), |g| format!("{:.0}%", 100.0 * g / peak)),
-        ));
-    }
+    let table = report.table();
     let header = format!(
         "Measured by `cargo xtask bench` ({} threads for ours, stock Candle and torch {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). Times are medians; model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET) and show — without them.\n\n",
-        a.threads,
-        String::from_utf8_lossy(
-            &Command::new(&py).args(["-c", "import torch; print(torch.__version__)"]).output()?.stdout
-        )
-        .trim(),
-        peak
+        a.threads, report.torch, peak
     );
     println!("{header}{table}");
     if a.only.is_none() && !a.im2col && !a.gemm_taps {
         let doc = format!("# Kernel and model benchmark\n\n{header}{table}");
         anytime_io::atomic_write(crate::root().join("docs/bench.md"), doc.as_bytes())?;
+        let json = serde_json::to_string_pretty(&report)?;
+        anytime_io::atomic_write(crate::root().join("docs/data/bench.json"), format!("{json}\n").as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_table_has_ratios_and_dashes_for_missing_sides() {
+        let case = |name: &str, stock, torch, gflops| BenchCase {
+            name: name.into(),
+            ours_ms: 2.0,
+            stock_ms: stock,
+            torch_ms: torch,
+            gflops,
+        };
+        let r = BenchReport {
+            measured: BenchProvenance { date: "2026-12-01".into(), commit: "abc1234".into(), machine: "m".into() },
+            threads: 2,
+            torch: "2.15.0".into(),
+            peak_gflops: 100.0,
+            cases: vec![case("a", Some(8.0), Some(4.0), Some(50.0)), case("b", None, None, None)],
+            note: None,
+        };
+        let t = r.table();
+        assert!(t.contains("| a | 2.00 | 8.00 | 4.00 | 0.50 | 2.00 | 50.0 | 50% |"), "{t}");
+        assert!(t.contains("| b | 2.00 | — | — | — | — | — | — |"), "{t}");
+        let back: BenchReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // The committed report reads.
+        let text = std::fs::read_to_string(crate::root().join("docs/data/bench.json")).unwrap();
+        let committed: BenchReport = serde_json::from_str(&text).unwrap();
+        assert!(!committed.cases.is_empty() && committed.peak_gflops > 0.0);
+    }
 }

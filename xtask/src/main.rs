@@ -8,6 +8,7 @@
 mod arch_doc;
 mod bench;
 mod ci;
+mod page;
 mod results;
 mod train;
 
@@ -38,11 +39,12 @@ enum Task {
         #[arg(long)]
         model: String,
     },
-    /// Times our kernels, stock Candle and PyTorch side by side (writes docs/bench.md).
+    /// Times our kernels, stock Candle and PyTorch side by side (writes docs/bench.md and docs/data/bench.json).
     Bench(bench::BenchArgs),
     /// Measures every trained Fashion-MNIST model (anytime, budgeted at batch 64
-    /// and 1, a 50 % calibration) and rewrites the generated tables of
-    /// docs/results.md, the raw JSON in docs/data/ and the plots in docs/plots/.
+    /// and 1, a 50 % calibration) into docs/data/, then regenerates
+    /// docs/results.md and the plots in docs/plots/ from those reports
+    /// (`--reuse`: measure only what is missing).
     Results(results::ResultsArgs),
     /// Retrains every shipped Fashion-MNIST model, re-exports its weights and
     /// rewrites the results tables (`results`).

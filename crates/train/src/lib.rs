@@ -12,7 +12,9 @@
 //! - [`init`]: deterministic, seeded initialisation;
 //! - [`checkpoint`] and [`trainer`]: resumable, atomic checkpoints and the
 //!   loop, for any [`anytime_models::MultiExit`] model;
-//! - [`metrics`] and [`plot`]: per-exit accuracy, a JSON-lines log, SVG curves;
+//! - [`metrics`] and [`plot`]: per-epoch records, a JSON-lines log, SVG
+//!   training curves (per-exit accuracy and the plotting come from
+//!   `anytime_eval`, re-exported where training uses them).
 //! - [`recipes`]: each trainable model's recipe, a list of stages.
 //!
 //! ```

@@ -1,41 +1,12 @@
-//! Training and evaluation metrics: per-exit accuracy, per-epoch records and
-//! their JSON-lines log.
+//! Training metrics: per-epoch records and their JSON-lines log. Per-exit
+//! accuracy and the evaluation passes live in [`anytime_eval::metrics`] and
+//! are re-exported here.
 
 use crate::error::{Error, Result};
-use anytime_models::MultiExit;
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Counts correct top-1 predictions per exit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExitAccuracy {
-    /// Correct predictions per exit.
-    pub correct: Vec<u64>,
-    /// Samples seen.
-    pub total: u64,
-}
-
-impl ExitAccuracy {
-    /// Adds one batch: `logits` per exit `[N, classes]`, `targets` `[N]` u32.
-    pub fn update(&mut self, logits: &[Tensor], targets: &Tensor) -> candle_core::Result<()> {
-        let t = targets.to_vec1::<u32>()?;
-        if self.correct.len() < logits.len() {
-            self.correct.resize(logits.len(), 0);
-        }
-        for (k, l) in logits.iter().enumerate() {
-            let pred = l.argmax(1)?.to_vec1::<u32>()?;
-            self.correct[k] += pred.iter().zip(&t).filter(|(p, y)| p == y).count() as u64;
-        }
-        self.total += t.len() as u64;
-        Ok(())
-    }
-
-    /// Accuracy per exit as fractions in [0, 1].
-    pub fn fractions(&self) -> Vec<f64> {
-        self.correct.iter().map(|&c| c as f64 / self.total.max(1) as f64).collect()
-    }
-}
+pub use anytime_eval::metrics::{AnytimeEval, ExitAccuracy, evaluate, evaluate_anytime};
 
 /// What one epoch produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,20 +33,6 @@ pub struct EpochMetrics {
     pub train_logged: std::collections::BTreeMap<String, f64>,
 }
 
-/// Evaluates every exit on `batches` (eval mode).
-pub fn evaluate<I>(model: &dyn MultiExit, batches: I) -> candle_core::Result<ExitAccuracy>
-where
-    I: IntoIterator<Item = candle_core::Result<(Tensor, Tensor)>>,
-{
-    let mut acc = ExitAccuracy::default();
-    for b in batches {
-        let (xs, ys) = b?;
-        let exits = crate::objective::forward(model, &xs, &anytime_blocks::Mode::eval())?;
-        acc.update(&exits.into_iter().map(|e| e.logits).collect::<Vec<_>>(), &ys)?;
-    }
-    Ok(acc)
-}
-
 /// Rewrites the metrics log (one JSON object per line) atomically.
 pub fn write_jsonl(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     let mut text = String::new();
@@ -85,43 +42,4 @@ pub fn write_jsonl(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     }
     anytime_io::atomic_write(path, text.as_bytes())
         .map_err(|e| Error::Io { path: path.to_path_buf(), msg: e.to_string() })
-}
-
-/// Per-exit accuracy together with the wall-clock time to reach each exit.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AnytimeEval {
-    /// Correct predictions per exit.
-    pub accuracy: ExitAccuracy,
-    /// Cumulative seconds spent reaching each exit (lazy evaluation: exit k
-    /// includes every stage before it), summed over all batches.
-    pub seconds: Vec<f64>,
-}
-
-impl AnytimeEval {
-    /// Milliseconds per image to reach each exit.
-    pub fn ms_per_image(&self) -> Vec<f64> {
-        self.seconds.iter().map(|s| 1e3 * s / self.accuracy.total.max(1) as f64).collect()
-    }
-}
-
-/// Evaluates every exit with the lazy anytime iterator, timing each stage.
-pub fn evaluate_anytime<I>(model: &dyn MultiExit, batches: I) -> candle_core::Result<AnytimeEval>
-where
-    I: IntoIterator<Item = candle_core::Result<(Tensor, Tensor)>>,
-{
-    let k = model.num_exits();
-    let mut out = AnytimeEval { accuracy: ExitAccuracy::default(), seconds: vec![0.0; k] };
-    for b in batches {
-        let (xs, ys) = b?;
-        let start = std::time::Instant::now();
-        let mut logits = Vec::with_capacity(k);
-        for (i, l) in anytime_models::Anytime::new(model, &xs)?.enumerate() {
-            // Force the computation before reading the clock.
-            let l = l?.logits.contiguous()?;
-            out.seconds[i] += start.elapsed().as_secs_f64();
-            logits.push(l);
-        }
-        out.accuracy.update(&logits, &ys)?;
-    }
-    Ok(out)
 }

@@ -195,7 +195,7 @@ mod tests {
 
     fn tiny() -> candle_core::Result<(Box<dyn MultiExit>, Tensor, Tensor)> {
         let map = candle_nn::VarMap::new();
-        let cfg = anytime_models::registry::ArchConfig::Msdnet(anytime_models::registry::msdnet_tiny());
+        let cfg = anytime_models::registry::ArchConfig::new(anytime_models::registry::msdnet_tiny());
         let vb = crate::init::seeded_var_builder(&map, 3, &Device::Cpu);
         let model = cfg.build(vb).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };

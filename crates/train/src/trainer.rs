@@ -607,7 +607,7 @@ mod tests {
     }
 
     fn build(vb: VarBuilder) -> anytime_models::Result<Box<dyn MultiExit>> {
-        ArchConfig::Msdnet(msdnet_tiny()).build(vb)
+        ArchConfig::new(msdnet_tiny()).build(vb)
     }
 
     fn spec(epochs: usize, seed: u64) -> TrainSpec {

@@ -7,11 +7,9 @@ use anytime_calibrate::{
     Calibration, Confidence, ExitScores, GaParams, Method, default_qs, dynamic_eval, genetic_search, solve_budget,
     sweep_q,
 };
-use anytime_data::dataset::Dataset;
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
-use anytime_data::loader::{Augment, BatchConfig, Loader};
+use anytime_eval::collect_logits;
 use anytime_flops::Mode;
-use anytime_models::MultiExit;
 use anytime_models::registry::lookup;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,27 +78,6 @@ pub struct Args {
     /// Output calibration JSON.
     #[arg(long)]
     output: PathBuf,
-}
-
-/// Logits `[exit][sample][class]`.
-pub type ExitLogits = Vec<Vec<Vec<f32>>>;
-
-/// Every exit's logits and the labels of `ds`.
-pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLogits, Vec<u32>)> {
-    let loader = Loader::new(
-        ds,
-        BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
-    )?;
-    let mut logits = vec![Vec::new(); model.num_exits()];
-    let mut labels = Vec::new();
-    for b in loader.epoch(0, 0) {
-        let (xs, ys) = b?;
-        for (k, l) in model.forward_exits(&xs, &anytime_blocks::Mode::eval())?.iter().enumerate() {
-            logits[k].extend(l.logits.to_vec2::<f32>()?);
-        }
-        labels.extend(ys.to_vec1::<u32>()?);
-    }
-    Ok((logits, labels))
 }
 
 /// Resolves `--budget` / `--budget-fraction` against the exit costs.

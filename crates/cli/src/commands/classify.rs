@@ -1,7 +1,7 @@
 //! `anytime classify`: classifies images with real early exit under a FLOP
 //! budget, or with anytime prediction under a wall-clock deadline.
 
-use super::calibrate::{budget_mflops, collect_logits};
+use super::calibrate::budget_mflops;
 use super::eval::{EvalSplit, load_split};
 use super::{WeightsArgs, load_registry_model, resolve_weights};
 use anyhow::{Context, Result, bail};
@@ -9,6 +9,7 @@ use anytime_calibrate::{Calibration, Confidence, ExitScores, Thresholds, solve_b
 use anytime_data::fmnist::{CLASSES, DEFAULT_FASHION_MNIST_DIR};
 use anytime_data::idx;
 use anytime_data::image::load_image;
+use anytime_eval::collect_logits;
 use anytime_flops::Mode;
 use anytime_models::registry::lookup;
 use anytime_models::{classify_anytime, classify_budgeted};

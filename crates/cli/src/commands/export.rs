@@ -70,7 +70,6 @@ pub fn run(a: Args) -> Result<()> {
         budgeted: false,
         plots: None,
     })?;
-    let exits = eval["exits"].as_array().cloned().unwrap_or_default();
     let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
     let epochs = r.stage(stage)?.1.spec.epochs;
     if state.epoch < epochs && !a.partial {
@@ -112,8 +111,8 @@ pub fn run(a: Args) -> Result<()> {
         architecture: cfg.arch().into(),
         config: serde_json::to_value(&cfg)?,
         dataset: "fashion-mnist".into(),
-        exit_accuracy: exits.iter().map(|e| e["accuracy"].as_f64().unwrap_or(0.0)).collect(),
-        exit_mflops: exits.iter().map(|e| e["mflops"].as_f64().unwrap_or(0.0)).collect(),
+        exit_accuracy: eval.exits.iter().map(|e| e.accuracy).collect(),
+        exit_mflops: eval.exits.iter().map(|e| e.mflops).collect(),
         training_command: format!("cargo xtask train --model {}", a.model),
         commit: git_commit(),
         extra,

@@ -1,0 +1,254 @@
+//! Measurements on a model and a batch loader: the anytime pass, real early
+//! exit with given thresholds, the q sweep, and the held-out logits that
+//! calibration works on.
+
+use crate::error::{Error, Result};
+use crate::exits::exit_logits;
+use crate::metrics::evaluate_anytime;
+use crate::report::{CalibratedRun, EarlyExitRun, EvalReport, ExitReport, Split, SweepPoint, saving_ratio};
+use anytime_calibrate::{Confidence, ExitScores, Thresholds, sweep_q};
+use anytime_data::dataset::Dataset;
+use anytime_data::loader::{Augment, BatchConfig, Loader};
+use anytime_models::{MultiExit, classify_budgeted};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Logits `[exit][sample][class]`.
+pub type ExitLogits = Vec<Vec<Vec<f32>>>;
+
+/// The q values of the sweep: 0.1, 0.3, …, 1.9.
+pub fn sweep_qs() -> Vec<f64> {
+    (1..=10).map(|i| 0.2 * i as f64 - 0.1).collect()
+}
+
+/// Every exit's logits and the labels of `ds` (in order, batches of 256,
+/// no augmentation): what threshold calibration works on.
+pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLogits, Vec<u32>)> {
+    let loader = Loader::new(
+        ds,
+        BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
+    )?;
+    let mut logits = vec![Vec::new(); model.num_exits()];
+    let mut labels = Vec::new();
+    for b in loader.epoch(0, 0) {
+        let (xs, ys) = b?;
+        for (k, l) in exit_logits(model, &xs)?.iter().enumerate() {
+            logits[k].extend(l.to_vec2::<f32>()?);
+        }
+        labels.extend(ys.to_vec1::<u32>()?);
+    }
+    Ok((logits, labels))
+}
+
+/// Cumulative MFLOPs per image at each exit for the loader's image size
+/// (reference counting).
+pub fn exit_mflops(model: &dyn MultiExit, loader: &Loader) -> Result<Vec<f64>> {
+    let (_, h, w) = loader.dataset().image_shape();
+    Ok(model.exit_costs(h, w)?.mflops(anytime_flops::Mode::Reference))
+}
+
+/// The anytime pass over every batch of `loader` (after one untimed batch, so
+/// that no timing includes a cold start): accuracy, cumulative MFLOPs and
+/// cumulative ms per image at each exit.
+pub fn anytime_exits(model: &dyn MultiExit, loader: &Loader, mflops: &[f64]) -> Result<Vec<ExitReport>> {
+    if mflops.len() != model.num_exits() {
+        return Err(Error::Invalid(format!("{} exit costs for {} exits", mflops.len(), model.num_exits())));
+    }
+    if let Some(b) = loader.epoch(0, 0).next() {
+        exit_logits(model, &b?.0)?;
+    }
+    let ev =
+        evaluate_anytime(model, loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))))?;
+    Ok(ev
+        .accuracy
+        .fractions()
+        .iter()
+        .zip(mflops)
+        .zip(ev.ms_per_image())
+        .enumerate()
+        .map(|(exit, ((&accuracy, &mflops), ms_per_image))| ExitReport { exit, accuracy, mflops, ms_per_image })
+        .collect())
+}
+
+/// Real early exit with `th` over every batch of `loader`: accuracy, average
+/// MFLOPs, wall-clock ms per image and the images per exit (no saving ratio:
+/// that needs the full model's time, see [`EvalReport::fill_saving_ratios`]).
+pub fn early_exit(model: &dyn MultiExit, loader: &Loader, th: &Thresholds, mflops: &[f64]) -> Result<EarlyExitRun> {
+    let (mut correct, mut spent, mut n) = (0usize, 0f64, 0usize);
+    let mut counts = vec![0usize; mflops.len()];
+    let start = Instant::now();
+    for b in loader.epoch(0, 0) {
+        let (xs, ys) = b?;
+        let ys = ys.to_vec1::<u32>()?;
+        for (d, y) in classify_budgeted(model, &xs, th, mflops)?.iter().zip(&ys) {
+            correct += usize::from(d.prediction == *y);
+            spent += d.mflops;
+            counts[d.exit] += 1;
+            n += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(EarlyExitRun {
+        accuracy: correct as f64 / n.max(1) as f64,
+        mflops: spent / n.max(1) as f64,
+        ms_per_image: 1e3 * secs / n.max(1) as f64,
+        exit_counts: counts,
+        saving_ratio: None,
+    })
+}
+
+/// Budgeted classification over the q sweep `qs`: MSDNet's thresholds from
+/// the held-out `holdout` logits and labels (max-softmax confidence), each
+/// measured on `loader` with real early exit.
+pub fn q_sweep(
+    model: &dyn MultiExit,
+    loader: &Loader,
+    holdout: (&ExitLogits, &[u32]),
+    mflops: &[f64],
+    qs: &[f64],
+) -> Result<Vec<SweepPoint>> {
+    let scores = ExitScores::from_logits(holdout.0, holdout.1, Confidence::MaxSoftmax)?;
+    let mut points = Vec::with_capacity(qs.len());
+    for (q, th, val) in sweep_q(&scores, mflops, qs)? {
+        points.push(SweepPoint {
+            q,
+            holdout_accuracy: val.accuracy,
+            holdout_mflops: val.avg_cost,
+            run: early_exit(model, loader, &th, mflops)?,
+        });
+    }
+    Ok(points)
+}
+
+/// What `anytime eval` measures: the anytime pass always, real early exit
+/// with a calibration's thresholds and the q sweep on request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Registry model name (for the report).
+    pub model: String,
+    /// Which images are evaluated (for the report).
+    pub split: Split,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Real early exit with these thresholds; the string names their file.
+    pub calibration: Option<(String, Thresholds)>,
+    /// The q sweep ([`sweep_qs`]), thresholds from this held-out split.
+    pub sweep_holdout: Option<Arc<Dataset>>,
+}
+
+/// The whole evaluation of `anytime eval` on `images` (in order, no
+/// augmentation): the anytime pass, then what `request` asks for, with the
+/// saving ratios filled in.
+pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Request) -> Result<EvalReport> {
+    let n = images.len();
+    let loader = Loader::new(
+        images,
+        BatchConfig {
+            batch_size: request.batch_size,
+            shuffle: false,
+            seed: 0,
+            augment: Augment::default(),
+            drop_last: false,
+        },
+    )?;
+    let mflops = exit_mflops(model, &loader)?;
+    let exits = anytime_exits(model, &loader, &mflops)?;
+    let mut report = EvalReport {
+        model: request.model.clone(),
+        split: request.split,
+        images: n,
+        batch_size: request.batch_size,
+        exits,
+        calibrated: None,
+        budgeted: None,
+        plots: None,
+        full_ms_per_image: None,
+        measured: None,
+    };
+    if let Some((file, th)) = &request.calibration {
+        if th.per_exit.len() != mflops.len() {
+            return Err(Error::Invalid(format!(
+                "{file} has {} thresholds, {} has {} exits",
+                th.per_exit.len(),
+                request.model,
+                mflops.len()
+            )));
+        }
+        report.calibrated = Some(CalibratedRun { file: file.clone(), run: early_exit(model, &loader, th, &mflops)? });
+    }
+    if let Some(holdout) = &request.sweep_holdout {
+        let (logits, labels) = collect_logits(model, holdout.clone())?;
+        report.budgeted = Some(q_sweep(model, &loader, (&logits, &labels), &mflops, &sweep_qs())?);
+    }
+    report.fill_saving_ratios()?;
+    Ok(report)
+}
+
+impl EvalReport {
+    /// Sets `full_ms_per_image` and every early-exit run's saving ratio
+    /// against the last exit, where the report has early-exit runs.
+    pub fn fill_saving_ratios(&mut self) -> Result<()> {
+        if self.calibrated.is_none() && self.budgeted.is_none() {
+            return Ok(());
+        }
+        let full = *self.full()?;
+        let runs = self.calibrated.iter_mut().map(|c| &mut c.run);
+        for r in runs.chain(self.budgeted.iter_mut().flatten().map(|b| &mut b.run)) {
+            r.saving_ratio = saving_ratio(r.mflops, r.ms_per_image, full.mflops, full.ms_per_image);
+        }
+        self.full_ms_per_image = Some(full.ms_per_image);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anytime_data::dataset::Normalization;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+
+    /// Blank 28×28 images with these labels.
+    fn blank(labels: Vec<u32>) -> Arc<Dataset> {
+        let norm = Normalization { mean: vec![0.5], std: vec![0.5] };
+        let classes = (0..10).map(|c| c.to_string()).collect();
+        let n = labels.len();
+        Arc::new(Dataset::new("blank", vec![0; n * 28 * 28], labels, (1, 28, 28), classes, norm).unwrap())
+    }
+
+    #[test]
+    fn calibrated_run_and_sweep_on_an_untrained_model() {
+        // Zero weights: every exit's logits are zero, so class 0 everywhere.
+        let model =
+            anytime_models::registry::create_model("resnet-mc-fmnist", VarBuilder::zeros(DType::F32, &Device::Cpu))
+                .unwrap();
+        let stop_at_0 = Thresholds::first_exit(Confidence::MaxSoftmax, 6);
+        let request = Request {
+            model: "m".into(),
+            split: Split::Test,
+            batch_size: 3,
+            calibration: Some(("c.json".into(), stop_at_0)),
+            sweep_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
+        };
+        let r = evaluate_model(model.as_ref(), blank(vec![0, 0, 0, 1]), &request).unwrap();
+        assert_eq!((r.images, r.batch_size, r.exits.len()), (4, 3, 6));
+        let c = &r.calibrated.as_ref().unwrap().run;
+        assert_eq!((c.exit_counts.clone(), c.accuracy, c.mflops), (vec![4, 0, 0, 0, 0, 0], 0.75, r.exits[0].mflops));
+        let full = r.exits[5];
+        assert_eq!(r.full_ms_per_image, Some(full.ms_per_image));
+        assert_eq!(c.saving_ratio, saving_ratio(c.mflops, c.ms_per_image, full.mflops, full.ms_per_image));
+        let sweep = r.budgeted.as_ref().unwrap();
+        assert_eq!(sweep.iter().map(|p| p.q).collect::<Vec<_>>(), sweep_qs());
+        for p in sweep {
+            assert_eq!((p.run.exit_counts.iter().sum::<usize>(), p.run.accuracy, p.holdout_accuracy), (4, 0.75, 0.6));
+        }
+        // Thresholds for another model are refused, naming both.
+        let wrong = Request {
+            calibration: Some(("c.json".into(), Thresholds::first_exit(Confidence::MaxSoftmax, 3))),
+            sweep_holdout: None,
+            ..request
+        };
+        let e = evaluate_model(model.as_ref(), blank(vec![0]), &wrong).unwrap_err().to_string();
+        assert_eq!(e, "c.json has 3 thresholds, m has 6 exits");
+    }
+}
