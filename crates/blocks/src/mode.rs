@@ -69,5 +69,7 @@ impl Mode {
 /// `name` equals `prefix` or lies under it (`prefix.` …); the empty prefix
 /// holds everything.
 pub fn within(name: &str, prefix: &str) -> bool {
-    prefix.is_empty() || name == prefix || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+    prefix.is_empty()
+        || name == prefix
+        || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
 }
