@@ -150,7 +150,7 @@ mod tests {
             model: "msdnet_tiny".into(),
             weights_sha256: "abc123".into(),
             method: Method::Genetic { budget_mflops: Some(1.5), lambda: 0.1 },
-            thresholds: Thresholds { confidence: Confidence::Entropy, per_exit: vec![0.9, f32::MAX, f32::MIN] },
+            thresholds: Thresholds::new(Confidence::Entropy, vec![0.9, f32::MAX, f32::MIN]),
             exit_mflops: vec![1.0, 2.0, 3.0],
             holdout_images: 10,
             holdout_accuracy: 0.9,

@@ -14,6 +14,9 @@ pub enum Error {
     /// The held-out set is empty.
     #[error("no samples: the held-out set is empty")]
     NoSamples,
+    /// The ensemble fallback asked for on scores made without logits.
+    #[error("the ensemble fallback needs scores made from every exit's logits (ExitScores::from_logits)")]
+    NoEnsemble,
     /// Two inputs that must agree in length do not.
     #[error("{what}: expected {expected}, got {got}")]
     Length {

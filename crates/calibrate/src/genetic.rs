@@ -19,7 +19,7 @@
 //! - a seeded ChaCha8 generator makes it deterministic.
 
 use crate::budget::Budget;
-use crate::rules::{Outcome, Thresholds, apply, check_inputs, default_qs, penalised, q_rule};
+use crate::rules::{Fallback, Outcome, Thresholds, apply, check_inputs, default_qs, penalised, q_rule};
 use crate::scores::ExitScores;
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
@@ -48,6 +48,10 @@ pub struct GaParams {
     pub lambda: f64,
     /// Seed of the random generator.
     pub seed: u64,
+    /// The exit rule's fallback: with [`Fallback::Ensemble`] the last exit's
+    /// threshold is searched too (SCAN's rule).
+    #[serde(default)]
+    pub fallback: Fallback,
 }
 
 impl Default for GaParams {
@@ -61,6 +65,7 @@ impl Default for GaParams {
             elite: 4,
             lambda: 0.1,
             seed: 0,
+            fallback: Fallback::LastExit,
         }
     }
 }
@@ -120,8 +125,10 @@ struct Problem<'a> {
 impl Problem<'_> {
     fn thresholds(&self, genes: &[f64]) -> Thresholds {
         let mut per_exit: Vec<f32> = genes.iter().map(|&g| g as f32).collect();
-        per_exit.push(f32::MIN);
-        Thresholds { confidence: self.scores.confidence, per_exit }
+        if per_exit.len() < self.scores.exits() {
+            per_exit.push(f32::MIN);
+        }
+        Thresholds::new(self.scores.confidence, per_exit).with_fallback(self.params.fallback)
     }
 
     fn evaluate(&self, genes: Vec<f64>) -> Scored {
@@ -181,11 +188,16 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-/// Per early exit, the range thresholds are searched in: from the lowest
-/// confidence (everybody leaves) to a little above the highest (nobody does).
-fn gene_ranges(scores: &ExitScores) -> Vec<(f64, f64)> {
-    let early = scores.exits() - 1;
-    scores.conf[..early]
+/// Per searched exit (the early ones; every exit with
+/// [`Fallback::Ensemble`]), the range thresholds are searched in: from the
+/// lowest confidence (everybody leaves) to a little above the highest (nobody
+/// does).
+fn gene_ranges(scores: &ExitScores, fallback: Fallback) -> Vec<(f64, f64)> {
+    let searched = match fallback {
+        Fallback::LastExit => scores.exits() - 1,
+        Fallback::Ensemble => scores.exits(),
+    };
+    scores.conf[..searched]
         .iter()
         .map(|c| {
             let lo = c.iter().copied().fold(f32::INFINITY, f32::min) as f64;
@@ -210,8 +222,11 @@ pub fn genetic_search(
 ) -> Result<(Thresholds, Outcome)> {
     check_inputs(scores, costs)?;
     params.validate()?;
+    if params.fallback == Fallback::Ensemble && scores.ensemble.is_none() {
+        return Err(Error::NoEnsemble);
+    }
     let budget = budget.map(|b| Budget::Mflops(b).mflops(costs)).transpose()?;
-    let problem = Problem { scores, costs, params, budget, ranges: gene_ranges(scores) };
+    let problem = Problem { scores, costs, params, budget, ranges: gene_ranges(scores, params.fallback) };
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut ranked: Vec<Scored> = problem.first_generation(&mut rng).into_iter().map(|g| problem.evaluate(g)).collect();
     ranked.sort_by(Scored::rank);
@@ -278,6 +293,27 @@ mod tests {
             costs_found.push(out.avg_cost);
         }
         assert!(costs_found[1] < costs_found[0], "{costs_found:?}");
+    }
+
+    /// With the ensemble fallback the last threshold is searched too, and
+    /// the search never does worse than the same thresholds ending in the
+    /// last exit (every last-exit setting is in its search space).
+    #[test]
+    fn ensemble_fallback_searches_the_last_exit() {
+        let s = synthetic(800);
+        let base = GaParams { lambda: 0.05, generations: 15, ..GaParams::default() };
+        let (t_last, o_last) = genetic_search(&s, &COSTS, &base, None).unwrap();
+        assert_eq!(o_last.fallback, 0);
+        let p = GaParams { fallback: Fallback::Ensemble, ..base };
+        let (t, o) = genetic_search(&s, &COSTS, &p, None).unwrap();
+        assert_eq!(t.fallback, Fallback::Ensemble);
+        assert_eq!(simulate(&t, &s, &COSTS).unwrap(), o);
+        let fit = |o: &Outcome| o.accuracy - 0.05 * o.avg_cost / 3.0;
+        let same_as_last = simulate(&t_last.clone().with_fallback(Fallback::Ensemble), &s, &COSTS).unwrap();
+        assert!(fit(&o) >= fit(&same_as_last), "{o:?} vs {same_as_last:?}");
+        // Scores without logits cannot give the ensemble answer.
+        let parts = ExitScores::from_parts(s.confidence, s.conf.clone(), s.pred.clone(), s.labels.clone()).unwrap();
+        assert!(matches!(genetic_search(&parts, &COSTS, &p, None), Err(Error::NoEnsemble)));
     }
 
     #[test]

@@ -64,5 +64,5 @@ pub use calibration::{Calibration, Method};
 pub use confidence::Confidence;
 pub use error::{Error, Result};
 pub use genetic::{GaParams, genetic_search};
-pub use rules::{Outcome, Thresholds, default_qs, dynamic_eval, dynamic_eval_thresholds, simulate, sweep_q};
+pub use rules::{Fallback, Outcome, Thresholds, default_qs, dynamic_eval, dynamic_eval_thresholds, simulate, sweep_q};
 pub use scores::ExitScores;

@@ -9,9 +9,10 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// One threshold per exit; a sample leaves at the first exit whose confidence
-/// is at least its threshold. The last exit always accepts. `f32::MAX` means
-/// "nobody leaves here" and `f32::MIN` "everybody does" (both finite, so
-/// calibrations stay valid JSON).
+/// is at least its threshold. What a sample confident at no exit gets is the
+/// [`Fallback`]: by default the last exit accepts everything. `f32::MAX`
+/// means "nobody leaves here" and `f32::MIN` "everybody does" (both finite,
+/// so calibrations stay valid JSON).
 ///
 /// # Shapes
 /// - `per_exit`: `[exits]`
@@ -19,20 +20,49 @@ use serde::{Deserialize, Serialize};
 pub struct Thresholds {
     /// The confidence measure the thresholds apply to.
     pub confidence: Confidence,
-    /// Threshold per exit (the last one is ignored: it accepts everything).
+    /// Threshold per exit (with [`Fallback::LastExit`] the last one is
+    /// ignored: it accepts everything).
     pub per_exit: Vec<f32>,
+    /// What a sample that no exit is confident about gets.
+    #[serde(default)]
+    pub fallback: Fallback,
+}
+
+/// The answer for a sample whose confidence reaches no exit's threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// The last exit accepts every sample that reaches it (MSDNet, RANet).
+    #[default]
+    LastExit,
+    /// The last exit's threshold applies too; a sample confident nowhere gets
+    /// the argmax of the mean of every exit's logits, at the full model's cost
+    /// (SCAN, `inference.py` of pytorch-scalable-neural-networks).
+    Ensemble,
 }
 
 impl Thresholds {
-    /// Thresholds that let every sample out at the first exit.
-    pub fn first_exit(confidence: Confidence, exits: usize) -> Self {
-        Self { confidence, per_exit: vec![f32::MIN; exits] }
+    /// Thresholds with the default fallback (the last exit accepts).
+    pub fn new(confidence: Confidence, per_exit: Vec<f32>) -> Self {
+        Self { confidence, per_exit, fallback: Fallback::LastExit }
     }
 
-    /// Whether a sample with confidence `conf` leaves at `exit`: always at the
-    /// last exit (and past it), else when `conf` reaches the exit's threshold.
+    /// Thresholds that let every sample out at the first exit.
+    pub fn first_exit(confidence: Confidence, exits: usize) -> Self {
+        Self::new(confidence, vec![f32::MIN; exits])
+    }
+
+    /// The same thresholds with another fallback.
+    pub fn with_fallback(self, fallback: Fallback) -> Self {
+        Self { fallback, ..self }
+    }
+
+    /// Whether a sample with confidence `conf` leaves at `exit` on its own
+    /// confidence: when `conf` reaches the exit's threshold, and always at
+    /// the last exit (and past it) with [`Fallback::LastExit`].
     pub fn stops(&self, exit: usize, conf: f32) -> bool {
-        exit + 1 >= self.per_exit.len() || self.per_exit.get(exit).is_some_and(|&t| conf >= t)
+        let last = exit + 1 >= self.per_exit.len();
+        (last && self.fallback == Fallback::LastExit) || self.per_exit.get(exit).is_some_and(|&t| conf >= t)
     }
 
     /// Checks the thresholds fit `scores`: one per exit, none NaN, the same
@@ -51,6 +81,9 @@ impl Thresholds {
         if self.confidence != scores.confidence {
             return Err(Error::ConfidenceMismatch { thresholds: self.confidence, scores: scores.confidence });
         }
+        if self.fallback == Fallback::Ensemble && scores.ensemble.is_none() {
+            return Err(Error::NoEnsemble);
+        }
         Ok(())
     }
 }
@@ -62,10 +95,15 @@ pub struct Outcome {
     pub accuracy: f64,
     /// Average cumulative cost per sample (the unit of the costs given).
     pub avg_cost: f64,
-    /// Samples leaving at each exit, `[exits]`.
+    /// Samples leaving at each exit, `[exits]` (samples given the ensemble
+    /// fallback count at the last exit).
     pub exit_counts: Vec<usize>,
     /// The exit each sample leaves at, `[N]`.
     pub exits: Vec<usize>,
+    /// Samples confident at no exit that got the [`Fallback::Ensemble`]
+    /// answer (0 with [`Fallback::LastExit`]).
+    #[serde(default)]
+    pub fallback: usize,
 }
 
 impl Outcome {
@@ -109,16 +147,24 @@ pub(crate) fn apply(th: &Thresholds, scores: &ExitScores, costs: &[f64]) -> Outc
     let k = scores.exits();
     let mut exit_counts = vec![0usize; k];
     let mut exits = Vec::with_capacity(scores.len());
-    let (mut correct, mut cost) = (0usize, 0f64);
+    let (mut correct, mut cost, mut fallback) = (0usize, 0f64, 0usize);
     for (i, &label) in scores.labels.iter().enumerate() {
-        let e = (0..k).find(|&e| th.stops(e, scores.conf[e][i])).unwrap_or(k - 1);
+        let found = (0..k).find(|&e| th.stops(e, scores.conf[e][i]));
+        let e = found.unwrap_or(k - 1);
+        let pred = match (found, &scores.ensemble) {
+            (None, Some(ensemble)) if th.fallback == Fallback::Ensemble => {
+                fallback += 1;
+                ensemble[i]
+            }
+            _ => scores.pred[e][i],
+        };
         exit_counts[e] += 1;
         exits.push(e);
         cost += costs[e];
-        correct += usize::from(scores.pred[e][i] == label);
+        correct += usize::from(pred == label);
     }
     let n = scores.len() as f64;
-    Outcome { accuracy: correct as f64 / n, avg_cost: cost / n, exit_counts, exits }
+    Outcome { accuracy: correct as f64 / n, avg_cost: cost / n, exit_counts, exits, fallback }
 }
 
 /// Applies the exit rule of `th` to every sample of `scores`.
@@ -161,7 +207,7 @@ pub(crate) fn q_rule(scores: &ExitScores, q: f64) -> Thresholds {
         }
     }
     per_exit[k - 1] = f32::MIN;
-    Thresholds { confidence: scores.confidence, per_exit }
+    Thresholds::new(scores.confidence, per_exit)
 }
 
 /// MSDNet's dynamic-evaluation thresholds for `q`: exit k should take the
@@ -214,6 +260,7 @@ mod tests {
             conf: vec![vec![0.9, 0.2, 0.5, 0.1], vec![0.3, 0.8, 0.7, 0.2], vec![0.5; 4]],
             pred: vec![vec![0; 4], vec![1; 4], vec![2; 4]],
             labels: vec![0, 1, 2, 2],
+            ensemble: None,
         }
     }
 
@@ -256,6 +303,7 @@ mod tests {
             conf: vec![vec![0.9, 0.8, 0.7, 0.6]; 2],
             pred: vec![vec![0; 4]; 2],
             labels: vec![0; 4],
+            ensemble: None,
         };
         let (th, _) = dynamic_eval(&two, &[1.0, 2.0], 1e-3).unwrap();
         assert_eq!(th.per_exit, vec![0.7, f32::MIN]);
@@ -303,7 +351,7 @@ mod tests {
         let s = tiny();
         // Exit 0 lets out samples with confidence >= 0.5 (0 and 2), exit 1
         // nobody; the last exit ignores its threshold. Right: samples 0 and 3.
-        let th = Thresholds { confidence: Confidence::MaxSoftmax, per_exit: vec![0.5, f32::MAX, f32::MAX] };
+        let th = Thresholds::new(Confidence::MaxSoftmax, vec![0.5, f32::MAX, f32::MAX]);
         let out = simulate(&th, &s, &COSTS).unwrap();
         assert_eq!(out.exits, vec![0, 2, 0, 2]);
         assert_eq!(out.accuracy, 0.5);
@@ -316,10 +364,10 @@ mod tests {
     fn bad_inputs_are_errors() {
         let s = tiny();
         let msg = |r: Result<Outcome>| r.unwrap_err().to_string();
-        let th = |per_exit: Vec<f32>| Thresholds { confidence: Confidence::MaxSoftmax, per_exit };
+        let th = |per_exit: Vec<f32>| Thresholds::new(Confidence::MaxSoftmax, per_exit);
         assert!(msg(simulate(&th(vec![0.5; 2]), &s, &COSTS)).contains("thresholds (one per exit): expected 3, got 2"));
         assert!(msg(simulate(&th(vec![0.5, f32::NAN, 0.0]), &s, &COSTS)).contains("threshold of exit 1 is NaN"));
-        let margin = Thresholds { confidence: Confidence::Margin, per_exit: vec![0.5; 3] };
+        let margin = Thresholds::new(Confidence::Margin, vec![0.5; 3]);
         assert!(msg(simulate(&margin, &s, &COSTS)).contains("Margin confidences applied to MaxSoftmax"));
         assert!(msg(simulate(&th(vec![0.5; 3]), &s, &[1.0, 2.0])).contains("exit costs (one per exit)"));
         for costs in [[3.0, 2.0, 1.0], [-1.0, 2.0, 3.0], [1.0, f64::NAN, 3.0]] {
@@ -335,5 +383,35 @@ mod tests {
         assert!(dynamic_eval(&nan, &COSTS, 1.0).unwrap_err().to_string().contains("exit 2, sample 3"));
         let empty = ExitScores { conf: vec![], pred: vec![], ..s };
         assert!(matches!(dynamic_eval_thresholds(&empty, 1.0), Err(Error::NoExits)));
+    }
+
+    /// SCAN's rule: the last exit's threshold applies; a sample confident
+    /// nowhere gets the mean-logit ensemble at the full cost.
+    #[test]
+    fn ensemble_fallback() {
+        let logits = vec![
+            vec![vec![4.0, 0.0], vec![0.0, 0.1], vec![0.0, 0.3]],
+            vec![vec![5.0, 0.0], vec![0.0, 0.2], vec![0.5, 0.0]],
+        ];
+        let s = ExitScores::from_logits(&logits, &[0, 1, 0], Confidence::MaxSoftmax).unwrap();
+        // Sample 2: exit 0 says 1, exit 1 says 0 (0.5 vs 0.3 in the mean).
+        assert_eq!(s.ensemble, Some(vec![0, 1, 0]));
+        let costs = [1.0, 3.0];
+        let th = Thresholds::new(Confidence::MaxSoftmax, vec![0.9, 0.9]);
+        let last = simulate(&th, &s, &costs).unwrap();
+        assert_eq!((last.exit_counts.clone(), last.fallback), (vec![1, 2], 0));
+        let ens = simulate(&th.clone().with_fallback(Fallback::Ensemble), &s, &costs).unwrap();
+        assert_eq!((ens.exit_counts.clone(), ens.fallback, ens.exits.clone()), (vec![1, 2], 2, vec![0, 1, 1]));
+        assert!((ens.avg_cost - 7.0 / 3.0).abs() < 1e-12);
+        assert_eq!(ens.accuracy, 1.0);
+        // A confident last exit answers for itself.
+        let low = Thresholds::new(Confidence::MaxSoftmax, vec![0.9, 0.5]).with_fallback(Fallback::Ensemble);
+        assert_eq!(simulate(&low, &s, &costs).unwrap().fallback, 0);
+        // Old calibration files (no fallback field) read as LastExit.
+        let old: Thresholds = serde_json::from_str(r#"{"confidence":"max_softmax","per_exit":[0.5,0.1]}"#).unwrap();
+        assert_eq!(old.fallback, Fallback::LastExit);
+        let parts = ExitScores::from_parts(s.confidence, s.conf.clone(), s.pred.clone(), s.labels.clone()).unwrap();
+        let e = simulate(&th.with_fallback(Fallback::Ensemble), &parts, &costs).unwrap_err();
+        assert!(matches!(e, Error::NoEnsemble), "{e}");
     }
 }

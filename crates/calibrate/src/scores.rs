@@ -19,6 +19,10 @@ pub struct ExitScores {
     pub pred: Vec<Vec<u32>>,
     /// True labels.
     pub labels: Vec<u32>,
+    /// `ensemble[i]`: argmax of the mean of every exit's logits on sample i
+    /// (the [`crate::Fallback::Ensemble`] answer); `None` when the scores
+    /// were not made from logits.
+    pub ensemble: Option<Vec<u32>>,
 }
 
 impl ExitScores {
@@ -63,7 +67,16 @@ impl ExitScores {
         }
         let conf = logits.iter().map(|e| e.iter().map(|r| confidence.score(r)).collect()).collect();
         let pred = logits.iter().map(|e| e.iter().map(|r| argmax(r)).collect()).collect();
-        Ok(Self { confidence, conf, pred, labels: labels.to_vec() })
+        let ensemble = (0..labels.len())
+            .map(|i| {
+                let mut sum = vec![0f32; classes];
+                for exit in logits {
+                    sum.iter_mut().zip(&exit[i]).for_each(|(s, v)| *s += v);
+                }
+                argmax(&sum)
+            })
+            .collect();
+        Ok(Self { confidence, conf, pred, labels: labels.to_vec(), ensemble: Some(ensemble) })
     }
 
     /// Scores from precomputed confidences and predictions, checked with
@@ -78,7 +91,7 @@ impl ExitScores {
         pred: Vec<Vec<u32>>,
         labels: Vec<u32>,
     ) -> Result<Self> {
-        let s = Self { confidence, conf, pred, labels };
+        let s = Self { confidence, conf, pred, labels, ensemble: None };
         s.validate()?;
         Ok(s)
     }
@@ -109,6 +122,9 @@ impl ExitScores {
             if let Some((i, &value)) = c.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                 return Err(Error::NonFinite { exit: k, sample: i, what: "confidence", value });
             }
+        }
+        if let Some(got) = self.ensemble.as_ref().map(Vec::len).filter(|&got| got != n) {
+            return Err(Error::Length { what: "ensemble predictions (one per label)".into(), expected: n, got });
         }
         Ok(())
     }

@@ -132,7 +132,7 @@ pub fn run(a: Args) -> Result<()> {
         solve_budget(&scores, &costs, b)?.0
     } else {
         // No budget: every image goes to the last exit.
-        Thresholds { confidence: Confidence::MaxSoftmax, per_exit: vec![f32::MAX; costs.len()] }
+        Thresholds::new(Confidence::MaxSoftmax, vec![f32::MAX; costs.len()])
     };
     for inp in &inputs {
         let xs = Tensor::from_vec(norm(&inp.pixels), (1, c, h, w), &Device::Cpu)?;
