@@ -676,7 +676,7 @@ mod tests {
             // comparison allows float round-off (random, un-normalised weights
             // give large activations).
             testutil::assert_close_tol(&format!("exit {e}"), &got.logits, &want.logits.index_select(&rows, 0)?, 1e-3);
-            testutil::assert_close_tol(
+            testutil::assert_close_scaled(
                 &format!("exit {e} feature"),
                 &got.feature,
                 &want.feature.index_select(&rows, 0)?,

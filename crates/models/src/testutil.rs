@@ -41,6 +41,19 @@ pub fn assert_close_tol(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert!(worst <= 1.0, "{what}: worst |a-b| / ({tol} + {tol}|b|) = {worst}");
 }
 
+/// Asserts `|a - b| <= tol·(1 + max|b|)` element-wise: round-off relative to
+/// the tensor's scale, for values computed in another summation order
+/// (another batch size), where elements near zero carry the round-off of the
+/// large terms they were summed from.
+pub fn assert_close_scaled(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
+    let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
+    let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
+    let scale = 1.0 + b.iter().fold(0f32, |m, y| m.max(y.abs()));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (tol * scale)).fold(0f32, f32::max);
+    assert!(worst <= 1.0, "{what}: worst |a-b| / ({tol}·(1 + max|b|)) = {worst}");
+}
+
 /// The `flops` and `params` lists of a `flops.json` entry.
 pub fn flops_entry(v: &Value) -> (Vec<u64>, Vec<u64>) {
     let list = |k: &str| -> Vec<u64> {
