@@ -16,7 +16,6 @@ use anytime_blocks::Mode;
 use anytime_blocks::multiscale::ConvNormal;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
-use anytime_heads::{ConvHead, HeadPool};
 use anytime_ops::pool::avg_pool2d;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -146,16 +145,16 @@ impl DenseNetMc {
                 i += 1;
                 c += cfg.growth_rate;
                 done += 1;
-                if cfg.exits.get(list.len()) == Some(&done) {
-                    let head = ConvHead::with_pool(
-                        vb.pp("classifier").pp(list.len()),
-                        c,
-                        cfg.head_channels,
-                        cfg.num_classes,
-                        HeadPool::Global,
-                    )?;
-                    list.push(Stage { steps: std::mem::take(&mut steps), head });
-                }
+                Stage::close_chain_stage(
+                    &mut list,
+                    &mut steps,
+                    &cfg.exits,
+                    done,
+                    &vb,
+                    c,
+                    cfg.head_channels,
+                    cfg.num_classes,
+                )?;
             }
         }
         Ok(Self { cfg: cfg.clone(), stages: Stages::new("densenet_mc", list) })

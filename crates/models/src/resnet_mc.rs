@@ -15,7 +15,6 @@ use anytime_blocks::Mode;
 use anytime_blocks::residual::BasicBlock;
 use anytime_blocks::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
-use anytime_heads::{ConvHead, HeadPool};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -131,16 +130,16 @@ impl ResNetMc {
                 steps.push(Item::Block(BasicBlock::new(vb.pp("layers").pp(s).pp(b), c, w, stride)?));
                 c = w;
                 done += 1;
-                if cfg.exits.get(list.len()) == Some(&done) {
-                    let head = ConvHead::with_pool(
-                        vb.pp("classifier").pp(list.len()),
-                        w,
-                        cfg.head_channels,
-                        cfg.num_classes,
-                        HeadPool::Global,
-                    )?;
-                    list.push(Stage { steps: std::mem::take(&mut steps), head });
-                }
+                Stage::close_chain_stage(
+                    &mut list,
+                    &mut steps,
+                    &cfg.exits,
+                    done,
+                    &vb,
+                    w,
+                    cfg.head_channels,
+                    cfg.num_classes,
+                )?;
             }
         }
         Ok(Self { cfg: cfg.clone(), stages: Stages::new("resnet_mc", list) })

@@ -81,6 +81,36 @@ pub struct Stage<S> {
     pub head: ConvHead,
 }
 
+impl<S> Stage<S> {
+    /// For the chain models (ResNet-MC, DenseNet-MC): after `done` units,
+    /// when the next exit (`exits[list.len()]`) follows them, closes the
+    /// stage with the `steps` gathered so far and a globally pooled
+    /// `classifier.<k>` head on `channels` channels.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn close_chain_stage(
+        list: &mut Vec<Stage<S>>,
+        steps: &mut Vec<S>,
+        exits: &[usize],
+        done: usize,
+        vb: &candle_nn::VarBuilder,
+        channels: usize,
+        head_channels: usize,
+        num_classes: usize,
+    ) -> candle_core::Result<()> {
+        if exits.get(list.len()) == Some(&done) {
+            let head = ConvHead::with_pool(
+                vb.pp("classifier").pp(list.len()),
+                channels,
+                head_channels,
+                num_classes,
+                anytime_heads::HeadPool::Global,
+            )?;
+            list.push(Stage { steps: std::mem::take(steps), head });
+        }
+        Ok(())
+    }
+}
+
 /// Every stage of a model, in forward order.
 #[derive(Debug, Clone)]
 pub struct Stages<S> {
