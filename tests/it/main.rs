@@ -8,6 +8,7 @@
 //!   to the same weights as an uninterrupted run, in the first stage of a
 //!   recipe and in a later one with a frozen group and a stochastic
 //!   objective;
+//! - `scan`: SCAN's parity, costs and configuration errors through the CLI;
 //! - `swa`: the weight-averaging stage;
 //! - `install`: the binary copied into a temporary root, run from an empty
 //!   directory; `download`: weights from a local stand-in for the hub.
@@ -22,4 +23,5 @@ mod hub;
 mod infer;
 mod install;
 mod resume;
+mod scan;
 mod swa;

@@ -13,7 +13,7 @@
 //! - [`dense`]: dense blocks (RANet's `_BlockNormal`, DenseNet);
 //! - [`fusion`]: RANet's fusion layers and blocks (features of a coarser
 //!   sub-network resized and concatenated into a finer one);
-//! - [`residual`]: ResNet basic blocks;
+//! - [`residual`]: ResNet basic and bottleneck blocks;
 //! - [`mode`]: train or eval mode per module, frozen prefixes.
 //!
 //! Every block loads its parameters through a `candle_nn::VarBuilder` under the

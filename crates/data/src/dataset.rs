@@ -105,6 +105,41 @@ impl Dataset {
         Self::new(name, images, labels, self.shape, self.classes.clone(), self.norm.clone())
     }
 
+    /// Every image zero-padded by `pad` pixels on each side (pixel value 0,
+    /// Fashion-MNIST's background): `(C, H, W)` becomes `(C, H + 2·pad,
+    /// W + 2·pad)`. How SCAN's 32x32 geometry takes 28x28 Fashion-MNIST.
+    pub fn pad(&self, pad: usize) -> Result<Self> {
+        if pad == 0 {
+            return Ok(self.clone());
+        }
+        let (c, h, w) = self.shape;
+        let too_big = || Error::Invalid(format!("{}: padding {h}x{w} images by {pad} is too large", self.name));
+        let p2 = pad.checked_mul(2).ok_or_else(too_big)?;
+        let (ph, pw) = (h.checked_add(p2).ok_or_else(too_big)?, w.checked_add(p2).ok_or_else(too_big)?);
+        let per = c.checked_mul(ph).and_then(|v| v.checked_mul(pw)).ok_or_else(too_big)?;
+        let total = per.checked_mul(self.len()).filter(|&t| t <= 1 << 34).ok_or_else(too_big)?;
+        let mut images = vec![0u8; total];
+        for i in 0..self.len() {
+            let src = self.image(i);
+            let dst = &mut images[i * per..(i + 1) * per];
+            for ch in 0..c {
+                for y in 0..h {
+                    let from = &src[(ch * h + y) * w..(ch * h + y + 1) * w];
+                    let at = (ch * ph + y + pad) * pw + pad;
+                    dst[at..at + w].copy_from_slice(from);
+                }
+            }
+        }
+        Self::new(
+            format!("{}+pad{pad}", self.name),
+            images,
+            self.labels.clone(),
+            (c, ph, pw),
+            self.classes.clone(),
+            self.norm.clone(),
+        )
+    }
+
     /// The first `n` samples.
     pub fn take(&self, n: usize) -> Result<Self> {
         let idx: Vec<usize> = (0..n.min(self.len())).collect();
@@ -157,5 +192,19 @@ mod tests {
         assert!(Dataset::new("x", vec![0; 7], vec![0, 0], (1, 2, 2), vec!["a".into()], norm.clone()).is_err());
         assert!(Dataset::new("x", vec![0; 8], vec![0, 1], (1, 2, 2), vec!["a".into()], norm).is_err());
         assert!(toy(5).subset(&[9], "s").is_err());
+    }
+
+    #[test]
+    fn pad_surrounds_every_image_with_zeros() {
+        let norm = Normalization { mean: vec![0.5], std: vec![0.5] };
+        let ds =
+            Dataset::new("t", vec![1, 2, 3, 4, 5, 6, 7, 8], vec![0, 1], (1, 2, 2), vec!["a".into(), "b".into()], norm)
+                .expect("dataset");
+        let p = ds.pad(1).expect("pad");
+        assert_eq!(p.image_shape(), (1, 4, 4));
+        assert_eq!(p.image(1), &[0, 0, 0, 0, 0, 5, 6, 0, 0, 7, 8, 0, 0, 0, 0, 0]);
+        assert_eq!(p.labels(), ds.labels());
+        assert_eq!(ds.pad(0).expect("same"), ds);
+        assert!(ds.pad(usize::MAX / 2).is_err());
     }
 }

@@ -5,6 +5,10 @@
 //!   are `m.0.net.*`, `m.1.net.*` and `linear.*`, as in the reference.
 //! - [`LinearHead`]: global average pooling and a linear layer, the head of
 //!   ResNet-, DenseNet- or MobileNet-style multi-exit baselines.
+//! - [`scan::ScanHead`]: SCAN's attention mask, ScalaNet shallow classifier
+//!   and linear layer.
+//!
+//! Every head a model's stages use implements [`ExitHead`].
 //!
 //! A head returns a [`HeadOutput`]: the logits and the exit's *feature*, the
 //! vector its last linear layer reads (an embedding of the image at that
@@ -33,6 +37,26 @@ use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::pool::avg_pool2d;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+pub mod scan;
+
+/// An exit classifier as a model's stages run and count it.
+pub trait ExitHead: std::fmt::Debug + Send + Sync {
+    /// Logits and feature of a batch of maps.
+    fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<HeadOutput>;
+    /// Adds the head's cost for input `x` (marks nothing).
+    fn count(&self, c: &mut Counter, x: Shape4) -> anytime_flops::Result<()>;
+}
+
+impl ExitHead for ConvHead {
+    fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<HeadOutput> {
+        ConvHead::forward_t(self, xs, mode)
+    }
+
+    fn count(&self, c: &mut Counter, x: Shape4) -> anytime_flops::Result<()> {
+        self.count_flops(c, x).map(|_| ())
+    }
+}
 
 /// What a head produces.
 ///

@@ -227,6 +227,9 @@ pub struct ExitDecision {
     pub exit: usize,
     /// Cumulative MFLOPs spent on this sample (the exit's cumulative cost).
     pub mflops: f64,
+    /// Whether no exit was confident and the prediction is the ensemble
+    /// fallback's (the mean of every exit's logits; `exit` is then the last).
+    pub fallback: bool,
 }
 
 /// Classifies `xs` with real early exit: stage by stage, each remaining
@@ -240,6 +243,19 @@ pub fn classify_early_exit(
     model: &dyn MultiExit,
     xs: &Tensor,
     exit_mflops: &[f64],
+    rule: impl FnMut(usize, &[f32]) -> (bool, f32),
+) -> candle_core::Result<Vec<ExitDecision>> {
+    early_exit(model, xs, exit_mflops, false, rule)
+}
+
+/// [`classify_early_exit`], where with `ensemble` a sample the rule does not
+/// stop at the last exit gets the argmax of the mean of its logits over every
+/// exit (SCAN's fallback) instead of the last exit's.
+fn early_exit(
+    model: &dyn MultiExit,
+    xs: &Tensor,
+    exit_mflops: &[f64],
+    ensemble: bool,
     mut rule: impl FnMut(usize, &[f32]) -> (bool, f32),
 ) -> candle_core::Result<Vec<ExitDecision>> {
     let k_exits = model.num_exits();
@@ -251,14 +267,28 @@ pub fn classify_early_exit(
     let mut state = model.begin(xs, &eval)?;
     let mut alive: Vec<usize> = (0..n).collect();
     let mut out: Vec<Option<ExitDecision>> = vec![None; n];
+    // Per alive sample, the sum of its logits so far (for the ensemble).
+    let mut sums: Vec<Vec<f32>> = Vec::new();
     for (k, &mflops) in exit_mflops.iter().enumerate() {
         let rows = model.advance(&mut state, &eval)?.logits.to_vec2::<f32>()?;
         let last = k + 1 == k_exits;
+        if ensemble {
+            if sums.is_empty() {
+                sums = rows.clone();
+            } else {
+                for (s, row) in sums.iter_mut().zip(&rows) {
+                    s.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
         let mut keep = Vec::with_capacity(rows.len());
         for (j, row) in rows.iter().enumerate() {
             let (stop, confidence) = rule(k, row);
             if stop || last {
-                out[alive[j]] = Some(ExitDecision { prediction: argmax(row), confidence, exit: k, mflops });
+                let fallback = ensemble && !stop;
+                // The mean's argmax is the sum's: no division needed.
+                let prediction = if fallback { argmax(&sums[j]) } else { argmax(row) };
+                out[alive[j]] = Some(ExitDecision { prediction, confidence, exit: k, mflops, fallback });
             } else {
                 keep.push(j as u32);
             }
@@ -269,6 +299,9 @@ pub fn classify_early_exit(
         if keep.len() < alive.len() {
             state = state.select(&keep)?;
             alive = keep.iter().map(|&j| alive[j as usize]).collect();
+            if ensemble {
+                sums = keep.iter().map(|&j| std::mem::take(&mut sums[j as usize])).collect();
+            }
         }
     }
     out.into_iter()
@@ -290,7 +323,9 @@ pub fn argmax(row: &[f32]) -> u32 {
 
 /// Budgeted classification with real early exit: a sample leaves at the first
 /// exit whose confidence (the measure the thresholds were calibrated with)
-/// reaches that exit's threshold. Its predictions equal those of
+/// reaches that exit's threshold; one confident nowhere gets the last exit's
+/// answer or, with [`anytime_calibrate::Fallback::Ensemble`], the mean of
+/// every exit's logits. Its predictions equal those of
 /// [`anytime_calibrate::simulate`] on the same logits.
 pub fn classify_budgeted(
     model: &dyn MultiExit,
@@ -301,7 +336,8 @@ pub fn classify_budgeted(
     if thresholds.per_exit.len() != model.num_exits() {
         bail!("budgeted classification: {} thresholds for {} exits", thresholds.per_exit.len(), model.num_exits())
     }
-    classify_early_exit(model, xs, exit_mflops, |k, row| {
+    let ensemble = thresholds.fallback == anytime_calibrate::Fallback::Ensemble;
+    early_exit(model, xs, exit_mflops, ensemble, |k, row| {
         let c = thresholds.confidence.score(row);
         (thresholds.stops(k, c), c)
     })
@@ -368,7 +404,7 @@ mod tests {
     /// and predictions, for every architecture of the registry.
     #[test]
     fn real_early_exit_equals_the_simulated_rule() -> candle_core::Result<()> {
-        for name in ["msdnet-tiny", "ranet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist"] {
+        for name in ["msdnet-tiny", "ranet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist", "scan-resnet18-fmnist"] {
             let vm = VarMap::new();
             let m = crate::registry::create_model(name, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))
                 .expect("registry model");
@@ -379,26 +415,32 @@ mod tests {
 
     /// A seeded input batch `[n, 1, 28, 28]` (uniform in [-2, 2)).
     fn seeded_batch(n: usize, seed: u64) -> candle_core::Result<Tensor> {
+        seeded_batch_hw(n, 28, seed)
+    }
+
+    /// A seeded input batch `[n, 1, hw, hw]` (uniform in [-2, 2)).
+    fn seeded_batch_hw(n: usize, hw: usize, seed: u64) -> candle_core::Result<Tensor> {
         let mut state = seed;
-        let v: Vec<f32> = (0..n * 28 * 28)
+        let v: Vec<f32> = (0..n * hw * hw)
             .map(|_| {
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
             })
             .collect();
-        Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu)
+        Tensor::from_vec(v, (n, 1, hw, hw), &Device::Cpu)
     }
 
     fn real_equals_simulated(m: &dyn MultiExit, name: &str) -> candle_core::Result<()> {
         const N: usize = 40;
-        let xs = seeded_batch(N, 7)?;
+        let hw = crate::registry::lookup(name).expect("entry").data.input.1;
+        let xs = seeded_batch_hw(N, hw, 7)?;
         let logits: Vec<Vec<Vec<f32>>> = m
             .forward_exits(&xs, &Mode::eval())?
             .iter()
             .map(|o| o.logits.to_vec2::<f32>())
             .collect::<candle_core::Result<_>>()?;
         let labels: Vec<u32> = (0..N as u32).map(|i| i % 10).collect();
-        let costs = m.exit_costs(28, 28).expect("costs").mflops(anytime_flops::Mode::Reference);
+        let costs = m.exit_costs(hw, hw).expect("costs").mflops(anytime_flops::Mode::Reference);
         for conf in [Confidence::MaxSoftmax, Confidence::Entropy, Confidence::Margin] {
             let scores = ExitScores::from_logits(&logits, &labels, conf).expect("scores");
             for q in [0.3, 1.0, 2.0] {
@@ -408,7 +450,8 @@ mod tests {
                 // (other GEMM shapes). Move each threshold into the nearest
                 // gap between neighbouring confidences that is wider than
                 // round-off, so that no sample sits on a threshold.
-                for (e, t) in th.per_exit.iter_mut().enumerate().take(m.num_exits() - 1) {
+                // (The last exit's too: the ensemble fallback below uses it.)
+                for (e, t) in th.per_exit.iter_mut().enumerate() {
                     let mut c: Vec<f32> = scores.conf[e].clone();
                     c.sort_by(f32::total_cmp);
                     let at = c.partition_point(|v| *v < *t);
@@ -436,6 +479,31 @@ mod tests {
                 // saturate).
                 if q < 1.0 && name == "msdnet-tiny" {
                     assert!(counts[0] > 0 && counts[0] < N, "{name}: {counts:?}");
+                }
+                // SCAN's fallback: confident nowhere → the mean of every
+                // exit's logits. The last exit's threshold is the q rule's
+                // median-ish gap, so some samples take it.
+                let mut th = th.with_fallback(anytime_calibrate::Fallback::Ensemble);
+                let last = m.num_exits() - 1;
+                let mut c: Vec<f32> = scores.conf[last].clone();
+                c.sort_by(f32::total_cmp);
+                let mid = (1..c.len())
+                    .filter(|&i| c[i] - c[i - 1] > 2e-6 * c[i].abs().max(1.0))
+                    .min_by_key(|i| i.abs_diff(c.len() / 2));
+                if let Some(i) = mid {
+                    th.per_exit[last] = c[i - 1] + (c[i] - c[i - 1]) / 2.0;
+                }
+                let sim = simulate(&th, &scores, &costs).expect("sim");
+                let real = classify_budgeted(m, &xs, &th, &costs)?;
+                let ensemble = scores.ensemble.as_ref().expect("ensemble");
+                for (i, d) in real.iter().enumerate() {
+                    assert_eq!(d.exit, sim.exits[i], "{name}: sample {i}");
+                    let want = if d.fallback { ensemble[i] } else { scores.pred[d.exit][i] };
+                    assert_eq!(d.prediction, want, "{name}: ensemble sample {i}");
+                }
+                assert_eq!(real.iter().filter(|d| d.fallback).count(), sim.fallback, "{name}: {conf:?} q={q}");
+                if mid.is_some() && conf == Confidence::MaxSoftmax && q == 1.0 {
+                    assert!(sim.fallback > 0, "{name}: no sample took the fallback");
                 }
             }
         }

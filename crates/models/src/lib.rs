@@ -1,5 +1,5 @@
-//! Multi-exit image classifiers assembled from `anytime` blocks: MSDNet (and,
-//! as they land, RANet and the ResNet-MC / DenseNet-MC baselines), with the
+//! Multi-exit image classifiers assembled from `anytime` blocks: MSDNet, RANet,
+//! SCAN and the ResNet-MC / DenseNet-MC baselines, with the
 //! [`MultiExit`] interface for lazy anytime evaluation and real early exit.
 //!
 //! ```
@@ -28,6 +28,7 @@ pub mod ranet;
 mod refargs;
 pub mod registry;
 pub mod resnet_mc;
+pub mod scan;
 pub mod stages;
 #[cfg(test)]
 mod testutil;

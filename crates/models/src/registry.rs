@@ -12,6 +12,7 @@ use crate::exit::MultiExit;
 use crate::msdnet::{MsdNetConfig, Prune, StepMode};
 use crate::ranet::RaNetConfig;
 use crate::resnet_mc::ResNetMcConfig;
+use crate::scan::ScanConfig;
 use anytime_blocks::stem::StemKind;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,7 @@ pub static ARCHS: &[Arch] = &[
     Arch::of::<RaNetConfig>(),
     Arch::of::<ResNetMcConfig>(),
     Arch::of::<DenseNetMcConfig>(),
+    Arch::of::<ScanConfig>(),
 ];
 
 /// The table entry named `name`, or an error listing the known ones.
@@ -206,8 +208,11 @@ impl<'de> Deserialize<'de> for ArchConfig {
 pub struct DataSpec {
     /// Dataset name (`fashion-mnist`, `cifar10`, `cifar100`, `imagenet`).
     pub dataset: &'static str,
-    /// Input channels, height and width.
+    /// Input channels, height and width, as the model takes them.
     pub input: (usize, usize, usize),
+    /// Zero padding, in pixels on each side, that brings the dataset's
+    /// images to `input` (2 for SCAN's 32x32 on Fashion-MNIST's 28x28).
+    pub pad: usize,
     /// Per-channel normalisation mean.
     pub mean: &'static [f32],
     /// Per-channel normalisation standard deviation.
@@ -244,21 +249,31 @@ pub struct Pretrained {
     pub sha256: &'static str,
 }
 
-const FMNIST: DataSpec = DataSpec { dataset: "fashion-mnist", input: (1, 28, 28), mean: &[0.2860], std: &[0.3530] };
+const FMNIST: DataSpec =
+    DataSpec { dataset: "fashion-mnist", input: (1, 28, 28), pad: 0, mean: &[0.2860], std: &[0.3530] };
+/// Fashion-MNIST zero-padded to 32x32 (SCAN's geometry).
+const FMNIST_PAD32: DataSpec = DataSpec { input: (1, 32, 32), pad: 2, ..FMNIST };
 const CIFAR10: DataSpec = DataSpec {
     dataset: "cifar10",
     input: (3, 32, 32),
+    pad: 0,
     mean: &[0.4914, 0.4824, 0.4467],
     std: &[0.2471, 0.2435, 0.2616],
 };
 const CIFAR100: DataSpec = DataSpec {
     dataset: "cifar100",
     input: (3, 32, 32),
+    pad: 0,
     mean: &[0.5071, 0.4865, 0.4409],
     std: &[0.2673, 0.2564, 0.2762],
 };
-const IMAGENET: DataSpec =
-    DataSpec { dataset: "imagenet", input: (3, 224, 224), mean: &[0.485, 0.456, 0.406], std: &[0.229, 0.224, 0.225] };
+const IMAGENET: DataSpec = DataSpec {
+    dataset: "imagenet",
+    input: (3, 224, 224),
+    pad: 0,
+    mean: &[0.485, 0.456, 0.406],
+    std: &[0.229, 0.224, 0.225],
+};
 
 /// MSDNet for Fashion-MNIST: 3 scales (28/14/7), 5 exits, 30 MFLOPs.
 pub fn msdnet_fmnist() -> MsdNetConfig {
@@ -314,6 +329,13 @@ pub fn ranet_fmnist() -> RaNetConfig {
     RaNetConfig { in_channels: 1, n_channels: 12, growth_rate: 4, ..RaNetConfig::cifar10_readme() }
 }
 
+/// SCAN for Fashion-MNIST: the ResNet-18 layout at width 16, 1 channel,
+/// 32x32 (the images zero-padded by 2): about 12.9 / 23.5 / 33.8 / 42.2 M
+/// MACs per exit.
+pub fn scan_resnet18_fmnist() -> ScanConfig {
+    ScanConfig { in_channels: 1, width: 16, ..ScanConfig::resnet18(10) }
+}
+
 /// A tiny MSDNet (3 scales, 3 exits) for smoke tests and CI.
 pub fn msdnet_tiny() -> MsdNetConfig {
     MsdNetConfig { n_blocks: 3, n_channels: 4, base: 1, step: 1, growth_rate: 2, ..msdnet_fmnist() }
@@ -366,6 +388,13 @@ pub static REGISTRY: &[ModelEntry] = &[
         }),
     },
     ModelEntry {
+        name: "scan-resnet18-fmnist",
+        description: "SCAN, ResNet-18 layout at width 16, 4 exits, Fashion-MNIST padded to 32x32",
+        config: || ArchConfig::new(scan_resnet18_fmnist()),
+        data: FMNIST_PAD32,
+        weights: None,
+    },
+    ModelEntry {
         name: "msdnet-tiny",
         description: "tiny MSDNet (3 exits) for smoke tests, trains in seconds on the bundled sample",
         config: || ArchConfig::new(msdnet_tiny()),
@@ -398,6 +427,13 @@ pub static REGISTRY: &[ModelEntry] = &[
         description: "RANet README: ImageNet (even, step 8, scale-list 1-2-3-4, grFactor 4-2-2-1)",
         config: || ArchConfig::new(RaNetConfig::imagenet_readme()),
         data: IMAGENET,
+        weights: None,
+    },
+    ModelEntry {
+        name: "scan-resnet18-cifar100",
+        description: "SCAN paper/code: ResNet-18 with attention and ScalaNet exits on CIFAR-100 (width 64)",
+        config: || ArchConfig::new(ScanConfig::resnet18(100)),
+        data: CIFAR100,
         weights: None,
     },
     ModelEntry {

@@ -22,8 +22,8 @@
 
 use crate::exit::{ExitOutput, ExitState};
 use anytime_blocks::Mode;
-use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
-use anytime_heads::ConvHead;
+use anytime_flops::{Counter, ExitCosts, Shape4};
+use anytime_heads::{ConvHead, ExitHead};
 use candle_core::{Tensor, bail};
 
 /// A carry that can keep a subset of the batch: the samples at positions
@@ -72,16 +72,17 @@ pub trait Step: std::fmt::Debug + Send + Sync {
     fn count(&self, carry: &mut Self::Shapes, c: &mut Counter) -> anytime_flops::Result<()>;
 }
 
-/// One stage: its steps, then its exit's head.
+/// One stage: its steps, then its exit's head (the MSDNet classifier unless
+/// the model says otherwise).
 #[derive(Debug, Clone)]
-pub struct Stage<S> {
+pub struct Stage<S, H = ConvHead> {
     /// The steps, in forward order.
     pub steps: Vec<S>,
     /// The exit's classifier.
-    pub head: ConvHead,
+    pub head: H,
 }
 
-impl<S> Stage<S> {
+impl<S> Stage<S, ConvHead> {
     /// For the chain models (ResNet-MC, DenseNet-MC): after `done` units,
     /// when the next exit (`exits[list.len()]`) follows them, closes the
     /// stage with the `steps` gathered so far and a globally pooled
@@ -113,9 +114,9 @@ impl<S> Stage<S> {
 
 /// Every stage of a model, in forward order.
 #[derive(Debug, Clone)]
-pub struct Stages<S> {
+pub struct Stages<S, H = ConvHead> {
     arch: &'static str,
-    list: Vec<Stage<S>>,
+    list: Vec<Stage<S, H>>,
 }
 
 /// The single-tensor carry of chain models (ResNet-MC, DenseNet-MC): the
@@ -142,9 +143,9 @@ impl Compact for Chain<Tensor> {
     }
 }
 
-impl<S: Step> Stages<S> {
+impl<S: Step, H: ExitHead> Stages<S, H> {
     /// The stages of architecture `arch`.
-    pub fn new(arch: &'static str, list: Vec<Stage<S>>) -> Self {
+    pub fn new(arch: &'static str, list: Vec<Stage<S, H>>) -> Self {
         Self { arch, list }
     }
 
@@ -159,13 +160,17 @@ impl<S: Step> Stages<S> {
     }
 
     /// The stages.
-    pub fn list(&self) -> &[Stage<S>] {
+    pub fn list(&self) -> &[Stage<S, H>] {
         &self.list
     }
 
     /// Cumulative per-exit cost of one image of shape `input`, from shapes.
     pub fn costs(&self, input: Shape4) -> anytime_flops::Result<ExitCosts> {
-        let mut c = Counter::new();
+        self.costs_with(Counter::new(), input)
+    }
+
+    /// [`Stages::costs`] with a counter of the caller's (another headline).
+    pub fn costs_with(&self, mut c: Counter, input: Shape4) -> anytime_flops::Result<ExitCosts> {
         let mut carry = S::Shapes::start(input);
         for (k, stage) in self.list.iter().enumerate() {
             for step in &stage.steps {
@@ -174,10 +179,10 @@ impl<S: Step> Stages<S> {
             let x = *carry.head_input().ok_or_else(|| {
                 anytime_flops::Error::Shape(format!("{}: nothing left for exit {k}'s head", self.arch))
             })?;
-            stage.head.count_flops(&mut c, x)?;
+            stage.head.count(&mut c, x)?;
             c.mark_exit();
         }
-        Ok(c.finish())
+        c.try_finish()
     }
 
     /// A pass over `xs` before stage 0.

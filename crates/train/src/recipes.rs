@@ -11,7 +11,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::loss::{FeatureHint, LossConfig, Reduction};
+use crate::loss::{Distill, FeatureHint, LossConfig, Reduction};
 use crate::objective::ObjectiveConfig;
 use crate::optim::{OptimConfig, ParamGroup};
 use crate::schedule::{Schedule, ScheduleKind};
@@ -173,6 +173,41 @@ fn tune_spec() -> TrainSpec {
     }
 }
 
+/// SCAN's training loss (`train.py:131-143` and `sresnet.py:249-251` of
+/// pytorch-scalable-neural-networks@aac136e), λ = 0.5, T = 3:
+/// - the deepest exit: cross-entropy (`train.py:134`, weight 1);
+/// - each shallow exit: (1 − λ)·CE (`train.py:140`, exit weight 0.5) plus
+///   λ·T²·soft-CE to the deepest exit's detached output at T (`train.py:139`,
+///   `CrossEntropy(...) * lambda_KD * 9`); our KL term carries the T² itself
+///   and differs from soft-CE by the teacher's entropy, a constant with the
+///   same gradient, so its weight is λ = 0.5;
+/// - the feature hint 5e-7 · Σ_k Σ_batch ‖f_4.detach() − f_k‖²
+///   (`sresnet.py:249-251`, summed over the batch; `train.py:143`).
+pub fn scan_loss() -> LossConfig {
+    const LAMBDA: f64 = 0.5;
+    LossConfig {
+        exit_weights: vec![1.0 - LAMBDA, 1.0 - LAMBDA, 1.0 - LAMBDA, 1.0],
+        label_smoothing: 0.0,
+        distill: Some(Distill { temperature: 3.0, weight: LAMBDA }),
+        feature_hint: Some(FeatureHint { coef: 5e-7, reduction: Reduction::Sum }),
+    }
+}
+
+/// Epochs of `scan-resnet18-fmnist`'s main stage (see [`recipe`]).
+const SCAN_FMNIST_EPOCHS: usize = 24;
+
+/// SCAN's optimiser (`train.py`: SGD, momentum 0.9, weight decay 5e-4, no
+/// Nesterov, lr 0.1) with the project's cosine schedule in place of the
+/// reference's steps at epochs 75/130/180 of 200.
+fn scan_spec(epochs: usize) -> TrainSpec {
+    TrainSpec {
+        optim: OptimConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
+        loss: scan_loss(),
+        checkpoint_minutes: 4.0,
+        ..fmnist_spec(epochs)
+    }
+}
+
 const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true, random_resized_crop: None };
 
 /// The recipe for `model`, or an error listing the trainable models.
@@ -196,6 +231,13 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         "resnet-mc-fmnist" => fmnist("resnet-mc-fmnist", FMNIST_EPOCHS),
         "densenet-mc-fmnist" => fmnist("densenet-mc-fmnist", FMNIST_EPOCHS),
         "ranet-fmnist" => fmnist("ranet-fmnist", FMNIST_EPOCHS),
+        // Batch 128 as the reference; the pad-and-crop augmentation works on
+        // the 32x32 padded images.
+        "scan-resnet18-fmnist" => Recipe {
+            stages: vec![Stage { name: "main", spec: scan_spec(SCAN_FMNIST_EPOCHS) }],
+            batch_size: 128,
+            ..fmnist("scan-resnet18-fmnist", SCAN_FMNIST_EPOCHS)
+        },
         "msdnet-tiny" => Recipe {
             stages: vec![
                 Stage {
@@ -211,7 +253,7 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         },
         other => {
             return Err(Error::Config(format!(
-                "no training recipe for '{other}' (trainable: msdnet-fmnist, resnet-mc-fmnist, densenet-mc-fmnist, ranet-fmnist, msdnet-tiny)"
+                "no training recipe for '{other}' (trainable: msdnet-fmnist, resnet-mc-fmnist, densenet-mc-fmnist, ranet-fmnist, scan-resnet18-fmnist, msdnet-tiny)"
             )));
         }
     })
@@ -224,7 +266,14 @@ mod tests {
     /// Every recipe fits its model, and stage lookups name what is missing.
     #[test]
     fn recipes_are_valid_and_stages_are_found_by_name() -> Result<()> {
-        for name in ["msdnet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist", "ranet-fmnist", "msdnet-tiny"] {
+        for name in [
+            "msdnet-fmnist",
+            "resnet-mc-fmnist",
+            "densenet-mc-fmnist",
+            "ranet-fmnist",
+            "scan-resnet18-fmnist",
+            "msdnet-tiny",
+        ] {
             let r = recipe(name)?;
             let entry = anytime_models::registry::lookup(name)?;
             let model = (entry.config)()

@@ -4,8 +4,8 @@ use super::eval::{EvalSplit, load_split};
 use super::{WeightsArgs, load_registry_model, resolve_weights};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{
-    Calibration, Confidence, ExitScores, GaParams, Method, default_qs, dynamic_eval, genetic_search, solve_budget,
-    sweep_q,
+    Calibration, Confidence, ExitScores, Fallback, GaParams, Method, default_qs, dynamic_eval, genetic_search,
+    solve_budget, sweep_q,
 };
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
 use anytime_eval::collect_logits;
@@ -23,6 +23,16 @@ pub enum MethodArg {
     Solver,
     /// SCAN's genetic-algorithm search.
     Ga,
+}
+
+/// What a sample confident at no exit gets.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackArg {
+    /// The last exit's answer (MSDNet, RANet).
+    LastExit,
+    /// The mean of every exit's logits, and the last exit gets a threshold
+    /// too (SCAN's rule; searched by `--method ga`).
+    Ensemble,
 }
 
 /// Confidence measures.
@@ -72,6 +82,9 @@ pub struct Args {
     /// Confidence measure.
     #[arg(long, value_enum, default_value = "max-softmax")]
     confidence: ConfidenceArg,
+    /// The exit rule's fallback when no exit is confident.
+    #[arg(long, value_enum, default_value = "last-exit")]
+    fallback: FallbackArg,
     /// Directory with the Fashion-MNIST IDX files.
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     data_dir: PathBuf,
@@ -97,6 +110,15 @@ pub fn budget_mflops(budget: Option<f64>, fraction: Option<f64>, costs: &[f64]) 
 
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
+    let fallback = match a.fallback {
+        FallbackArg::LastExit => Fallback::LastExit,
+        FallbackArg::Ensemble => Fallback::Ensemble,
+    };
+    if fallback == Fallback::Ensemble && a.method != MethodArg::Ga {
+        bail!(
+            "--fallback ensemble needs --method ga: the q rule and the budget solver set no threshold at the last exit"
+        );
+    }
     let entry = lookup(&a.model)?;
     let path = resolve_weights(entry, &a.weights)?;
     let model = load_registry_model(entry, &a.weights)?;
@@ -133,7 +155,7 @@ pub fn run(a: Args) -> Result<()> {
         (MethodArg::Solver, Some(b)) => (Method::Solver { budget_mflops: b }, solve_budget(&scores, &costs, b)?),
         (MethodArg::Solver, None) => bail!("the solver needs --budget MFLOPS or --budget-fraction F"),
         (MethodArg::Ga, b) => {
-            let p = GaParams { lambda: a.lambda, ..GaParams::default() };
+            let p = GaParams { lambda: a.lambda, fallback, ..GaParams::default() };
             (Method::Genetic { budget_mflops: b, lambda: a.lambda }, genetic_search(&scores, &costs, &p, b)?)
         }
     };
@@ -149,11 +171,16 @@ pub fn run(a: Args) -> Result<()> {
     };
     cal.save(&a.output)?;
     eprintln!(
-        "wrote {}: held-out accuracy {:.2}% at {:.2} MFLOPs/image, exits used {:?}",
+        "wrote {}: held-out accuracy {:.2}% at {:.2} MFLOPs/image, exits used {:?}{}",
         a.output.display(),
         100.0 * out.accuracy,
         out.avg_cost,
-        out.exit_counts
+        out.exit_counts,
+        if fallback == Fallback::Ensemble {
+            format!(" ({} of them the ensemble)", out.fallback)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

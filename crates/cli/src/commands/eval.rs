@@ -65,13 +65,14 @@ impl From<EvalSplit> for anytime_eval::Split {
     }
 }
 
-/// Loads the requested split.
+/// Loads the requested split, padded as the model's registry entry says.
 pub fn load_split(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> Result<anytime_data::dataset::Dataset> {
+    let pad = lookup(model)?.data.pad;
     Ok(match split {
-        EvalSplit::Test => fashion_mnist(data_dir, Split::Test)?,
+        EvalSplit::Test => fashion_mnist(data_dir, Split::Test)?.pad(pad)?,
         EvalSplit::Val => {
             let r = recipe(model)?;
-            let (_, val) = super::train::fmnist_splits(data_dir, r.holdout, r.split_seed)?;
+            let (_, val) = super::train::fmnist_splits(data_dir, pad, r.holdout, r.split_seed)?;
             Arc::try_unwrap(val).unwrap_or_else(|a| (*a).clone())
         }
     })

@@ -110,13 +110,15 @@ impl Observer for Progress {
     }
 }
 
-/// Loads Fashion-MNIST's training set and splits off the held-out images.
+/// Loads Fashion-MNIST's training set, padded by `pad` pixels (the
+/// registry entry's `data.pad`), and splits off the held-out images.
 pub fn fmnist_splits(
     data_dir: &Path,
+    pad: usize,
     holdout: usize,
     seed: u64,
 ) -> Result<(Arc<anytime_data::dataset::Dataset>, Arc<anytime_data::dataset::Dataset>)> {
-    let full = fashion_mnist(data_dir, Split::Train)?;
+    let full = fashion_mnist(data_dir, Split::Train)?.pad(pad)?;
     let (train, val) = holdout_split(&full, holdout, seed)?;
     Ok((Arc::new(train), Arc::new(val)))
 }
@@ -130,7 +132,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(e) = a.epochs {
         spec.epochs = e;
     }
-    let (train, val) = fmnist_splits(&a.data_dir, r.holdout, r.split_seed)?;
+    let (train, val) = fmnist_splits(&a.data_dir, entry.data.pad, r.holdout, r.split_seed)?;
     let train = Loader::new(
         train,
         BatchConfig { batch_size: r.batch_size, shuffle: true, seed: spec.seed, augment: r.augment, drop_last: true },
