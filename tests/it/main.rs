@@ -4,6 +4,7 @@
 //! - `flops`: the reference counter's numbers and the published ones;
 //! - `bad_input`: every bad input gives exit code 1 and one `error:` line,
 //!   never a panic;
+//! - `reliability`: issue 22's classes of bad input, one test each;
 //! - `resume`: a training run killed with SIGKILL at random moments resumes
 //!   to the same weights as an uninterrupted run, in the first stage of a
 //!   recipe and in a later one with a frozen group and a stochastic
@@ -22,6 +23,7 @@ mod flops;
 mod hub;
 mod infer;
 mod install;
+mod reliability;
 mod resume;
 mod scan;
 mod swa;

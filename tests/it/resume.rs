@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 fn train_args(dir: &std::path::Path) -> Vec<String> {
     let data = root().join("data/fashion-mnist-sample");
-    ["train", "--model", "msdnet-tiny", "--data-dir", s(&data), "--run-dir", s(dir), "--quiet", "--resume"]
+    ["train", "--model", "msdnet-tiny", "--data-dir", s(&data), "--run-dir", s(dir), "--quiet", "--resume-or-start"]
         .iter()
         .map(|a| a.to_string())
         .collect()
@@ -74,6 +74,28 @@ fn assert_same_bits(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], kills: u
     }
 }
 
+/// Every recorded metric but the timings is identical between an
+/// uninterrupted run and a killed-and-resumed one.
+fn assert_same_metrics(a: &std::path::Path, b: &std::path::Path) {
+    let read = |d: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("seconds");
+                    o.remove("images_per_s");
+                }
+                v
+            })
+            .collect()
+    };
+    let (x, y) = (read(a), read(b));
+    assert!(!x.is_empty());
+    assert_eq!(x, y, "metrics differ between the uninterrupted and the resumed run");
+}
+
 #[test]
 fn r06_kill_and_resume_gives_the_same_weights() {
     let reference = temp_dir("resume-ref");
@@ -89,6 +111,7 @@ fn r06_kill_and_resume_gives_the_same_weights() {
         assert!(!name.contains(".tmp-"), "temporary file left: {name}");
     }
     assert_same_bits(&final_weights(&reference), &final_weights(&killed), kills);
+    assert_same_metrics(&reference, &killed);
     // A corrupt checkpoint on --resume is named and left in place.
     let bytes = std::fs::read(killed.join("checkpoint.safetensors")).expect("checkpoint");
     std::fs::write(killed.join("checkpoint.safetensors"), &bytes[..bytes.len() / 3]).expect("corrupt");

@@ -24,7 +24,7 @@ fn swa_args<'a>(init: &'a str, dir: &'a str, data: &'a str) -> Vec<&'a str> {
         "--run-dir",
         dir,
         "--quiet",
-        "--resume",
+        "--resume-or-start",
     ]
 }
 

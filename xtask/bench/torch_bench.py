@@ -2,9 +2,10 @@
 on CPU and prints one JSON object {case name: seconds}.
 
 Usage: python torch_bench.py CASES.json THREADS
-Model cases need the reference implementations; set ANYTIME_REF_MSDNET and
-ANYTIME_REF_RANET to checkouts of kalviny/MSDNet-PyTorch and
-yangle15/RANet-pytorch (their code is imported from there, never copied).
+Model cases need the reference implementations; set ANYTIME_REF_MSDNET,
+ANYTIME_REF_RANET and ANYTIME_REF_SCAN to checkouts of kalviny/MSDNet-PyTorch,
+yangle15/RANet-pytorch and ArchipLab-LinfengZhang/pytorch-scalable-neural-networks
+(their code is imported from there, never copied).
 """
 import json, os, statistics, sys, time, types, importlib.util
 
@@ -94,6 +95,29 @@ def model_case(c):
         sys.stdout = open(os.devnull, "w")
         model = mod.MSDNet(a)
         sys.stdout = stdout
+    elif c["arch"] == "scan":
+        path = os.environ.get("ANYTIME_REF_SCAN")
+        if not path:
+            return None
+        spec = importlib.util.spec_from_file_location("sresnet", os.path.join(path, "sresnet.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        block = mod.BasicBlock if a.block == "basic" else mod.Bottleneck
+        stdout = sys.stdout
+        sys.stdout = open(os.devnull, "w")
+        net = mod.ResNet(block, a.layers, num_classes=a.num_classes)
+        sys.stdout = stdout
+
+        class Exits(torch.nn.Module):
+            """The reference returns (exits deepest first, feature loss)."""
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return self.net(x)[0]
+
+        model = Exits(net)
     else:
         path = os.environ.get("ANYTIME_REF_RANET")
         if not path:

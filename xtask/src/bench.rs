@@ -336,6 +336,15 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
                 }
             }
         }
+        // SCAN as the reference `sresnet.py` builds it (3 channels, width 64):
+        // ResNet-18 with its attention and ScalaNet exits, CIFAR-100. Its
+        // training step is ~10x MSDNet's, so the batch is 16.
+        let scan = ArchConfig::new(anytime_models::scan::ScanConfig::resnet18(100));
+        let scan_args = json!({"block": "basic", "layers": [2, 2, 2, 2], "num_classes": 100});
+        let label = "SCAN ResNet-18 CIFAR-100 (sresnet.py)";
+        v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "train")?);
+        v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "forward")?);
+        v.push(model(label, scan, scan_args, 1, 32, "forward")?);
         for name in crate::results::FMNIST_MODELS {
             v.push(registry_train(name, 64)?);
         }
@@ -466,7 +475,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     let table = report.table();
     let header = format!(
-        "Measured by `cargo xtask bench` ({} threads for ours, stock Candle and torch {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). Times are medians; model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET) and show — without them.\n\n",
+        "Measured by `cargo xtask bench` ({} threads for ours, stock Candle and torch {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). Times are medians; model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET / ANYTIME_REF_SCAN) and show — without them.\n\n",
         a.threads, report.torch, peak
     );
     println!("{header}{table}");

@@ -56,7 +56,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             args.extend(["--epochs", e]);
         }
         if a.resume {
-            args.push("--resume");
+            // A later stage's first launch has nothing to resume yet.
+            args.push("--resume-or-start");
         }
         if let Some(m) = &minutes {
             args.extend(["--max-minutes", m]);

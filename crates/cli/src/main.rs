@@ -48,6 +48,20 @@ enum Command {
     Classify(commands::classify::Args),
 }
 
+/// An error message on one line: without the backtrace frames Candle
+/// appends to its errors when `RUST_BACKTRACE` is set (`   N: symbol` and
+/// `      at file:line` lines), other line breaks as spaces.
+fn one_line(msg: &str) -> String {
+    let frame = |l: &str| {
+        let t = l.trim_start();
+        let indented = t.len() < l.len();
+        let numbered = t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        (indented && (numbered || t.starts_with("at "))) || t == "stack backtrace:"
+    };
+    let lines: Vec<&str> = msg.lines().filter(|l| !frame(l) && !l.trim().is_empty()).map(str::trim).collect();
+    lines.join(" ")
+}
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`anytime flops | head`), as Unix tools do,
     // instead of panicking in println!.
@@ -72,10 +86,20 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
         Err(e) => {
-            // One line, like every other failure.
+            // One line, like every other failure: clap's message with its
+            // continuation lines (e.g. what an argument conflicts with), without
+            // the usage and tips.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("error: {first} (see `anytime --help`)");
+            let parts: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let line = parts.join(" ");
+            let line = line.trim_start_matches("error: ");
+            let line = if line.is_empty() { "invalid arguments" } else { line };
+            eprintln!("error: {line} (see `anytime --help`)");
             return ExitCode::FAILURE;
         }
     };
@@ -104,9 +128,18 @@ fn main() -> ExitCode {
                     msg.push_str(&c);
                 }
             }
-            let msg = msg.replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&msg));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_drops_backtrace_frames() {
+        let msg = "cannot load x: shape mismatch\n   0: candle_core::error::Error::bt\n             at /src/error.rs:260:25\n  12: main\nwhile building";
+        assert_eq!(super::one_line(msg), "cannot load x: shape mismatch while building");
+        assert_eq!(super::one_line("a\nb"), "a b");
     }
 }

@@ -19,8 +19,26 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     atomic_write_with(path, |w| w.write_all(bytes))
 }
 
+/// Refuses to replace anything at `path` that is not a regular file: a symbolic link (checked
+/// without following it), a directory, a device, a FIFO or a socket. Replacing one by rename
+/// would destroy it (`--output /dev/null` run as root) or write where a user did not look.
+pub fn check_replaceable(path: &Path) -> std::io::Result<()> {
+    let kind = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if m.file_type().is_file() => return Ok(()),
+        Ok(m) if m.file_type().is_symlink() => "a symbolic link",
+        Ok(m) if m.is_dir() => "a directory",
+        Ok(_) => "a device, FIFO or socket",
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("it is {kind}, not a regular file; refusing to replace it"),
+    ))
+}
+
 /// Atomically replaces (or creates) `path` with what `write` writes, and returns what `write`
-/// returns.
+/// returns. Anything at `path` other than a regular file is refused ([`check_replaceable`]).
 ///
 /// The data goes to `<name>.tmp-<pid>-<n>` in the same directory, which is flushed and
 /// fsynced, then renamed over `path`; finally the directory is fsynced so the rename itself is
@@ -44,6 +62,7 @@ pub fn atomic_write_with<T>(
     let mut temp_name = name.to_os_string();
     temp_name.push(format!(".tmp-{}-{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let temp = dir.join(temp_name);
+    check_replaceable(path).map_err(|e| Error::io(path, e))?;
 
     let written = write_synced(&temp, write).and_then(|value| {
         fs::rename(&temp, path)?;
@@ -138,5 +157,25 @@ mod tests {
         fs::create_dir(dir.path().join("taken")).unwrap();
         assert!(atomic_write(dir.path().join("taken"), b"x").is_err());
         assert_eq!(entries(dir.path()), ["taken"]);
+    }
+
+    /// Links, FIFOs and devices are never replaced; the link's target and
+    /// the device stay as they were.
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.bin");
+        fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link.bin");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = atomic_write(&link, b"x").unwrap_err().to_string();
+        assert!(err.contains("symbolic link") && err.contains("link.bin"), "{err}");
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        let err = atomic_write("/dev/null", b"x").unwrap_err().to_string();
+        assert!(err.contains("device"), "{err}");
+        let err = atomic_write(dir.path(), b"x").unwrap_err().to_string();
+        assert!(err.contains("directory") || err.contains("names no file"), "{err}");
     }
 }

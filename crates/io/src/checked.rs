@@ -234,6 +234,7 @@ pub fn build_checked<T>(
     device: &Device,
     f: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
+    file.check_finite()?;
     let loader = CheckedLoader::new(file);
     let built = f(loader.var_builder(dtype, device));
     let mut report = loader.report();

@@ -37,6 +37,19 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// A tensor holding NaN or infinite values: such weights give finite,
+    /// plausible and wrong answers, so they are refused at load.
+    #[error("{}: tensor `{key}` holds {count} NaN or infinite values (of {total})", path.display())]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's key.
+        key: String,
+        /// How many of its values are not finite.
+        count: usize,
+        /// Its number of values.
+        total: usize,
+    },
     /// The file is shorter than its own header says.
     #[error(
         "{}: truncated: the header needs {expected} bytes but the file has {actual}",

@@ -60,7 +60,7 @@ mod tensor_file;
 #[cfg(test)]
 mod testutil;
 
-pub use atomic::{atomic_write, atomic_write_with};
+pub use atomic::{atomic_write, atomic_write_with, check_replaceable};
 pub use checked::{CheckedLoader, KeyReport, ShapeMismatch, build_checked};
 pub use error::{Error, Result};
 pub use format::Format;

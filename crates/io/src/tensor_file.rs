@@ -28,6 +28,26 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
+    /// Checks that every tensor holds finite values only.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming the first tensor (in key order) with a NaN
+    /// or an infinity.
+    pub fn check_finite(&self) -> Result<()> {
+        for (key, t) in &self.tensors {
+            let values = t
+                .flatten_all()
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| Error::BadMeta { path: self.path.clone(), field: key.clone(), problem: e.to_string() })?;
+            let count = values.iter().filter(|v| !v.is_finite()).count();
+            if count > 0 {
+                return Err(Error::NonFinite { path: self.path.clone(), key: key.clone(), count, total: values.len() });
+            }
+        }
+        Ok(())
+    }
+
     /// The [`WeightMeta`] stored in the header by [`save_safetensors`](crate::save_safetensors).
     /// Fields missing from the header keep their defaults; unknown entries go to `extra`.
     ///

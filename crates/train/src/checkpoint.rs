@@ -6,6 +6,11 @@
 //! next batch, step counts, the seed, the best result so far and the metrics
 //! history. Writes are atomic (temporary file, then rename), so a run killed
 //! at any moment leaves the previous checkpoint intact.
+//!
+//! The header also holds a SHA-256 over the state JSON and every tensor byte
+//! (the file's data section); loading verifies it, so a flipped bit, a
+//! removed or altered tensor or an edited state is refused. (Checkpoints
+//! written before the checksum existed load without the check.)
 
 use crate::error::{Error, Result};
 use crate::metrics::EpochMetrics;
@@ -16,6 +21,25 @@ use std::path::Path;
 
 /// Header key holding the [`TrainState`] JSON.
 const STATE_KEY: &str = "anytime.train_state";
+/// Header key holding the SHA-256 of the state JSON and the data section.
+const CHECKSUM_KEY: &str = "anytime.checksum";
+
+/// SHA-256 (hex) of the state JSON's length and bytes, then the tensor data.
+fn checksum(state: &str, data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((state.len() as u64).to_le_bytes());
+    h.update(state.as_bytes());
+    h.update(data);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The data section of a safetensors file: what follows the 8-byte header
+/// length and the header.
+fn data_section(bytes: &[u8]) -> Option<&[u8]> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    bytes.get(8usize.checked_add(usize::try_from(n).ok()?)?..)
+}
 
 /// Where a run stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +76,39 @@ pub struct TrainState {
 }
 
 impl TrainState {
+    /// Checks the state against the plan: `epochs` epochs of `batches`
+    /// batches. A state outside it (a later epoch, a batch past the end, more
+    /// steps than the plan has, a history that does not match the epoch) is
+    /// an error saying what is wrong.
+    pub fn validate(&self, epochs: usize, batches: usize) -> std::result::Result<(), String> {
+        if self.epoch > epochs {
+            return Err(format!("epoch {} is past the plan's {epochs} epochs", self.epoch));
+        }
+        if self.batch > batches {
+            return Err(format!("batch {} is past the {batches} batches of an epoch", self.batch));
+        }
+        let most = (epochs as u64).saturating_mul(batches as u64);
+        if self.step > most {
+            return Err(format!("{} optimiser steps, more than the plan's {most}", self.step));
+        }
+        if self.history.len() != self.epoch {
+            return Err(format!(
+                "{} finished epochs in the history, but the run is at epoch {}",
+                self.history.len(),
+                self.epoch
+            ));
+        }
+        if let Some((acc, e)) = self.best {
+            if e >= self.history.len() || !(0.0..=1.0).contains(&acc) {
+                return Err(format!("best result {acc} at epoch {e} does not fit the history"));
+            }
+        }
+        if !(self.seconds.is_finite() && self.seconds >= 0.0) {
+            return Err(format!("training time {} s is not a duration", self.seconds));
+        }
+        Ok(())
+    }
+
     /// How many of the first `epochs` finished epochs the weight average
     /// holds (0 without weight averaging).
     pub fn averaged_epochs(&self, epochs: usize) -> usize {
@@ -104,9 +161,17 @@ impl Checkpoint {
         all.extend(self.model.iter().map(|(k, t)| (format!("model.{k}"), t)));
         all.extend(self.optim.iter().map(|(k, t)| (format!("optim.{k}"), t)));
         all.extend(self.swa.iter().map(|(k, t)| (format!("swa.{k}"), t)));
-        let meta = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(&self.state)?)]);
-        let bytes = safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta))
-            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+        let state = serde_json::to_string(&self.state)?;
+        let err = |e: safetensors::SafeTensorError| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() };
+        // The data section does not depend on the header's metadata: serialise
+        // once to hash it, then again with the checksum in the header.
+        let mut meta = HashMap::from([(STATE_KEY.to_string(), state.clone())]);
+        let first =
+            safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta.clone())).map_err(err)?;
+        let data = data_section(&first)
+            .ok_or_else(|| Error::Checkpoint { path: path.to_path_buf(), msg: "serialised file has no data".into() })?;
+        meta.insert(CHECKSUM_KEY.to_string(), checksum(&state, data));
+        let bytes = safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta)).map_err(err)?;
         anytime_io::atomic_write(path, &bytes)
             .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
     }
@@ -117,11 +182,19 @@ impl Checkpoint {
         let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let (_, header) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a checkpoint: {e}")))?;
-        let state = header
-            .metadata()
-            .as_ref()
+        let meta = header.metadata().as_ref();
+        let state = meta
             .and_then(|m| m.get(STATE_KEY))
             .ok_or_else(|| bad("no training state in the header (not a training checkpoint)".into()))?;
+        if let Some(want) = meta.and_then(|m| m.get(CHECKSUM_KEY)) {
+            let data = data_section(&bytes).ok_or_else(|| bad("truncated: no data section".into()))?;
+            if checksum(state, data) != *want {
+                return Err(bad(
+                    "its checksum does not match its contents (a changed, missing or corrupt tensor or state); it cannot be resumed"
+                        .into(),
+                ));
+            }
+        }
         let state: TrainState = serde_json::from_str(state).map_err(|e| bad(format!("bad training state: {e}")))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
         let (mut model, mut optim, mut swa) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());

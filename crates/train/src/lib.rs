@@ -43,4 +43,4 @@ pub mod swa;
 pub mod trainer;
 
 pub use error::{Error, Result};
-pub use trainer::{Batches, Observer, RunEnd, Silent, StepProgress, TrainSpec, Trainer};
+pub use trainer::{Batches, Observer, RunEnd, Silent, Start, StepProgress, TrainSpec, Trainer};

@@ -283,6 +283,22 @@ impl Optimizer {
                 None => candle_core::bail!("optimizer state {k}: no parameter named {name}"),
             }
         }
+        // After a step every optimised parameter has its buffers (all of
+        // them get gradients in a multi-exit network): a missing one means a
+        // damaged checkpoint, and resuming without it would change the run.
+        if step > 0 {
+            let (need_m, need_v) = match self.cfg {
+                OptimConfig::Sgd { momentum, .. } => (momentum != 0.0, false),
+                OptimConfig::AdamW { .. } => (true, true),
+            };
+            for (name, _) in &self.params {
+                for (need, slot, what) in [(need_m, &m, "m"), (need_v, &v, "v")] {
+                    if need && !slot.contains_key(name) {
+                        candle_core::bail!("optimizer state: {what}.{name} is missing after {step} steps")
+                    }
+                }
+            }
+        }
         self.m = m;
         self.v = v;
         self.step = step;

@@ -164,6 +164,22 @@ pub enum RunEnd {
     TimeLimit,
 }
 
+/// How [`Trainer::new`] treats what a run directory already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: a directory that holds a run's files (checkpoint, best
+    /// weights, metrics) is an error.
+    New,
+    /// Continue the run whose checkpoint the directory holds; no checkpoint
+    /// is an error.
+    Resume,
+    /// Continue the run if there is a checkpoint, else start a new one (the
+    /// directory must then hold no run's files).
+    ResumeOrNew,
+    /// A new run that replaces whatever run the directory holds.
+    Overwrite,
+}
+
 /// A training run bound to a directory.
 pub struct Trainer {
     spec: TrainSpec,
@@ -202,14 +218,14 @@ fn clean_temporaries(dir: &Path) -> Result<()> {
 }
 
 impl Trainer {
-    /// Builds the model (seeded initialisation) and, when `resume` is set and
-    /// the directory holds a checkpoint, restores it. Without `resume`, an
-    /// existing checkpoint is an error rather than being overwritten.
+    /// Builds the model (seeded initialisation) and, as `start` says,
+    /// restores the directory's checkpoint or starts anew; a new run never
+    /// replaces another run's files unless `start` is [`Start::Overwrite`].
     pub fn new(
         spec: TrainSpec,
         build: impl FnOnce(VarBuilder) -> anytime_models::Result<Box<dyn MultiExit>>,
         dir: &Path,
-        resume: bool,
+        start: Start,
     ) -> Result<Self> {
         let varmap = VarMap::new();
         let model = build(seeded_var_builder(&varmap, spec.seed, &Device::Cpu))?;
@@ -251,14 +267,35 @@ impl Trainer {
             swa_avg: BTreeMap::new(),
         };
         let ckpt = t.dir.join(CHECKPOINT_FILE);
-        if ckpt.exists() {
-            if !resume {
+        let run_files: Vec<PathBuf> = [CHECKPOINT_FILE, BEST_FILE, METRICS_FILE, SWA_FILE]
+            .iter()
+            .map(|f| t.dir.join(f))
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect();
+        match (start, ckpt.symlink_metadata().is_ok()) {
+            (Start::Resume | Start::ResumeOrNew, true) => t.restore(&ckpt)?,
+            (Start::Resume, false) => {
                 return Err(Error::Checkpoint {
                     path: ckpt,
-                    msg: "a run already exists here; pass --resume to continue it or choose another directory".into(),
+                    msg: "no checkpoint to resume; start a new run without --resume (or use --resume-or-start)".into(),
                 });
             }
-            t.restore(&ckpt)?;
+            (Start::Overwrite, _) => {
+                for p in &run_files {
+                    std::fs::remove_file(p).map_err(|e| Error::Io { path: p.clone(), msg: e.to_string() })?;
+                }
+            }
+            (Start::New | Start::ResumeOrNew, _) if !run_files.is_empty() => {
+                let names: Vec<String> = run_files.iter().map(|p| p.display().to_string()).collect();
+                return Err(Error::Checkpoint {
+                    path: t.dir.clone(),
+                    msg: format!(
+                        "holds another run's files ({}); resume it with --resume, or replace it with --force",
+                        names.join(", ")
+                    ),
+                });
+            }
+            _ => {}
         }
         Ok(t)
     }
@@ -346,6 +383,7 @@ impl Trainer {
         }
         let bad = |msg: String| Error::Io { path: path.to_path_buf(), msg };
         let file = anytime_io::load_tensors(path).map_err(|e| bad(e.to_string()))?;
+        file.check_finite().map_err(|e| bad(e.to_string()))?;
         self.set_vars(&file.tensors, true).map_err(bad)?;
         self.state.init_from = Some(path.display().to_string());
         Ok(())
@@ -390,6 +428,10 @@ impl Trainer {
         let mut last_ckpt = Instant::now();
         let batches = train.num_batches();
         let epochs = self.spec.epochs;
+        self.state.validate(epochs, batches).map_err(|msg| Error::Checkpoint {
+            path: self.dir.join(CHECKPOINT_FILE),
+            msg: format!("its training state does not fit the plan: {msg}"),
+        })?;
         while self.state.epoch < epochs {
             let epoch = self.state.epoch;
             let epoch_start = Instant::now();
@@ -665,7 +707,7 @@ mod tests {
         let (train, val) = data();
         let limit = stop_every_step.then_some(Duration::ZERO);
         for runs in 1..100 {
-            let mut t = Trainer::new(stages().1, build, dir, true)?;
+            let mut t = Trainer::new(stages().1, build, dir, Start::ResumeOrNew)?;
             if t.state().step == 0 {
                 t.init_from(init)?;
             }
@@ -684,7 +726,7 @@ mod tests {
 
         // Stage 1: the feature hint is part of the loss and logged.
         let (one, _) = stages();
-        let mut t = Trainer::new(one, build, &root.join("one"), false)?;
+        let mut t = Trainer::new(one, build, &root.join("one"), Start::New)?;
         assert_eq!(t.run(&train, &val, &mut Silent, None)?, RunEnd::Finished);
         let logged = &t.state().history[0].train_logged;
         let hint = logged.get("feature_hint").copied().unwrap_or(0.0);
@@ -727,12 +769,17 @@ mod tests {
         // A resume with other settings is refused, naming them.
         let mut other = stages().1;
         other.groups[1].lr_mult = 0.25;
-        let e =
-            Trainer::new(other, build, &root.join("resumed"), true).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = Trainer::new(other, build, &root.join("resumed"), Start::Resume)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("other training settings") && e.contains("groups"), "{e}");
         let mut unknown = stages().1;
         unknown.groups.push(ParamGroup::new("nowhere"));
-        let e = Trainer::new(unknown, build, &root.join("new"), false).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = Trainer::new(unknown, build, &root.join("new"), Start::New)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("'nowhere' selects no variable"), "{e}");
         let _ = std::fs::remove_dir_all(&root);
         Ok(())

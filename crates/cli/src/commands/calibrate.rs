@@ -65,19 +65,19 @@ pub struct Args {
     #[command(flatten)]
     weights: WeightsArgs,
     /// Target average MFLOPs per image.
-    #[arg(long, conflicts_with = "budget_fraction")]
+    #[arg(long, conflicts_with = "budget_fraction", allow_negative_numbers = true, value_parser = super::num::BUDGET)]
     budget: Option<f64>,
     /// Target average cost as a fraction of the full model's.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::num::FRACTION)]
     budget_fraction: Option<f64>,
     /// Search method.
     #[arg(long, value_enum, default_value = "solver")]
     method: MethodArg,
     /// q of the `q` method (without a budget).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::num::Q)]
     q: Option<f64>,
     /// Cost weight of the genetic search's fitness.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, value_parser = super::num::LAMBDA)]
     lambda: f64,
     /// Confidence measure.
     #[arg(long, value_enum, default_value = "max-softmax")]
@@ -93,19 +93,30 @@ pub struct Args {
     output: PathBuf,
 }
 
-/// Resolves `--budget` / `--budget-fraction` against the exit costs.
-pub fn budget_mflops(budget: Option<f64>, fraction: Option<f64>, costs: &[f64]) -> Result<Option<f64>> {
-    let full = costs.last().copied().unwrap_or(0.0);
-    Ok(match (budget, fraction) {
-        (Some(b), _) => Some(b),
+/// Resolves `--budget` / `--budget-fraction` against the exit costs of
+/// `model`, before any work: the budget must lie between the first exit's
+/// cost and the full model's. A budget within 0.05 MFLOPs of either end (the
+/// precision `anytime models` prints, e.g. 29.9 for 29.8586) is taken as
+/// that end.
+pub fn budget_mflops(model: &str, budget: Option<f64>, fraction: Option<f64>, costs: &[f64]) -> Result<Option<f64>> {
+    let (Some(&first), Some(&full)) = (costs.first(), costs.last()) else { bail!("{model} has no exits") };
+    let b = match (budget, fraction) {
+        (Some(b), _) => b,
         (None, Some(f)) => {
             if !(f > 0.0 && f <= 1.0) {
                 bail!("--budget-fraction must be in (0, 1], got {f}");
             }
-            Some(f * full)
+            f * full
         }
-        (None, None) => None,
-    })
+        (None, None) => return Ok(None),
+    };
+    const PRINTED: f64 = 0.05;
+    if b < first - PRINTED || b > full + PRINTED || !b.is_finite() {
+        bail!(
+            "budget {b:.3} MFLOPs is outside {model}'s range: {first:.3} (first exit) to {full:.3} (full model) MFLOPs per image"
+        );
+    }
+    Ok(Some(b.clamp(first, full)))
 }
 
 /// Runs the command.
@@ -125,17 +136,7 @@ pub fn run(a: Args) -> Result<()> {
     let ds = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
     let (_, h, w) = ds.image_shape();
     let costs = model.exit_costs(h, w)?.mflops(Mode::Reference);
-    let budget = budget_mflops(a.budget, a.budget_fraction, &costs)?;
-    if let Some(b) = budget {
-        if !(b >= costs[0] && b <= costs[costs.len() - 1]) {
-            bail!(
-                "budget {b:.3} MFLOPs is outside {}'s range: {:.3} (first exit) to {:.3} (full model)",
-                a.model,
-                costs[0],
-                costs[costs.len() - 1]
-            );
-        }
-    }
+    let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
     let n = ds.len();
     let (logits, labels) = collect_logits(model.as_ref(), Arc::new(ds))?;
     let scores = ExitScores::from_logits(&logits, &labels, a.confidence.into())?;

@@ -30,16 +30,16 @@ pub struct Args {
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Average MFLOPs per image to spend (thresholds calibrated on the held-out split).
-    #[arg(long, conflicts_with_all = ["deadline", "calibration"])]
+    #[arg(long, conflicts_with_all = ["deadline", "calibration"], allow_negative_numbers = true, value_parser = super::num::BUDGET)]
     budget: Option<f64>,
     /// Budget as a fraction of the full model's cost.
-    #[arg(long, conflicts_with_all = ["budget", "deadline", "calibration"])]
+    #[arg(long, conflicts_with_all = ["budget", "deadline", "calibration"], allow_negative_numbers = true, value_parser = super::num::FRACTION)]
     budget_fraction: Option<f64>,
     /// Thresholds from `anytime calibrate`.
     #[arg(long, conflicts_with = "deadline")]
     calibration: Option<PathBuf>,
     /// Wall-clock deadline per image in milliseconds (anytime prediction).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::num::DEADLINE_MS)]
     deadline: Option<f64>,
     /// Directory with the Fashion-MNIST IDX files (for `--budget`).
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
@@ -107,6 +107,7 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_registry_model(entry, &a.weights)?;
     let (c, h, w) = entry.data.input;
     let costs = model.exit_costs(h, w)?.mflops(Mode::Reference);
+    let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
     // Images come at the dataset's size and are padded to the model's.
     let pad = entry.data.pad;
     let mut inputs = read_inputs(&a.images, (c, h - 2 * pad, w - 2 * pad))?;
@@ -129,7 +130,7 @@ pub fn run(a: Args) -> Result<()> {
             let r = classify_anytime(model.as_ref(), &xs, Duration::from_secs_f64(ms / 1e3))?;
             let row = r.logits.to_vec2::<f32>()?.remove(0);
             let pred = anytime_models::exit::argmax(&row);
-            println!(
+            outln!(
                 "{}: {} (confidence {:.3}), exit {}, {:.2} MFLOPs, {:.3} ms{}{}",
                 inp.name,
                 name(pred),
@@ -146,7 +147,7 @@ pub fn run(a: Args) -> Result<()> {
     let thresholds = if let Some(path) = &a.calibration {
         let sha = anytime_io::sha256_file(resolve_weights(entry, &a.weights)?)?;
         Calibration::load(path, &sha)?.thresholds
-    } else if let Some(b) = budget_mflops(a.budget, a.budget_fraction, &costs)? {
+    } else if let Some(b) = budget {
         let val = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
         let (logits, labels) = collect_logits(model.as_ref(), Arc::new(val))?;
         let scores = ExitScores::from_logits(&logits, &labels, Confidence::MaxSoftmax)?;
@@ -161,7 +162,7 @@ pub fn run(a: Args) -> Result<()> {
         let d = classify_budgeted(model.as_ref(), &xs, &thresholds, &costs)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let d = d.first().context("no decision")?;
-        println!(
+        outln!(
             "{}: {} (confidence {:.3}), exit {}{}, {:.2} MFLOPs, {:.3} ms{}",
             inp.name,
             name(d.prediction),

@@ -22,8 +22,8 @@ pub struct Args {
     #[command(flatten)]
     weights: WeightsArgs,
     /// Max-softmax confidence at which an image leaves early.
-    #[arg(long, default_value_t = 0.9)]
-    threshold: f32,
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = super::num::THRESHOLD)]
+    threshold: f64,
     /// Run on the test split of this Fashion-MNIST directory instead of the
     /// 1,000 sample images built into the program.
     #[arg(long)]
@@ -38,8 +38,8 @@ fn softmax_max(row: &[f32]) -> f32 {
 
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
-    if !(a.threshold > 0.0 && a.threshold <= 1.0) {
-        anyhow::bail!("--threshold must be in (0, 1], got {}", a.threshold);
+    if a.threshold == 0.0 {
+        anyhow::bail!("--threshold must be in (0, 1], got 0");
     }
     let entry = lookup(&a.model)?;
     let model = load_registry_model(entry, &a.weights)?;
@@ -56,12 +56,12 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let batches = || loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string())));
     let mflops = model.exit_costs(h, w)?.mflops(Mode::Reference);
-    println!("{} on {source} ({n} test images, batch 64)", a.model);
-    println!("anytime prediction, every exit:");
-    println!("{:>6}  {:>9}  {:>8}  {:>9}", "exit", "accuracy", "MFLOPs", "ms/image");
+    outln!("{} on {source} ({n} test images, batch 64)", a.model);
+    outln!("anytime prediction, every exit:");
+    outln!("{:>6}  {:>9}  {:>8}  {:>9}", "exit", "accuracy", "MFLOPs", "ms/image");
     let ev = evaluate_anytime(model.as_ref(), batches())?;
     for (k, ((acc, mf), ms)) in ev.accuracy.fractions().iter().zip(&mflops).zip(ev.ms_per_image()).enumerate() {
-        println!("{k:>6}  {:>8.2}%  {mf:>8.2}  {ms:>9.3}", 100.0 * acc);
+        outln!("{k:>6}  {:>8.2}%  {mf:>8.2}  {ms:>9.3}", 100.0 * acc);
     }
     let last = model.num_exits() - 1;
     let (mut correct, mut spent, mut per_exit) = (0usize, 0f64, vec![0usize; model.num_exits()]);
@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<()> {
     for b in batches() {
         let (xs, ys) = b?;
         let ys = ys.to_vec1::<u32>()?;
-        let t = a.threshold;
+        let t = a.threshold as f32;
         let d = classify_early_exit(model.as_ref(), &xs, &mflops, |k, row| {
             let c = softmax_max(row);
             (k < last && c >= t, c)
@@ -83,7 +83,7 @@ pub fn run(a: Args) -> Result<()> {
         first.get_or_insert(d[0]);
     }
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "budgeted, real early exit (leave when max softmax >= {}): accuracy {:.2}%, {:.2} MFLOPs/image ({:.0}% of the full model), {:.3} ms/image (full model: {:.3}), exits used {:?}",
         a.threshold,
         100.0 * correct as f64 / n as f64,
@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
         per_exit
     );
     if let Some(d) = first {
-        println!(
+        outln!(
             "first image: {} (confidence {:.3}) from exit {} after {:.2} MFLOPs",
             CLASSES.get(d.prediction as usize).unwrap_or(&"?"),
             d.confidence,

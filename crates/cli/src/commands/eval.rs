@@ -34,11 +34,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "test")]
     pub split: EvalSplit,
     /// Images per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = super::num::BATCH)]
     pub batch_size: usize,
     /// Evaluate only the first N images of the split (e.g. for quick
     /// batch-1 latency runs); default: all.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::num::LIMIT)]
     pub limit: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
@@ -115,17 +115,17 @@ pub fn report(a: &Args) -> Result<EvalReport> {
 pub fn run(a: Args) -> Result<()> {
     let r = report(&a)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r.to_json()?)?);
+        outln!("{}", serde_json::to_string(&r.to_json()?)?);
         return Ok(());
     }
-    println!("{} on {} images ({} split, batch {})", a.model, r.images, r.split.as_str(), a.batch_size);
-    println!("{:>4}  {:>9}  {:>8}  {:>11}", "exit", "accuracy", "MFLOPs", "ms/image");
+    outln!("{} on {} images ({} split, batch {})", a.model, r.images, r.split.as_str(), a.batch_size);
+    outln!("{:>4}  {:>9}  {:>8}  {:>11}", "exit", "accuracy", "MFLOPs", "ms/image");
     for e in &r.exits {
-        println!("{}  {:>8.2}%  {:>8.2}  {:>11.3}", e.exit, 100.0 * e.accuracy, e.mflops, e.ms_per_image);
+        outln!("{}  {:>8.2}%  {:>8.2}  {:>11.3}", e.exit, 100.0 * e.accuracy, e.mflops, e.ms_per_image);
     }
     let full_ms = r.full_ms_per_image.unwrap_or(r.full()?.ms_per_image);
     if let Some(c) = &r.calibrated {
-        println!(
+        outln!(
             "real early exit with {}: {:.2}% at {:.2} MFLOPs/image, {:.3} ms/image (full model {:.3}), exits used {}",
             c.file,
             100.0 * c.run.accuracy,
@@ -136,10 +136,10 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if let Some(points) = &r.budgeted {
-        println!("budgeted classification, real early exit (full model: {full_ms:.3} ms/image):");
-        println!("{:>5}  {:>9}  {:>8}  {:>9}  {:>22}", "q", "accuracy", "MFLOPs", "ms/image", "time / FLOP saving");
+        outln!("budgeted classification, real early exit (full model: {full_ms:.3} ms/image):");
+        outln!("{:>5}  {:>9}  {:>8}  {:>9}  {:>22}", "q", "accuracy", "MFLOPs", "ms/image", "time / FLOP saving");
         for b in points {
-            println!(
+            outln!(
                 "{:>5.2}  {:>8.2}%  {:>8.2}  {:>9.3}  {:>22}",
                 b.q,
                 100.0 * b.run.accuracy,
@@ -148,7 +148,7 @@ pub fn run(a: Args) -> Result<()> {
                 b.run.saving_ratio.map_or("—".into(), |r| format!("{r:.2}"))
             );
         }
-        println!("plots in {}", r.plots.as_deref().unwrap_or(""));
+        outln!("plots in {}", r.plots.as_deref().unwrap_or(""));
     }
     Ok(())
 }

@@ -44,13 +44,13 @@ pub fn run(a: Args) -> Result<()> {
         if a.complete {
             v["breakdown"] = serde_json::to_value(&costs.exits)?;
         }
-        println!("{}", serde_json::to_string(&v)?);
+        outln!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
-    println!("{} at {h}x{w} ({} counting)", cfg.arch(), if a.complete { "complete" } else { "reference" });
-    println!("{:>4}  {:>12}  {:>10}", "exit", "MFLOPs", "M params");
+    outln!("{} at {h}x{w} ({} counting)", cfg.arch(), if a.complete { "complete" } else { "reference" });
+    outln!("{:>4}  {:>12}  {:>10}", "exit", "MFLOPs", "M params");
     for (i, (f, p)) in costs.mflops(mode).iter().zip(costs.params()).enumerate() {
-        println!("{i:>4}  {f:>12.2}  {:>10.4}", p as f64 / 1e6);
+        outln!("{i:>4}  {f:>12.2}  {:>10.4}", p as f64 / 1e6);
     }
     Ok(())
 }

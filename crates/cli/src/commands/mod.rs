@@ -1,5 +1,26 @@
 //! One module per subcommand, plus shared helpers.
 
+/// `println!` that returns an error instead of panicking when standard
+/// output cannot be written (a full device). A closed pipe ends the process
+/// quietly through the default SIGPIPE disposition `main` restores.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)
+            .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?
+    }};
+}
+
+/// `print!` with the error handling of `outln!`.
+#[allow(unused_macros)]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($t)*)
+            .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?
+    }};
+}
+
 pub mod calibrate;
 pub mod classify;
 pub mod demo;
@@ -8,6 +29,7 @@ pub mod export;
 pub mod flops;
 pub mod infer;
 pub mod models;
+pub mod num;
 pub mod train;
 pub mod weights;
 
@@ -51,6 +73,29 @@ pub fn read_config(arch: &str, path: &Path) -> Result<ArchConfig> {
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     ArchConfig::from_json(arch, &v).with_context(|| format!("config {}", path.display()))
+}
+
+/// Refuses an output that is one of the command's inputs (the same file,
+/// through any path or hard link): replacing it would destroy the input.
+pub fn ensure_not_input(option: &str, output: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    let same = |p: &Path| -> bool {
+        let Ok(m) = std::fs::metadata(p) else { return false };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            m.dev() == out.dev() && m.ino() == out.ino()
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = m;
+            std::fs::canonicalize(p).ok() == std::fs::canonicalize(output).ok()
+        }
+    };
+    if let Some(input) = inputs.iter().find(|p| same(p)) {
+        bail!("{option} {} is also an input ({}); write the output somewhere else", output.display(), input.display());
+    }
+    Ok(())
 }
 
 /// Parses `H` or `HxW`.

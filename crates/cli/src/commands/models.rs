@@ -46,13 +46,10 @@ pub fn run(a: Args) -> Result<()> {
         }));
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
-        "{:<26} {:<12} {:<14} {:>5}  {:<8} per-exit MFLOPs / top-1",
-        "name", "arch", "dataset", "exits", "weights"
-    );
+    outln!("{:<26} {:<12} {:<14} {:>5}  {:<8} per-exit MFLOPs / top-1", "name", "arch", "dataset", "exits", "weights");
     for r in &rows {
         let mf: Vec<String> =
             r["mflops"].as_array().into_iter().flatten().map(|v| format!("{:.1}", v.as_f64().unwrap_or(0.0))).collect();
@@ -62,7 +59,7 @@ pub fn run(a: Args) -> Result<()> {
             .flatten()
             .map(|v| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(0.0)))
             .collect();
-        println!(
+        outln!(
             "{:<26} {:<12} {:<14} {:>5}  {:<8} {}{}",
             r["name"].as_str().unwrap_or(""),
             r["arch"].as_str().unwrap_or(""),

@@ -7,7 +7,7 @@ use anytime_data::loader::{Augment, BatchConfig, Loader};
 use anytime_models::registry::lookup;
 use anytime_train::metrics::EpochMetrics;
 use anytime_train::recipes::{Recipe, recipe};
-use anytime_train::{Observer, RunEnd, StepProgress, Trainer};
+use anytime_train::{Observer, RunEnd, Start, StepProgress, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,17 +33,23 @@ pub struct Args {
     /// every variable of the model) instead of the seeded initialisation.
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Continue the run in the run directory.
-    #[arg(long)]
+    /// Continue the run in the run directory (an error when it holds no checkpoint).
+    #[arg(long, conflicts_with_all = ["resume_or_start", "force"])]
     resume: bool,
-    /// Override the recipe's number of epochs.
+    /// Continue the run in the run directory if it holds a checkpoint, else start one.
+    #[arg(long, conflicts_with = "force")]
+    resume_or_start: bool,
+    /// Start a new run even if the run directory holds another run's files (they are replaced).
     #[arg(long)]
+    force: bool,
+    /// Override the recipe's number of epochs.
+    #[arg(long, allow_negative_numbers = true, value_parser = super::num::EPOCHS)]
     epochs: Option<usize>,
     /// Directory with the Fashion-MNIST IDX files.
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     data_dir: PathBuf,
     /// Stop (with a checkpoint) after this many minutes; resume later.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::num::MINUTES)]
     max_minutes: Option<f64>,
     /// No progress bars; one line per epoch.
     #[arg(long)]
@@ -143,7 +149,13 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let cfg = (entry.config)();
     let epochs = spec.epochs;
-    let mut trainer = Trainer::new(spec, |vb| cfg.build(vb), &dir, a.resume)
+    let start = match (a.resume, a.resume_or_start, a.force) {
+        (true, _, _) => Start::Resume,
+        (_, true, _) => Start::ResumeOrNew,
+        (_, _, true) => Start::Overwrite,
+        _ => Start::New,
+    };
+    let mut trainer = Trainer::new(spec, |vb| cfg.build(vb), &dir, start)
         .with_context(|| format!("cannot start the run in {}", dir.display()))?;
     let init = match (&a.init, r.previous(stage)?) {
         (Some(p), _) => Some(p.clone()),
