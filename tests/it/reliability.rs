@@ -179,3 +179,29 @@ fn r22_non_finite_inputs_and_weights() {
     let e = infer(&broken, &fixture(name, "io.safetensors"));
     assert!(e.contains("classifier.0.linear.bias") && e.contains("NaN or infinite"), "{e}");
 }
+
+/// Configurations with absurd sizes are refused before anything is built,
+/// well inside the tests' memory limit.
+#[test]
+fn r22_huge_configurations_are_refused_before_allocation() {
+    let dir = temp_dir("huge-configs");
+    for (arch, cfg, what) in [
+        ("msdnet", r#"{"cli_args": "--nBlocks 1000000000"}"#, "nBlocks"),
+        ("msdnet", r#"{"cli_args": "--nBlocks 1000"}"#, "nBlocks"),
+        ("msdnet", r#"{"cli_args": "--nBlocks 3 --growthRate 1099511627776"}"#, "growthRate"),
+        ("ranet", r#"{"cli_args": "--nBlocks 2 --nChannels 1099511627776"}"#, "nChannels"),
+        (
+            "resnet_mc",
+            r#"{"in_channels": 1, "num_classes": 1099511627776, "stem_channels": 8, "widths": [8], "blocks": [1], "exits": [1], "head_channels": 8}"#,
+            "num_classes",
+        ),
+        ("scan", r#"{"block": "basic", "layers": [2, 2, 2, 2], "num_classes": 10, "width": 1099511627776}"#, "width"),
+    ] {
+        let path = dir.join(format!("{arch}.json"));
+        std::fs::write(&path, cfg).expect("config");
+        let start = std::time::Instant::now();
+        let e = fails(&["flops", "--arch", arch, "--config", s(&path)]);
+        assert!(e.contains(what), "{arch} {cfg}: {e}");
+        assert!(start.elapsed().as_secs_f64() < 5.0, "{arch} {cfg}: took {:?}", start.elapsed());
+    }
+}

@@ -13,10 +13,30 @@ pub fn fixture(name: &str, file: &str) -> PathBuf {
     root().join("tests/fixtures").join(name).join(file)
 }
 
-/// A command running the `anytime` binary in the repository root.
+/// The address-space limit every `anytime` run of these tests gets (far below
+/// the machine's memory): a bad input that made the program allocate without
+/// bound fails the test instead of exhausting the machine.
+pub const MEMORY_LIMIT_BYTES: u64 = 6 << 30;
+
+/// A command running the `anytime` binary in the repository root, under
+/// [`MEMORY_LIMIT_BYTES`] of address space.
 pub fn anytime() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_anytime"));
     c.current_dir(root());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit { rlim_cur: MEMORY_LIMIT_BYTES, rlim_max: MEMORY_LIMIT_BYTES };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     c
 }
 

@@ -50,6 +50,28 @@ impl DenseNetMcConfig {
     /// Checks every value.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        {
+            use crate::limits::*;
+            cap("the number of dense blocks", self.blocks.len(), MAX_BLOCKS)?;
+            cap_all("blocks", &self.blocks, MAX_STEP)?;
+            cap("exits", self.exits.len(), MAX_LAYERS)?;
+            for (name, v) in [
+                ("stem_channels", self.stem_channels),
+                ("growth_rate", self.growth_rate),
+                ("head_channels", self.head_channels),
+            ] {
+                cap(name, v, MAX_CHANNELS)?;
+            }
+            cap("bottleneck_factor", self.bottleneck_factor, MAX_FACTOR)?;
+            cap("num_classes", self.num_classes, MAX_CLASSES)?;
+            cap("in_channels", self.in_channels, MAX_IN_CHANNELS)?;
+            let layers: usize = 2 * self.blocks.iter().sum::<usize>() + self.blocks.len() + 2 * self.exits.len() + 1;
+            cap("the number of layers", layers, MAX_LAYERS)?;
+            let widest = (self.stem_channels + self.blocks.iter().sum::<usize>() * self.growth_rate)
+                .max(self.growth_rate * self.bottleneck_factor)
+                .max(self.head_channels);
+            dense_params_bound(layers, widest, self.growth_rate * self.bottleneck_factor, self.blocks.len())?;
+        }
         for (name, v) in [
             ("in_channels", self.in_channels),
             ("num_classes", self.num_classes),

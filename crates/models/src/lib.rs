@@ -23,6 +23,7 @@
 pub mod densenet_mc;
 pub mod error;
 pub mod exit;
+pub mod limits;
 pub mod msdnet;
 pub mod ranet;
 mod refargs;

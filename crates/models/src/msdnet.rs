@@ -255,6 +255,24 @@ impl MsdNetConfig {
         if self.n_blocks == 0 {
             return bad("nBlocks must be at least 1".into());
         }
+        {
+            use crate::limits::*;
+            cap("nBlocks", self.n_blocks, MAX_BLOCKS)?;
+            cap("base", self.base, MAX_STEP)?;
+            cap("step", self.step, MAX_STEP)?;
+            cap("nChannels", self.n_channels, MAX_CHANNELS)?;
+            cap("growthRate", self.growth_rate, MAX_CHANNELS)?;
+            cap("number of scales (grFactor)", self.gr_factor.len(), MAX_SCALES)?;
+            cap_all("grFactor", &self.gr_factor, MAX_FACTOR)?;
+            cap_all("bnFactor", &self.bn_factor, MAX_FACTOR)?;
+            cap("num_classes", self.num_classes, MAX_CLASSES)?;
+            cap("in_channels", self.in_channels, MAX_IN_CHANNELS)?;
+            let layers: usize = self.steps().iter().sum();
+            cap("the number of layers", layers, MAX_LAYERS)?;
+            let factor = self.gr_factor.iter().chain(&self.bn_factor).copied().max().unwrap_or(1);
+            let widest = (self.n_channels + layers * self.growth_rate) * factor;
+            dense_params_bound(layers, widest, self.growth_rate * factor, self.n_blocks * self.gr_factor.len())?;
+        }
         if self.gr_factor.is_empty() {
             return bad("grFactor must list at least one scale".into());
         }

@@ -254,6 +254,25 @@ impl RaNetConfig {
         if k == 0 {
             return bad("scale-list must list at least one scale".into());
         }
+        {
+            use crate::limits::*;
+            cap("nBlocks", self.n_blocks, MAX_BLOCKS)?;
+            cap("block-step", self.block_step, MAX_STEP)?;
+            cap("step", self.step, MAX_STEP)?;
+            cap("nChannels", self.n_channels, MAX_CHANNELS)?;
+            cap("growthRate", self.growth_rate, MAX_CHANNELS)?;
+            cap("number of scales (scale-list)", k, MAX_SCALES)?;
+            cap_all("scale-list", &self.scale_list, MAX_SCALES)?;
+            cap_all("grFactor", &self.gr_factor, MAX_FACTOR)?;
+            cap_all("bnFactor", &self.bn_factor, MAX_FACTOR)?;
+            cap("num_classes", self.num_classes, MAX_CLASSES)?;
+            cap("in_channels", self.in_channels, MAX_IN_CHANNELS)?;
+            let layers = self.n_blocks.max(1) * self.step.max(self.block_step).max(1) * k;
+            cap("the number of layers", layers, MAX_LAYERS)?;
+            let factor = self.gr_factor.iter().chain(&self.bn_factor).copied().max().unwrap_or(1);
+            let widest = (self.n_channels + layers * self.growth_rate) * factor;
+            dense_params_bound(layers, widest, self.growth_rate * factor, self.n_blocks * k)?;
+        }
         if self.gr_factor.len() != k || self.bn_factor.len() != k {
             return bad(format!(
                 "scale-list has {k} entries, grFactor {} and bnFactor {} (one per scale)",

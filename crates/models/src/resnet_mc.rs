@@ -44,6 +44,23 @@ impl ResNetMcConfig {
     /// Checks every value.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        {
+            use crate::limits::*;
+            cap("the number of stages", self.widths.len(), MAX_BLOCKS)?;
+            cap_all("widths", &self.widths, MAX_CHANNELS)?;
+            cap_all("blocks", &self.blocks, MAX_STEP)?;
+            cap("exits", self.exits.len(), MAX_BLOCKS)?;
+            for (name, v) in [("stem_channels", self.stem_channels), ("head_channels", self.head_channels)] {
+                cap(name, v, MAX_CHANNELS)?;
+            }
+            cap("num_classes", self.num_classes, MAX_CLASSES)?;
+            cap("in_channels", self.in_channels, MAX_IN_CHANNELS)?;
+            let layers = 2 * self.blocks.iter().sum::<usize>() + self.exits.len() * 2 + 1;
+            cap("the number of layers", layers, MAX_LAYERS)?;
+            let widest =
+                self.widths.iter().chain([&self.stem_channels, &self.head_channels]).copied().max().unwrap_or(1);
+            params_bound(layers, widest)?;
+        }
         if self.widths.is_empty() || self.widths.len() != self.blocks.len() {
             return bad(format!("{} stage widths for {} stage block counts", self.widths.len(), self.blocks.len()));
         }

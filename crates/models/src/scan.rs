@@ -83,11 +83,12 @@ pub struct ScanConfig {
 }
 
 /// Upper limits that keep every size and count far from overflow and the
-/// model within memory (a width of 2048 is 32 times the reference's).
+/// model within memory (a width of 2048 is 32 times the reference's); the
+/// parameter estimate is checked against `limits::MAX_PARAMS` too.
 const MAX_WIDTH: usize = 2048;
-const MAX_BLOCKS: usize = 512;
-const MAX_CLASSES: usize = 1 << 20;
-const MAX_IN_CHANNELS: usize = 4096;
+const MAX_BLOCKS: usize = crate::limits::MAX_STEP;
+const MAX_CLASSES: usize = crate::limits::MAX_CLASSES;
+const MAX_IN_CHANNELS: usize = crate::limits::MAX_IN_CHANNELS;
 const MEMBERS: [&str; 6] = ["block", "layers", "num_classes", "in_channels", "width", "attention"];
 
 impl ScanConfig {
@@ -119,6 +120,21 @@ impl ScanConfig {
                 return bad(format!("`{name}` must be 1 to {max}, got {v}"));
             }
         }
+        // Parameters, estimated from the widths: residual blocks (18·p² for
+        // two 3x3 convs, 17·p² for a bottleneck), the attention convs
+        // (9·c² + 16·c²) and the classifiers.
+        let mut estimate: u128 = 0;
+        for (k, &n) in self.layers.iter().enumerate() {
+            let p = (self.width as u128) << k;
+            let c = self.channels(k) as u128;
+            estimate += n as u128 * p * p * if self.block == ScanBlock::Basic { 18 } else { 17 };
+            if k < 3 {
+                estimate += 25 * c * c;
+            }
+            estimate += 8 * c * self.width as u128 * self.block.expansion() as u128;
+        }
+        estimate += self.channels(3) as u128 * 4 * self.num_classes as u128;
+        crate::limits::params_cap(estimate).map_err(|e| ConfigError::Invalid(format!("scan: {e}")))?;
         Ok(())
     }
 
