@@ -205,3 +205,17 @@ fn r22_huge_configurations_are_refused_before_allocation() {
         assert!(start.elapsed().as_secs_f64() < 5.0, "{arch} {cfg}: took {:?}", start.elapsed());
     }
 }
+
+/// `export` of an unfinished run is refused without `--partial`, before any
+/// evaluation, naming the epochs done and planned (the run's own plan).
+#[test]
+fn r22_export_refuses_an_unfinished_run() {
+    let dir = temp_dir("export-unfinished");
+    ok(&strs(&tiny(&dir, &["--epochs", "3", "--max-minutes", "1e-9"])));
+    let out = dir.join("w.safetensors");
+    let start = std::time::Instant::now();
+    let e = fails(&["export", "--model", "msdnet-tiny", "--run-dir", s(&dir), "--out", s(&out)]);
+    assert!(e.contains("of 3 epochs") && e.contains("--partial"), "{e}");
+    assert!(start.elapsed().as_secs_f64() < 5.0);
+    assert!(!out.exists());
+}

@@ -8,6 +8,7 @@
 mod arch_doc;
 mod bench;
 mod ci;
+mod fuzz;
 mod page;
 mod results;
 mod train;
@@ -46,6 +47,12 @@ enum Task {
     /// docs/results.md and the plots in docs/plots/ from those reports
     /// (`--reuse`: measure only what is missing).
     Results(results::ResultsArgs),
+    /// Fuzzes every parser and validator for N minutes (crashes are saved
+    /// as regression inputs under crates/fuzz/regressions/).
+    Fuzz(fuzz::FuzzArgs),
+    /// One batch of a fuzz campaign (the child process `fuzz` runs).
+    #[command(hide = true)]
+    FuzzWorker(fuzz::WorkerArgs),
     /// Retrains every shipped Fashion-MNIST model, re-exports its weights and
     /// rewrites the results tables (`results`).
     Reproduce {
@@ -63,6 +70,8 @@ pub fn root() -> PathBuf {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
+        Task::Fuzz(a) => fuzz::run(&a),
+        Task::FuzzWorker(a) => fuzz::worker(&a),
         Task::Bench(a) => bench::run(&a),
         Task::Train(a) => train::run(&a),
         Task::Eval { model } => train::anytime(&["eval", "--model", &model, "--json"]),

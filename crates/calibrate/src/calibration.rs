@@ -71,7 +71,12 @@ impl Calibration {
     /// fit together.
     pub fn load(path: &Path, weights_sha256: &str) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
-        let c: Self = serde_json::from_str(&text).map_err(|source| Error::Malformed { path: path.into(), source })?;
+        Self::parse(path, &text, weights_sha256)
+    }
+
+    /// [`Calibration::load`] on text already read; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str, weights_sha256: &str) -> Result<Self> {
+        let c: Self = serde_json::from_str(text).map_err(|source| Error::Malformed { path: path.into(), source })?;
         if !c.weights_sha256.eq_ignore_ascii_case(weights_sha256) {
             return Err(Error::WeightsMismatch {
                 path: path.into(),

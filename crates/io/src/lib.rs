@@ -68,4 +68,14 @@ pub use hash::{sha256_file, sha256_tensors};
 pub use meta::{WeightMeta, read_meta};
 pub use pickle::PickleError;
 pub use safetensors_io::save_safetensors;
-pub use tensor_file::{TensorFile, load_tensors};
+pub use tensor_file::{TensorFile, load_tensors, parse_tensors};
+
+/// Parses a pickle stream as the `.pth` reader does (for fuzzing the pickle
+/// reader directly; `.pth` files go through [`load_tensors`]).
+///
+/// # Errors
+/// The reader's error for a stream it cannot read.
+#[doc(hidden)]
+pub fn parse_pickle(data: &[u8]) -> std::result::Result<(), PickleError> {
+    pickle::parse(data).map(|_| ())
+}

@@ -80,6 +80,15 @@ pub fn load_tensors(path: impl AsRef<Path>) -> Result<TensorFile> {
     parse(path, &bytes)
 }
 
+/// [`load_tensors`] on bytes already in memory; `path` only names them in
+/// errors.
+///
+/// # Errors
+/// As [`load_tensors`].
+pub fn parse_tensors(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
+    parse(path, bytes)
+}
+
 /// [`load_tensors`] on the content `bytes` of `path`.
 pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     let (format, entries, metadata) = match detect(bytes) {

@@ -178,16 +178,22 @@ impl Checkpoint {
 
     /// Reads a checkpoint; a truncated or corrupt file is an error naming it.
     pub fn load(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+        Self::parse(path, &bytes)
+    }
+
+    /// [`Checkpoint::load`] on bytes already read; `path` names them in errors.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
-        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a checkpoint: {e}")))?;
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a checkpoint: {e}")))?;
         let meta = header.metadata().as_ref();
         let state = meta
             .and_then(|m| m.get(STATE_KEY))
             .ok_or_else(|| bad("no training state in the header (not a training checkpoint)".into()))?;
         if let Some(want) = meta.and_then(|m| m.get(CHECKSUM_KEY)) {
-            let data = data_section(&bytes).ok_or_else(|| bad("truncated: no data section".into()))?;
+            let data = data_section(bytes).ok_or_else(|| bad("truncated: no data section".into()))?;
             if checksum(state, data) != *want {
                 return Err(bad(
                     "its checksum does not match its contents (a changed, missing or corrupt tensor or state); it cannot be resumed"
@@ -196,7 +202,7 @@ impl Checkpoint {
             }
         }
         let state: TrainState = serde_json::from_str(state).map_err(|e| bad(format!("bad training state: {e}")))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
         let (mut model, mut optim, mut swa) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (k, t) in tensors {
             if let Some(name) = k.strip_prefix("model.") {

@@ -58,6 +58,21 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(p)) => PathBuf::from("weights").join(p.file),
         (None, None) => anyhow::bail!("{} has no registry weight file name; pass --out", entry.name),
     };
+    super::ensure_not_input("--out", &out, &[best.as_path()])?;
+    anytime_io::check_replaceable(&out).with_context(|| format!("cannot write {}", out.display()))?;
+    let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
+    // The plan the run was started with (an `--epochs` override included).
+    let epochs = match &state.spec {
+        Some(spec) => spec.epochs,
+        None => r.stage(stage)?.1.spec.epochs,
+    };
+    if state.epoch < epochs && !a.partial {
+        anyhow::bail!(
+            "the run in {} has finished {} of {epochs} epochs; resume it, or pass --partial to export it as it is",
+            dir.display(),
+            state.epoch
+        );
+    }
     let eval = report(&super::eval::Args {
         model: a.model.clone(),
         weights: WeightsArgs { weights: Some(best.display().to_string()), ..Default::default() },
@@ -70,15 +85,6 @@ pub fn run(a: Args) -> Result<()> {
         budgeted: false,
         plots: None,
     })?;
-    let state = Checkpoint::load(&dir.join(anytime_train::trainer::CHECKPOINT_FILE))?.state;
-    let epochs = r.stage(stage)?.1.spec.epochs;
-    if state.epoch < epochs && !a.partial {
-        anyhow::bail!(
-            "the run in {} has finished {} of {epochs} epochs; resume it, or pass --partial to export it as it is",
-            dir.display(),
-            state.epoch
-        );
-    }
     let file = anytime_io::load_tensors(&best)?;
     let cfg = (entry.config)();
     let mut extra = BTreeMap::new();
