@@ -64,7 +64,7 @@ pub enum Error {
         actual: u64,
     },
     /// The zip container of a PyTorch checkpoint cannot be read.
-    #[error("{}: unreadable zip archive (truncated or corrupt?): {source}", path.display())]
+    #[error("{}: cannot read the zip archive: {source}", path.display())]
     Zip {
         /// The file.
         path: PathBuf,

@@ -8,6 +8,9 @@ pub enum Error {
     /// An invalid training setting.
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// A weight file that cannot be read (the message names it).
+    #[error("{0}")]
+    Weights(String),
     /// A checkpoint that cannot be read or written; the file is named.
     #[error("checkpoint {}: {msg}", path.display())]
     Checkpoint {

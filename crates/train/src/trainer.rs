@@ -348,13 +348,13 @@ impl Trainer {
         unknown.sort();
         if !missing.is_empty() || !unknown.is_empty() {
             return Err(format!(
-                "does not fit this model ({} tensors, model has {}; {} missing, e.g. {:?}; {} unknown, e.g. {:?})",
+                "does not fit this model ({} tensors, model has {}; {} missing{}; {} unknown{})",
                 tensors.len(),
                 data.len(),
                 missing.len(),
-                missing.first(),
+                missing.first().map_or(String::new(), |k| format!(", e.g. `{k}`")),
                 unknown.len(),
-                unknown.first()
+                unknown.first().map_or(String::new(), |k| format!(", e.g. `{k}`"))
             ));
         }
         for (k, v) in data.iter().filter(|(k, _)| wanted(k)) {
@@ -382,8 +382,9 @@ impl Trainer {
             )));
         }
         let bad = |msg: String| Error::Io { path: path.to_path_buf(), msg };
-        let file = anytime_io::load_tensors(path).map_err(|e| bad(e.to_string()))?;
-        file.check_finite().map_err(|e| bad(e.to_string()))?;
+        // anytime-io's errors name the file already.
+        let file = anytime_io::load_tensors(path).map_err(|e| Error::Weights(e.to_string()))?;
+        file.check_finite().map_err(|e| Error::Weights(e.to_string()))?;
         self.set_vars(&file.tensors, true).map_err(bad)?;
         self.state.init_from = Some(path.display().to_string());
         Ok(())

@@ -164,7 +164,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     // A resumed run holds its weights already.
     if let Some(path) = init.filter(|_| trainer.state().step == 0) {
-        trainer.init_from(&path).with_context(|| format!("cannot start from the weights in {}", path.display()))?;
+        trainer.init_from(&path).context("cannot start from the given weights")?;
     }
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = (!a.quiet && tty).then(|| {
