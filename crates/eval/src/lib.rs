@@ -30,6 +30,7 @@
 //!     batch_size: 2,
 //!     calibration: None,
 //!     sweep_holdout: None,
+//!     methods_holdout: None,
 //! };
 //! let report = evaluate_model(model.as_ref(), Arc::new(images), &request)?;
 //! assert_eq!((report.images, report.exits.len()), (4, 6));
@@ -53,7 +54,11 @@ pub mod report;
 pub use error::{Error, Result};
 pub use exits::{exit_logits, timed_exit_logits};
 pub use measure::{
-    ExitLogits, Request, anytime_exits, collect_logits, early_exit, evaluate_model, exit_mflops, q_sweep, sweep_qs,
+    ExitLogits, Request, anytime_exits, collect_logits, early_exit, evaluate_model, exit_mflops, method_comparison,
+    method_fractions, q_sweep, sweep_qs,
 };
 pub use metrics::{AnytimeEval, ExitAccuracy, evaluate, evaluate_anytime};
-pub use report::{CalibratedRun, EarlyExitRun, EvalReport, ExitReport, Provenance, Split, SweepPoint, saving_ratio};
+pub use report::{
+    CalibratedRun, EarlyExitRun, EvalReport, ExitReport, MethodPoint, Provenance, Split, SweepPoint, ThresholdMethod,
+    saving_ratio,
+};

@@ -5,7 +5,9 @@
 use crate::error::{Error, Result};
 use crate::exits::exit_logits;
 use crate::metrics::evaluate_anytime;
-use crate::report::{CalibratedRun, EarlyExitRun, EvalReport, ExitReport, Split, SweepPoint, saving_ratio};
+use crate::report::{
+    CalibratedRun, EarlyExitRun, EvalReport, ExitReport, MethodPoint, Split, SweepPoint, ThresholdMethod, saving_ratio,
+};
 use anytime_calibrate::{Confidence, ExitScores, Thresholds, sweep_q};
 use anytime_data::dataset::Dataset;
 use anytime_data::loader::{Augment, BatchConfig, Loader};
@@ -120,6 +122,62 @@ pub fn q_sweep(
     Ok(points)
 }
 
+/// The budgets of the method comparison, as fractions of the full model's
+/// cost.
+pub fn method_fractions() -> Vec<f64> {
+    vec![0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
+}
+
+/// Thresholds for a budget of `budget` MFLOPs by each of `methods`, searched
+/// on the held-out logits and labels (max-softmax confidence), each measured
+/// with real early exit on `loader`. A budget below the first exit's cost is
+/// skipped; a method that finds nothing within the budget is left out.
+pub fn method_comparison(
+    model: &dyn MultiExit,
+    loader: &Loader,
+    holdout: (&ExitLogits, &[u32]),
+    mflops: &[f64],
+    fractions: &[f64],
+    methods: &[ThresholdMethod],
+) -> Result<Vec<MethodPoint>> {
+    use anytime_calibrate::{Fallback, GaParams, genetic_search, solve_budget};
+    let scores = ExitScores::from_logits(holdout.0, holdout.1, Confidence::MaxSoftmax)?;
+    let full = mflops.last().copied().unwrap_or(0.0);
+    let sweep = sweep_q(&scores, mflops, &anytime_calibrate::default_qs())?;
+    let mut points = Vec::new();
+    for &f in fractions {
+        let budget = f * full;
+        if budget < mflops[0] {
+            continue;
+        }
+        for &method in methods {
+            let found = match method {
+                ThresholdMethod::Q => sweep
+                    .iter()
+                    .filter(|(_, _, o)| o.avg_cost <= budget)
+                    .max_by(|x, y| x.2.accuracy.total_cmp(&y.2.accuracy))
+                    .map(|(_, th, o)| (th.clone(), o.clone())),
+                ThresholdMethod::Solver => Some(solve_budget(&scores, mflops, budget)?),
+                ThresholdMethod::Genetic | ThresholdMethod::GeneticEnsemble => {
+                    let fallback =
+                        if method == ThresholdMethod::Genetic { Fallback::LastExit } else { Fallback::Ensemble };
+                    let p = GaParams { fallback, ..GaParams::default() };
+                    Some(genetic_search(&scores, mflops, &p, Some(budget))?)
+                }
+            };
+            let Some((th, val)) = found else { continue };
+            points.push(MethodPoint {
+                method,
+                budget_mflops: budget,
+                holdout_accuracy: val.accuracy,
+                holdout_mflops: val.avg_cost,
+                run: early_exit(model, loader, &th, mflops)?,
+            });
+        }
+    }
+    Ok(points)
+}
+
 /// What `anytime eval` measures: the anytime pass always, real early exit
 /// with a calibration's thresholds and the q sweep on request.
 #[derive(Debug, Clone)]
@@ -134,6 +192,9 @@ pub struct Request {
     pub calibration: Option<(String, Thresholds)>,
     /// The q sweep ([`sweep_qs`]), thresholds from this held-out split.
     pub sweep_holdout: Option<Arc<Dataset>>,
+    /// The threshold methods compared at [`method_fractions`] of the full
+    /// cost, thresholds from this held-out split.
+    pub methods_holdout: Option<Arc<Dataset>>,
 }
 
 /// The whole evaluation of `anytime eval` on `images` (in order, no
@@ -161,6 +222,7 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
         exits,
         calibrated: None,
         budgeted: None,
+        methods: None,
         plots: None,
         full_ms_per_image: None,
         measured: None,
@@ -180,6 +242,17 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
         let (logits, labels) = collect_logits(model, holdout.clone())?;
         report.budgeted = Some(q_sweep(model, &loader, (&logits, &labels), &mflops, &sweep_qs())?);
     }
+    if let Some(holdout) = &request.methods_holdout {
+        let (logits, labels) = collect_logits(model, holdout.clone())?;
+        report.methods = Some(method_comparison(
+            model,
+            &loader,
+            (&logits, &labels),
+            &mflops,
+            &method_fractions(),
+            &ThresholdMethod::ALL,
+        )?);
+    }
     report.fill_saving_ratios()?;
     Ok(report)
 }
@@ -188,12 +261,13 @@ impl EvalReport {
     /// Sets `full_ms_per_image` and every early-exit run's saving ratio
     /// against the last exit, where the report has early-exit runs.
     pub fn fill_saving_ratios(&mut self) -> Result<()> {
-        if self.calibrated.is_none() && self.budgeted.is_none() {
+        if self.calibrated.is_none() && self.budgeted.is_none() && self.methods.is_none() {
             return Ok(());
         }
         let full = *self.full()?;
         let runs = self.calibrated.iter_mut().map(|c| &mut c.run);
-        for r in runs.chain(self.budgeted.iter_mut().flatten().map(|b| &mut b.run)) {
+        let runs = runs.chain(self.budgeted.iter_mut().flatten().map(|b| &mut b.run));
+        for r in runs.chain(self.methods.iter_mut().flatten().map(|m| &mut m.run)) {
             r.saving_ratio = saving_ratio(r.mflops, r.ms_per_image, full.mflops, full.ms_per_image);
         }
         self.full_ms_per_image = Some(full.ms_per_image);
@@ -229,6 +303,7 @@ mod tests {
             batch_size: 3,
             calibration: Some(("c.json".into(), stop_at_0)),
             sweep_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
+            methods_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
         };
         let r = evaluate_model(model.as_ref(), blank(vec![0, 0, 0, 1]), &request).unwrap();
         assert_eq!((r.images, r.batch_size, r.exits.len()), (4, 3, 6));
@@ -242,10 +317,28 @@ mod tests {
         for p in sweep {
             assert_eq!((p.run.exit_counts.iter().sum::<usize>(), p.run.accuracy, p.holdout_accuracy), (4, 0.75, 0.6));
         }
+        // Every method at every budget the first exit allows, each within
+        // its budget on the held-out split (the genetic search's fitness may
+        // trade a little over it only when no setting fits; here one does).
+        let methods = r.methods.as_ref().unwrap();
+        for m in ThresholdMethod::ALL {
+            let of: Vec<&MethodPoint> = methods.iter().filter(|p| p.method == m).collect();
+            assert!(!of.is_empty(), "{m:?} found nothing");
+            for p in of {
+                assert_eq!(p.run.exit_counts.iter().sum::<usize>(), 4);
+                assert!(
+                    p.holdout_mflops <= p.budget_mflops + 1e-9,
+                    "{m:?}: {} > {}",
+                    p.holdout_mflops,
+                    p.budget_mflops
+                );
+            }
+        }
         // Thresholds for another model are refused, naming both.
         let wrong = Request {
             calibration: Some(("c.json".into(), Thresholds::first_exit(Confidence::MaxSoftmax, 3))),
             sweep_holdout: None,
+            methods_holdout: None,
             ..request
         };
         let e = evaluate_model(model.as_ref(), blank(vec![0]), &wrong).unwrap_err().to_string();

@@ -70,6 +70,54 @@ pub struct SweepPoint {
     pub run: EarlyExitRun,
 }
 
+/// How a [`MethodPoint`]'s thresholds were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdMethod {
+    /// MSDNet's q rule: the most accurate q of the sweep within the budget.
+    Q,
+    /// The budget solver.
+    Solver,
+    /// SCAN's genetic search (last-exit fallback).
+    Genetic,
+    /// SCAN's genetic search with SCAN's ensemble fallback.
+    GeneticEnsemble,
+}
+
+impl ThresholdMethod {
+    /// Every method, in the order reports list them.
+    pub const ALL: [ThresholdMethod; 4] =
+        [ThresholdMethod::Q, ThresholdMethod::Solver, ThresholdMethod::Genetic, ThresholdMethod::GeneticEnsemble];
+
+    /// Its name in tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            ThresholdMethod::Q => "q rule",
+            ThresholdMethod::Solver => "budget solver",
+            ThresholdMethod::Genetic => "genetic",
+            ThresholdMethod::GeneticEnsemble => "genetic + ensemble",
+        }
+    }
+}
+
+/// One budget of the threshold-method comparison: thresholds searched on
+/// the held-out split for the budget, then real early exit on the evaluated
+/// images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodPoint {
+    /// The search.
+    pub method: ThresholdMethod,
+    /// The budget, MFLOPs per image.
+    pub budget_mflops: f64,
+    /// Accuracy of the thresholds on the held-out split.
+    pub holdout_accuracy: f64,
+    /// Average MFLOPs on the held-out split.
+    pub holdout_mflops: f64,
+    /// The measurement on the evaluated images.
+    #[serde(flatten)]
+    pub run: EarlyExitRun,
+}
+
 /// Real early exit with the thresholds of a calibration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibratedRun {
@@ -111,6 +159,9 @@ pub struct EvalReport {
     /// Real early exit over the q sweep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budgeted: Option<Vec<SweepPoint>>,
+    /// The threshold methods compared at the same budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<MethodPoint>>,
     /// Where the plots of the q sweep were written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plots: Option<String>,
@@ -195,6 +246,13 @@ mod tests {
                 ExitReport { exit: 1, accuracy: 0.75, mflops: 4.0, ms_per_image: 2.0 },
             ],
             calibrated: Some(CalibratedRun { file: "c.json".into(), run: run(0.75, 1.75, 1.0) }),
+            methods: Some(vec![MethodPoint {
+                method: ThresholdMethod::GeneticEnsemble,
+                budget_mflops: 2.0,
+                holdout_accuracy: 0.7,
+                holdout_mflops: 1.9,
+                run: run(0.75, 1.8, 1.1),
+            }]),
             budgeted: Some(vec![SweepPoint {
                 q: 0.5,
                 holdout_accuracy: 0.7,

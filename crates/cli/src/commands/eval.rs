@@ -51,6 +51,12 @@ pub struct Args {
     /// file (made by `anytime calibrate` for these weights).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// Also compare the threshold searches (q rule, budget solver, genetic,
+    /// genetic with the ensemble fallback) at 20–80 % of the full cost:
+    /// thresholds from the held-out split, real early exit on the evaluated
+    /// images.
+    #[arg(long)]
+    pub methods: bool,
     /// Where `--budgeted` writes its plots (default `results/<model>`).
     #[arg(long)]
     pub plots: Option<PathBuf>,
@@ -99,8 +105,19 @@ pub fn report(a: &Args) -> Result<EvalReport> {
     };
     let sweep_holdout =
         if a.budgeted { Some(Arc::new(load_split(&a.model, &a.data_dir, EvalSplit::Val)?)) } else { None };
-    let request =
-        Request { model: a.model.clone(), split: a.split.into(), batch_size: a.batch_size, calibration, sweep_holdout };
+    let methods_holdout = match (&sweep_holdout, a.methods) {
+        (Some(h), true) => Some(h.clone()),
+        (None, true) => Some(Arc::new(load_split(&a.model, &a.data_dir, EvalSplit::Val)?)),
+        _ => None,
+    };
+    let request = Request {
+        model: a.model.clone(),
+        split: a.split.into(),
+        batch_size: a.batch_size,
+        calibration,
+        sweep_holdout,
+        methods_holdout,
+    };
     let mut report = evaluate_model(model.as_ref(), Arc::new(ds), &request)?;
     if a.budgeted {
         let dir = a.plots.clone().unwrap_or_else(|| PathBuf::from("results").join(&a.model));
@@ -149,6 +166,20 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         outln!("plots in {}", r.plots.as_deref().unwrap_or(""));
+    }
+    if let Some(points) = &r.methods {
+        outln!("threshold searches at the same budgets (held-out thresholds, real early exit):");
+        outln!("{:>8}  {:<20}  {:>9}  {:>8}  {:>9}", "budget", "method", "accuracy", "MFLOPs", "ms/image");
+        for p in points {
+            outln!(
+                "{:>8.2}  {:<20}  {:>8.2}%  {:>8.2}  {:>9.3}",
+                p.budget_mflops,
+                p.method.label(),
+                100.0 * p.run.accuracy,
+                p.run.mflops,
+                p.run.ms_per_image
+            );
+        }
     }
     Ok(())
 }

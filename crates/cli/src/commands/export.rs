@@ -83,6 +83,7 @@ pub fn run(a: Args) -> Result<()> {
         calibration: None,
         json: true,
         budgeted: false,
+        methods: false,
         plots: None,
     })?;
     let file = anytime_io::load_tensors(&best)?;
