@@ -53,6 +53,10 @@ enum Task {
     /// One batch of a fuzz campaign (the child process `fuzz` runs).
     #[command(hide = true)]
     FuzzWorker(fuzz::WorkerArgs),
+    /// SCAN's ablation: the four variants (attention, self-distillation, each
+    /// on or off) trained with one short schedule and evaluated into
+    /// docs/data/scan-ablation/ (resumable).
+    ScanAblation(train::AblationArgs),
     /// Retrains every shipped Fashion-MNIST model, re-exports its weights and
     /// rewrites the results tables (`results`).
     Reproduce {
@@ -71,6 +75,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
         Task::Fuzz(a) => fuzz::run(&a),
+        Task::ScanAblation(a) => train::scan_ablation(&a),
         Task::FuzzWorker(a) => fuzz::worker(&a),
         Task::Bench(a) => bench::run(&a),
         Task::Train(a) => train::run(&a),

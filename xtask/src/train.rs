@@ -98,3 +98,47 @@ pub fn reproduce(what: &str) -> Result<()> {
     }
     crate::results::run(&crate::results::ResultsArgs::default())
 }
+
+/// Arguments of `cargo xtask scan-ablation`.
+#[derive(clap::Args)]
+pub struct AblationArgs {
+    /// Stop after this many minutes (with a checkpoint; run the task again to
+    /// go on).
+    #[arg(long)]
+    max_minutes: Option<f64>,
+}
+
+/// SCAN's ablation: trains the four variants of
+/// `anytime_train::recipes::SCAN_ABLATION` (attention and self-distillation
+/// each on or off) with one equal short schedule, resumably, then evaluates
+/// each finished one on the test split into
+/// `docs/data/scan-ablation/<variant>.json`.
+pub fn scan_ablation(a: &AblationArgs) -> Result<()> {
+    let root = crate::root();
+    let out = root.join("docs/data/scan-ablation");
+    std::fs::create_dir_all(&out)?;
+    let minutes = a.max_minutes.map(|m| m.to_string());
+    for variant in anytime_train::recipes::SCAN_ABLATION {
+        let mut args = vec!["train", "--model", variant, "--resume-or-start", "--quiet"];
+        if let Some(m) = &minutes {
+            args.extend(["--max-minutes", m]);
+        }
+        anytime(&args)?;
+        let dir = root.join(anytime_train::recipes::recipe(variant)?.run_dir("main")?);
+        if !finished(&dir)? {
+            return Ok(());
+        }
+        let best = dir.join(anytime_train::trainer::BEST_FILE);
+        let report = out.join(format!("{variant}.json"));
+        if report.exists() {
+            continue;
+        }
+        let best = best.display().to_string();
+        let output = anytime_command(&["eval", "--model", variant, "--weights", &best, "--json"]).output()?;
+        if !output.status.success() {
+            bail!("evaluating {variant} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        anytime_io::atomic_write(&report, &output.stdout)?;
+    }
+    Ok(())
+}

@@ -196,6 +196,15 @@ pub fn scan_loss() -> LossConfig {
 /// Epochs of `scan-resnet18-fmnist`'s main stage (see [`recipe`]).
 const SCAN_FMNIST_EPOCHS: usize = 24;
 
+/// The SCAN ablation's registry models: attention and distillation, each on
+/// or off.
+pub const SCAN_ABLATION: [&str; 4] =
+    ["scan-ablation-full", "scan-ablation-no-attention", "scan-ablation-no-distill", "scan-ablation-neither"];
+
+/// Epochs of each SCAN ablation variant: one equal short schedule for the
+/// four (`cargo xtask scan-ablation`).
+pub const SCAN_ABLATION_EPOCHS: usize = 4;
+
 /// SCAN's optimiser (`train.py`: SGD, momentum 0.9, weight decay 5e-4, no
 /// Nesterov, lr 0.1) with the project's cosine schedule in place of the
 /// reference's steps at epochs 75/130/180 of 200.
@@ -220,6 +229,22 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         holdout: 5000,
         split_seed: 2024,
     };
+    // The ablation: the same short schedule, SCAN's loss (self-distillation
+    // and the feature hint) or the plain per-exit cross-entropy, which is the
+    // reference's loss with lambda_KD = 0 (`train.py` adds the hint only when
+    // lambda_KD != 0).
+    if let Some(name) = SCAN_ABLATION.into_iter().find(|m| *m == model) {
+        let distill = matches!(name, "scan-ablation-full" | "scan-ablation-no-attention");
+        let spec = TrainSpec {
+            loss: if distill { scan_loss() } else { LossConfig::default() },
+            ..scan_spec(SCAN_ABLATION_EPOCHS)
+        };
+        return Ok(Recipe {
+            stages: vec![Stage { name: "main", spec }],
+            batch_size: 128,
+            ..fmnist(name, SCAN_ABLATION_EPOCHS)
+        });
+    }
     Ok(match model {
         "msdnet-fmnist" => Recipe {
             stages: vec![
@@ -253,7 +278,7 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         },
         other => {
             return Err(Error::Config(format!(
-                "no training recipe for '{other}' (trainable: msdnet-fmnist, resnet-mc-fmnist, densenet-mc-fmnist, ranet-fmnist, scan-resnet18-fmnist, msdnet-tiny)"
+                "no training recipe for '{other}' (trainable: msdnet-fmnist, resnet-mc-fmnist, densenet-mc-fmnist, ranet-fmnist, scan-resnet18-fmnist, scan-ablation-full, scan-ablation-no-attention, scan-ablation-no-distill, scan-ablation-neither, msdnet-tiny)"
             )));
         }
     })
@@ -273,7 +298,10 @@ mod tests {
             "ranet-fmnist",
             "scan-resnet18-fmnist",
             "msdnet-tiny",
-        ] {
+        ]
+        .into_iter()
+        .chain(SCAN_ABLATION)
+        {
             let r = recipe(name)?;
             let entry = anytime_models::registry::lookup(name)?;
             let model = (entry.config)()
