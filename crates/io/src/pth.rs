@@ -425,7 +425,7 @@ mod tests {
         let bytes = checkpoint();
         let err = load(&bytes[..bytes.len() - 10]).unwrap_err();
         assert!(matches!(err, Error::Zip { .. }), "{err}");
-        assert!(err.to_string().contains("c.pth: unreadable zip archive"), "{err}");
+        assert!(err.to_string().contains("c.pth: cannot read the zip archive"), "{err}");
     }
 
     use crate::pickle::PickleError;

@@ -407,9 +407,22 @@ impl Trainer {
     }
 
     fn save_checkpoint(&self, obs: &mut dyn Observer) -> Result<()> {
+        // A diverging run can overflow a weight or a batch-norm statistic while
+        // its loss stays finite: such a state is never written over the last
+        // good checkpoint.
+        let weights = self.weights()?;
+        for (k, w) in &weights {
+            let bad = w.flatten_all()?.to_vec1::<f32>()?.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(Error::Config(format!(
+                    "the training diverged: {k} holds {bad} NaN or infinite values at epoch {}, batch {}; the last checkpoint is kept; lower the learning rate",
+                    self.state.epoch, self.state.batch
+                )));
+            }
+        }
         let (optim, _) = self.opt.state();
         let state = TrainState { rng: Some(RngState::of(&self.rng)), ..self.state.clone() };
-        let ck = Checkpoint { model: self.weights()?, optim, state, swa: self.swa_avg.clone() };
+        let ck = Checkpoint { model: weights, optim, state, swa: self.swa_avg.clone() };
         let path = self.dir.join(CHECKPOINT_FILE);
         ck.save(&path)?;
         obs.on_checkpoint(&path);
@@ -666,6 +679,34 @@ mod tests {
             checkpoint_minutes: 5.0,
             swa: None,
         }
+    }
+
+    /// A diverging run (a learning rate of 1e12) stops with an error naming
+    /// the divergence; the last checkpoint before it is whole and finite, and
+    /// resuming it fails the same way instead of training on garbage.
+    #[test]
+    fn a_diverging_loss_stops_the_run_with_the_checkpoint_intact() -> Result<()> {
+        let root = std::env::temp_dir().join(format!("anytime-train-diverge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("run");
+        let wild = TrainSpec {
+            schedule: Schedule { lr: 1e12, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
+            checkpoint_minutes: 1e-6,
+            ..spec(3, 7)
+        };
+        let (train, val) = data();
+        let mut t = Trainer::new(wild.clone(), build, &dir, Start::New)?;
+        let e = t.run(&train, &val, &mut Silent, None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("diverged"), "{e}");
+        let ck = Checkpoint::load(&dir.join(CHECKPOINT_FILE))?;
+        assert!(ck.state.step > 0, "a checkpoint was written before the divergence");
+        for (k, w) in &ck.model {
+            assert!(w.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()), "{k} is not finite");
+        }
+        let mut again = Trainer::new(wild, build, &dir, Start::Resume)?;
+        let e = again.run(&train, &val, &mut Silent, None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("diverged"), "{e}");
+        Ok(())
     }
 
     /// A toy two-stage recipe: stage 1 adds a feature hint to the loss;
