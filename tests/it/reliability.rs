@@ -219,3 +219,46 @@ fn r22_export_refuses_an_unfinished_run() {
     assert!(start.elapsed().as_secs_f64() < 5.0);
     assert!(!out.exists());
 }
+
+/// A multi-GB weight file is refused from its size, before it is read (a
+/// sparse file: no disk is used).
+#[test]
+fn r22_huge_files_are_refused_before_reading() {
+    let name = "msdnet_cifar100_lingrow";
+    let dir = temp_dir("huge-files");
+    let big = dir.join("big.safetensors");
+    let f = std::fs::File::create(&big).expect("create");
+    f.set_len(9 << 30).expect("sparse file");
+    let out = dir.join("out.safetensors");
+    let (cfg, io) = (fixture(name, "config.json"), fixture(name, "io.safetensors"));
+    let start = std::time::Instant::now();
+    let e = fails(&[
+        "infer",
+        "--arch",
+        "msdnet",
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&big),
+        "--input",
+        s(&io),
+        "--output",
+        s(&out),
+    ]);
+    assert!(e.contains("big.safetensors") && e.contains("more than"), "{e}");
+    let e = fails(&[
+        "infer",
+        "--arch",
+        "msdnet",
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&fixture(name, "state_dict.safetensors")),
+        "--input",
+        s(&big),
+        "--output",
+        s(&out),
+    ]);
+    assert!(e.contains("big.safetensors"), "{e}");
+    assert!(start.elapsed().as_secs_f64() < 5.0);
+}

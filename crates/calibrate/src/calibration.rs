@@ -70,6 +70,11 @@ impl Calibration {
     /// SHA-256 is `weights_sha256` (hex, either case) and that its contents
     /// fit together.
     pub fn load(path: &Path, weights_sha256: &str) -> Result<Self> {
+        // A calibration is a few hundred bytes; a huge file is not one.
+        let len = std::fs::metadata(path).map_err(|source| Error::Io { path: path.into(), source })?.len();
+        if len > 1 << 24 {
+            return Err(Error::Invalid { path: path.into(), reason: format!("{len} bytes is not a calibration file") });
+        }
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
         Self::parse(path, &text, weights_sha256)
     }

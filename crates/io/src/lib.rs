@@ -68,7 +68,7 @@ pub use hash::{sha256_file, sha256_tensors};
 pub use meta::{WeightMeta, read_meta};
 pub use pickle::PickleError;
 pub use safetensors_io::save_safetensors;
-pub use tensor_file::{TensorFile, load_tensors, parse_tensors};
+pub use tensor_file::{MAX_FILE_BYTES, TensorFile, load_tensors, parse_tensors};
 
 /// Parses a pickle stream as the `.pth` reader does (for fuzzing the pickle
 /// reader directly; `.pth` files go through [`load_tensors`]).

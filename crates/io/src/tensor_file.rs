@@ -62,6 +62,9 @@ impl TensorFile {
     }
 }
 
+/// The largest weight file read: 8 GiB.
+pub const MAX_FILE_BYTES: u64 = 8 << 30;
+
 /// Loads every tensor of a safetensors file or a PyTorch zip checkpoint (`.pth`, `.pth.tar`).
 ///
 /// The format is recognised from the content, not the extension. For a checkpoint, the state
@@ -76,6 +79,18 @@ impl TensorFile {
 /// view outside its storage, or two keys that collide after stripping `module.`.
 pub fn load_tensors(path: impl AsRef<Path>) -> Result<TensorFile> {
     let path = path.as_ref();
+    // Checked before anything is read: no model anytime builds has more than
+    // 2^30 parameters (4 GiB of f32; an f64 file twice that).
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{len} bytes, more than the {MAX_FILE_BYTES} a weight file may have"),
+            ),
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse(path, &bytes)
 }

@@ -178,8 +178,12 @@ impl Checkpoint {
 
     /// Reads a checkpoint; a truncated or corrupt file is an error naming it.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+        let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
+        let len = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?.len();
+        if len > anytime_io::MAX_FILE_BYTES {
+            return Err(bad(format!("{len} bytes, more than a checkpoint of any supported model")));
+        }
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         Self::parse(path, &bytes)
     }
 
