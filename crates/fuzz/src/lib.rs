@@ -274,6 +274,8 @@ mod seeds {
             include_bytes!("../../io/testdata/bare_state_dict.pth").to_vec(),
             include_bytes!("../../io/testdata/checkpoint_module.pth.tar").to_vec(),
             include_bytes!("../../io/testdata/protocol4.pth").to_vec(),
+            include_bytes!("../../io/testdata/legacy.pth").to_vec(),
+            include_bytes!("../../io/testdata/legacy_checkpoint_module.pth.tar").to_vec(),
         ]
     }
 
@@ -281,6 +283,7 @@ mod seeds {
     pub fn pickle() -> Vec<Vec<u8>> {
         pth()
             .iter()
+            .filter(|f| f.starts_with(b"PK"))
             .filter_map(|zip| {
                 // A stored (uncompressed) member: its bytes sit between the
                 // local header and the next signature; find `data.pkl` and the

@@ -27,16 +27,6 @@ pub enum Error {
         /// Its first bytes, hex-encoded.
         head: String,
     },
-    /// A PyTorch file in the legacy (pre-1.6, non-zip) serialization.
-    #[error(
-        "{}: legacy (non-zip) PyTorch serialization is not supported; re-save it with \
-         torch.save(obj, path) from PyTorch >= 1.6 or convert it to safetensors",
-        path.display()
-    )]
-    LegacyTorch {
-        /// The file.
-        path: PathBuf,
-    },
     /// A tensor holding NaN or infinite values: such weights give finite,
     /// plausible and wrong answers, so they are refused at load.
     #[error("{}: tensor `{key}` holds {count} NaN or infinite values (of {total})", path.display())]
@@ -49,6 +39,14 @@ pub enum Error {
         count: usize,
         /// Its number of values.
         total: usize,
+    },
+    /// A legacy (non-zip) `torch.save` stream that does not hold together.
+    #[error("{}: bad legacy PyTorch checkpoint: {problem}", path.display())]
+    Legacy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
     },
     /// The file is shorter than its own header says.
     #[error(

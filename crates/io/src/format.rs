@@ -9,6 +9,10 @@ pub enum Format {
     Safetensors,
     /// A `torch.save` zip archive (PyTorch >= 1.6): `<root>/data.pkl` plus `<root>/data/<key>`.
     PyTorchZip,
+    /// The legacy (pre-1.6) `torch.save` stream: pickles of the magic number, the protocol
+    /// version, the system information and the object, the list of storage keys, then each
+    /// storage's element count and bytes.
+    PyTorchLegacy,
 }
 
 impl fmt::Display for Format {
@@ -16,6 +20,7 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Safetensors => "safetensors",
             Format::PyTorchZip => "PyTorch zip checkpoint",
+            Format::PyTorchLegacy => "legacy PyTorch checkpoint",
         })
     }
 }
@@ -33,7 +38,7 @@ pub(crate) enum Detected {
 }
 
 /// The legacy serialization starts with `pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2)`.
-const LEGACY_TORCH_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+pub(crate) const LEGACY_TORCH_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
 
 /// Classifies a file by its first bytes.
 pub(crate) fn detect(bytes: &[u8]) -> Detected {

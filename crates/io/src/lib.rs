@@ -1,7 +1,7 @@
 //! Weight files for `anytime`: safetensors and PyTorch checkpoints in, safetensors out.
 //!
-//! - [`load_tensors`] reads a safetensors file or a `torch.save` zip checkpoint (`.pth`,
-//!   `.pth.tar`, recognised by content) into a [`TensorFile`] of `f32` CPU tensors, with the
+//! - [`load_tensors`] reads a safetensors file or a `torch.save` checkpoint, zip or legacy
+//!   (`.pth`, `.pth.tar`, recognised by content) into a [`TensorFile`] of `f32` CPU tensors, with the
 //!   `module.` prefix of `nn.DataParallel` stripped and `num_batches_tracked` counters dropped.
 //!   The pickle inside checkpoints is read by a small defensive VM of this crate: no byte
 //!   sequence makes loading panic.

@@ -131,6 +131,14 @@ impl Node {
         }
     }
 
+    /// The elements of a [`Value::List`].
+    pub fn as_list(&self) -> Option<&[Obj]> {
+        match &self.value {
+            Value::List(items) => Some(items),
+            _ => None,
+        }
+    }
+
     /// The entries of a [`Value::Dict`].
     pub fn as_dict(&self) -> Option<&[(Obj, Obj)]> {
         match &self.value {
@@ -176,6 +184,14 @@ impl Value {
 /// [`PickleError`] for an unsupported opcode, a truncated stream, or inconsistent operands.
 pub fn parse(data: &[u8]) -> Result<Obj, PickleError> {
     Machine::new(data).run()
+}
+
+/// Parses the pickle at the start of `data` and returns it with the number of bytes it took
+/// (its `STOP` included): the legacy `torch.save` format writes several pickles in a row.
+pub fn parse_prefix(data: &[u8]) -> Result<(Obj, usize), PickleError> {
+    let mut m = Machine::new(data);
+    let obj = m.run_until_stop()?;
+    Ok((obj, m.pos))
 }
 
 /// The pickle VM state: a cursor over the input, the stack, the mark positions and the memo.
@@ -336,6 +352,10 @@ impl<'a> Machine<'a> {
     }
 
     fn run(mut self) -> Result<Obj, PickleError> {
+        self.run_until_stop()
+    }
+
+    fn run_until_stop(&mut self) -> Result<Obj, PickleError> {
         loop {
             self.op_pos = self.pos;
             let op = self.u8()?;

@@ -32,9 +32,18 @@ pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
     check_byte_order(path, &mut archive, &root)?;
     let pickle_bytes = read_entry(&mut archive, &format!("{root}/data.pkl")).map_err(zip_err)?;
     let obj = pickle::parse(&pickle_bytes).map_err(|source| Error::Pickle { path: path.to_owned(), source })?;
-    let state_dict = find_state_dict(&obj).map_err(|found| Error::NoStateDict { path: path.to_owned(), found })?;
-
     let mut storages = Storages { path, archive, root, cache: HashMap::new() };
+    tensors_of(path, &obj, |key, storage| storages.get(key, storage))
+}
+
+/// The state dict's tensors of the checkpoint object `obj`, each storage fetched through
+/// `storage(tensor_key, storage_ref)`.
+fn tensors_of(
+    path: &Path,
+    obj: &Obj,
+    mut storage_of: impl FnMut(&str, &StorageRef) -> Result<Tensor>,
+) -> Result<NamedTensors> {
+    let state_dict = find_state_dict(obj).map_err(|found| Error::NoStateDict { path: path.to_owned(), found })?;
     let mut tensors = Vec::with_capacity(state_dict.len());
     for (key, value) in state_dict {
         let Some(key) = key.as_str() else {
@@ -51,10 +60,129 @@ pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
             StorageDtype::Int64 => return Err(unsupported(path, key, "int64")),
             StorageDtype::Other(ref class) => return Err(unsupported(path, key, class)),
         }
-        let storage = storages.get(key, &spec.storage)?;
+        let storage = storage_of(key, &spec.storage)?;
         tensors.push((key.to_owned(), spec.view(&storage).map_err(bad)?));
     }
     Ok(tensors)
+}
+
+/// Reads the state dict of a legacy (pre-1.6, non-zip) `torch.save` stream `bytes`: the magic
+/// number, protocol version and system information pickles, the object pickle, the pickle of
+/// the storage keys, then for each key in that order its element count (u64, little-endian) and
+/// its bytes. Every storage of the object is located (optimiser states included) so that the
+/// data section can be walked; only the state dict's float storages are decoded. Nothing in the
+/// pickles is executed.
+pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
+    let bad_file = |problem: String| Error::Legacy { path: path.to_owned(), problem };
+    let magic = crate::format::LEGACY_TORCH_MAGIC.len();
+    if bytes.get(magic) != Some(&b'.') {
+        return Err(bad_file("the magic number's pickle does not end where it should".into()));
+    }
+    let mut pos = magic + 1;
+    let mut next = |what: &str| -> Result<Obj> {
+        let rest = bytes.get(pos..).unwrap_or_default();
+        let (obj, n) = pickle::parse_prefix(rest).map_err(|source| Error::Pickle { path: path.to_owned(), source })?;
+        pos += n;
+        let _ = what;
+        Ok(obj)
+    };
+    let _protocol = next("protocol version")?;
+    let _sys_info = next("system information")?;
+    let obj = next("object")?;
+    let keys = next("storage keys")?;
+    let keys: Vec<&str> = keys
+        .as_list()
+        .ok_or_else(|| bad_file(format!("the storage keys are {}, not a list", keys.value.kind())))?
+        .iter()
+        .map(|k| k.as_str().ok_or_else(|| bad_file("a storage key is not a str".into())))
+        .collect::<Result<_>>()?;
+    let mut ids = HashMap::new();
+    collect_storages(&obj, &mut ids, 0).map_err(bad_file)?;
+    // The data section: each storage's element count, then its bytes.
+    let mut data: HashMap<&str, &[u8]> = HashMap::with_capacity(keys.len());
+    for key in keys {
+        let id: &StorageRef = ids.get(key).ok_or_else(|| bad_file(format!("storage `{key}` is used by no tensor")))?;
+        let count = bytes
+            .get(pos..pos + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .ok_or_else(|| bad_file(format!("truncated before storage `{key}`")))?;
+        if count != id.numel as u64 {
+            return Err(bad_file(format!("storage `{key}` holds {count} elements, its tensors say {}", id.numel)));
+        }
+        let size = id
+            .dtype
+            .element_size()
+            .ok_or_else(|| bad_file(format!("storage `{key}` has an unknown element type {:?}", id.dtype)))?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(size))
+            .ok_or_else(|| bad_file(format!("storage `{key}` is too large")))?;
+        let start = pos + 8;
+        let end = start.checked_add(len).filter(|&e| e <= bytes.len()).ok_or_else(|| {
+            bad_file(format!(
+                "truncated: storage `{key}` needs {len} bytes at byte {start}, the file has {}",
+                bytes.len()
+            ))
+        })?;
+        data.insert(key, &bytes[start..end]);
+        pos = end;
+    }
+    let mut cache: HashMap<String, (DType, Tensor)> = HashMap::new();
+    tensors_of(path, &obj, |key, storage| {
+        let bad = |problem: String| Error::BadTensor { path: path.to_owned(), key: key.to_owned(), problem };
+        let StorageDtype::Float(dtype) = storage.dtype else {
+            return Err(bad(format!("storage `{}` is not a float storage", storage.key)));
+        };
+        if let Some((cached, t)) = cache.get(&storage.key) {
+            if *cached != dtype {
+                return Err(bad(format!("storage `{}` is used with two dtypes", storage.key)));
+            }
+            return Ok(t.clone());
+        }
+        let raw = data
+            .get(storage.key.as_str())
+            .ok_or_else(|| bad(format!("storage `{}` is not in the file", storage.key)))?;
+        let t = decode_f32(raw, dtype, &[storage.numel])
+            .map_err(|e| bad(format!("storage `{}` ({} {}): {e}", storage.key, storage.numel, torch_name(dtype))))?;
+        cache.insert(storage.key.clone(), (dtype, t.clone()));
+        Ok(t)
+    })
+}
+
+/// Every storage id in `obj`, by key (depth-bounded by the pickle reader).
+fn collect_storages(obj: &Obj, ids: &mut HashMap<String, StorageRef>, depth: u32) -> std::result::Result<(), String> {
+    if depth > 200 {
+        return Err("the object nests too deeply".into());
+    }
+    match &obj.value {
+        Value::PersistentId(id) => {
+            let s = StorageRef::parse(id)?;
+            if let Some(old) = ids.get(&s.key) {
+                if old.dtype != s.dtype || old.numel != s.numel {
+                    return Err(format!("storage `{}` is described twice, differently", s.key));
+                }
+            } else {
+                ids.insert(s.key.clone(), s);
+            }
+        }
+        Value::Tuple(items) | Value::List(items) => {
+            for i in items {
+                collect_storages(i, ids, depth + 1)?;
+            }
+        }
+        Value::Dict(entries) => {
+            for (k, v) in entries {
+                collect_storages(k, ids, depth + 1)?;
+                collect_storages(v, ids, depth + 1)?;
+            }
+        }
+        Value::Call { callable, args } => {
+            collect_storages(callable, ids, depth + 1)?;
+            collect_storages(args, ids, depth + 1)?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Opens the zip archive `bytes`, which starts at byte 0 as torch.save writes it.
@@ -129,6 +257,27 @@ enum StorageDtype {
 }
 
 impl StorageDtype {
+    /// Bytes per element, for the storage classes torch writes.
+    fn element_size(&self) -> Option<usize> {
+        Some(match self {
+            Self::Float(d) => d.size_in_bytes(),
+            Self::Int64 => 8,
+            Self::Other(class) => match class.as_str() {
+                "torch.IntStorage" | "torch.ComplexHalfStorage" => 4,
+                "torch.ShortStorage" => 2,
+                "torch.CharStorage"
+                | "torch.ByteStorage"
+                | "torch.BoolStorage"
+                | "torch.QInt8Storage"
+                | "torch.QUInt8Storage" => 1,
+                "torch.ComplexFloatStorage" => 8,
+                "torch.ComplexDoubleStorage" => 16,
+                "torch.QInt32Storage" => 4,
+                _ => return None,
+            },
+        })
+    }
+
     fn from_class(module: &str, name: &str) -> Self {
         match (module, name) {
             ("torch", "FloatStorage") => Self::Float(DType::F32),
@@ -281,11 +430,20 @@ fn is_row_major(shape: &[usize], stride: &[usize]) -> bool {
 }
 
 impl StorageRef {
-    /// Reads `('storage', class, key, location, numel)`.
+    /// Reads `('storage', class, key, location, numel)` (the zip format) or
+    /// `('storage', class, key, location, numel, None)` (the legacy format, whose sixth field,
+    /// a view of another storage, PyTorch stopped writing long ago).
     fn parse(id: &Obj) -> std::result::Result<Self, String> {
         let fields = id.as_tuple().ok_or("storage id is not a tuple")?;
-        let [tag, class, key, _location, numel] = fields else {
-            return Err(format!("storage id has {} fields, expected 5", fields.len()));
+        let (tag, class, key, numel) = match fields {
+            [tag, class, key, _location, numel] => (tag, class, key, numel),
+            [tag, class, key, _location, numel, view] => {
+                if !matches!(view.value, Value::None) {
+                    return Err("storage views (legacy view metadata) are not supported".into());
+                }
+                (tag, class, key, numel)
+            }
+            _ => return Err(format!("storage id has {} fields, expected 5 or 6", fields.len())),
         };
         if tag.as_str() != Some("storage") {
             return Err("persistent id is not a storage".into());

@@ -57,7 +57,7 @@ impl TensorFile {
     pub fn weight_meta(&self) -> Result<WeightMeta> {
         match self.format {
             Format::Safetensors => WeightMeta::from_metadata(&self.path, &self.metadata),
-            Format::PyTorchZip => Err(Error::no_weight_meta(&self.path)),
+            Format::PyTorchZip | Format::PyTorchLegacy => Err(Error::no_weight_meta(&self.path)),
         }
     }
 }
@@ -112,8 +112,8 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
             (Format::Safetensors, entries, metadata)
         }
         Detected::Known(Format::PyTorchZip) => (Format::PyTorchZip, pth::read(path, bytes)?, BTreeMap::new()),
-        Detected::LegacyTorch => {
-            return Err(Error::LegacyTorch { path: path.to_owned() });
+        Detected::LegacyTorch | Detected::Known(Format::PyTorchLegacy) => {
+            (Format::PyTorchLegacy, pth::read_legacy(path, bytes)?, BTreeMap::new())
         }
         Detected::Unknown => {
             return Err(Error::UnknownFormat { path: path.to_owned(), head: hex_head(bytes) });
@@ -181,6 +181,27 @@ mod tests {
         }
     }
 
+    /// The legacy (pre-1.6, non-zip) format: the bare state dict, and a training checkpoint
+    /// with `module.` keys, an optimiser state (its momentum buffer) and int64 and bool tensors
+    /// outside the state dict, whose storages sit between the state dict's in the data section.
+    #[test]
+    fn loads_the_legacy_non_zip_format() {
+        for name in ["legacy.pth", "legacy_checkpoint_module.pth.tar"] {
+            let file = load_tensors(testdata(name)).unwrap();
+            assert_eq!(file.format, Format::PyTorchLegacy);
+            assert_tiny(&file);
+        }
+        // Truncated anywhere: a typed error naming the file, never a panic.
+        let bytes = std::fs::read(testdata("legacy_checkpoint_module.pth.tar")).unwrap();
+        for cut in (0..bytes.len()).step_by(7) {
+            if let Err(e) = parse(Path::new("cut.pth"), &bytes[..cut]) {
+                assert!(e.to_string().contains("cut.pth"), "{e}");
+            }
+        }
+        let err = parse(Path::new("cut.pth"), &bytes[..bytes.len() - 3]).unwrap_err();
+        assert!(matches!(err, Error::Legacy { .. }), "{err}");
+    }
+
     #[test]
     fn safetensors_copy_of_the_tiny_state_dict_loads_the_same() {
         // gen_testdata.py: safetensors.torch.save_file({k: v.contiguous() ...}, "tiny.safetensors")
@@ -212,10 +233,6 @@ mod tests {
 
     #[test]
     fn unsupported_files_get_typed_errors_naming_the_file() {
-        let err = load_tensors(testdata("legacy.pth")).unwrap_err();
-        assert!(matches!(err, Error::LegacyTorch { .. }), "{err}");
-        assert!(err.to_string().contains("legacy.pth"), "{err}");
-
         let err = load_tensors(testdata("no_state_dict.pth")).unwrap_err();
         assert!(matches!(err, Error::NoStateDict { .. }), "{err}");
         assert!(err.to_string().contains(r#""epoch", "arch""#), "{err}");
