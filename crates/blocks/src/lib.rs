@@ -5,6 +5,8 @@
 //!   `Linear`;
 //! - [`gru`]: `GruCell` and a one-layer `Gru` (PyTorch's gate order and keys);
 //! - [`se`]: squeeze-and-excitation with a sigmoid or hard-sigmoid gate;
+//! - [`mobilenet`]: MobileNetV3-Large in GFNet's gen-efficientnet layout
+//!   (its glance and focus encoders);
 //! - [`drop`]: seeded `Dropout` and `DropPath` (stochastic depth), active
 //!   when the [`Mode`] trains them;
 //! - [`units`]: the conv units MSDNet and RANet share (`ConvBasic`, `ConvBn`);
@@ -45,6 +47,7 @@ pub mod drop;
 pub mod fusion;
 pub mod gru;
 pub mod layers;
+pub mod mobilenet;
 pub mod mode;
 pub mod multiscale;
 pub mod residual;
