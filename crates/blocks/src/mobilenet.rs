@@ -140,6 +140,7 @@ fn large_arch() -> Vec<Vec<Row>> {
 
 /// A block of the network.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 enum Block {
     /// Depthwise-separable: `conv_dw` → `bn1` → act → `conv_pw` → `bn2`.
     Ds { conv_dw: Conv2d, bn1: BatchNorm2d, conv_pw: Conv2d, bn2: BatchNorm2d, act: Act, skip: bool },
