@@ -130,8 +130,10 @@ pub fn run(a: Args) -> Result<()> {
             "--fallback ensemble needs --method ga: the q rule and the budget solver set no threshold at the last exit"
         );
     }
+    anytime_io::check_replaceable(&a.output).with_context(|| format!("cannot write --output {}", a.output.display()))?;
     let entry = lookup(&a.model)?;
     let path = resolve_weights(entry, &a.weights)?;
+    super::ensure_not_input("--output", &a.output, &[path.as_path()])?;
     let model = load_registry_model(entry, &a.weights)?;
     let ds = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
     let (_, h, w) = ds.image_shape();
