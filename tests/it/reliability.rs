@@ -262,3 +262,59 @@ fn r22_huge_files_are_refused_before_reading() {
     assert!(e.contains("big.safetensors"), "{e}");
     assert!(start.elapsed().as_secs_f64() < 5.0);
 }
+
+/// Messages: one line without backtrace frames even with `RUST_BACKTRACE`
+/// set, no Rust debug formatting, no path repeated.
+#[test]
+fn r22_messages_are_one_clean_line() {
+    let name = "msdnet_cifar100_lingrow";
+    let dir = temp_dir("messages");
+    let out = dir.join("out.safetensors");
+    let (cfg, io) = (fixture(name, "config.json"), fixture(name, "io.safetensors"));
+    // Another architecture's weights: a long key report, on one line.
+    let run = anytime()
+        .env("RUST_BACKTRACE", "full")
+        .args(["infer", "--arch", "msdnet", "--config", s(&cfg)])
+        .args([
+            "--weights",
+            s(&fixture("ranet_cifar10_lg", "state_dict.safetensors")),
+            "--input",
+            s(&io),
+            "--output",
+            s(&out),
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("stack backtrace") && !err.contains("rust_begin_unwind"), "{err}");
+    // Starting from weights that do not fit: the keys named plainly.
+    let data = crate::util::root().join("data/fashion-mnist-sample");
+    let e = fails(&[
+        "train",
+        "--model",
+        "msdnet-tiny",
+        "--data-dir",
+        s(&data),
+        "--run-dir",
+        s(&dir.join("run")),
+        "--init",
+        s(&fixture("ranet_cifar10_lg", "state_dict.safetensors")),
+    ]);
+    assert!(e.contains("does not fit this model") && !e.contains("Some(") && !e.contains("None"), "{e}");
+    // A missing file is named once.
+    let missing = dir.join("missing.pth");
+    let e = fails(&[
+        "train",
+        "--model",
+        "msdnet-tiny",
+        "--data-dir",
+        s(&data),
+        "--run-dir",
+        s(&dir.join("run2")),
+        "--init",
+        s(&missing),
+    ]);
+    assert_eq!(e.matches("missing.pth").count(), 1, "{e}");
+}

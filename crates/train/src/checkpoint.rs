@@ -222,3 +222,54 @@ impl Checkpoint {
         Ok(Self { model, optim, state, swa })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(epoch: usize, batch: usize, step: u64, history: usize) -> TrainState {
+        let m = EpochMetrics {
+            epoch: 0,
+            lr: 0.1,
+            train_loss: 1.0,
+            train_acc: vec![0.5],
+            val_acc: vec![0.5],
+            images_per_s: 1.0,
+            seconds: 1.0,
+            train_logged: BTreeMap::new(),
+            swa_val_acc: None,
+        };
+        TrainState {
+            epoch,
+            batch,
+            step,
+            seed: 1,
+            best: None,
+            history: vec![m; history],
+            seconds: 1.0,
+            partial: PartialEpoch::default(),
+            spec: None,
+            init_from: None,
+            rng: None,
+        }
+    }
+
+    /// A state outside its plan (absurd epochs, batches or steps, a history
+    /// that does not match) is refused, naming what is wrong.
+    #[test]
+    fn states_outside_the_plan_are_refused() {
+        assert!(state(2, 5, 25, 2).validate(3, 10).is_ok());
+        assert!(state(3, 0, 30, 3).validate(3, 10).is_ok(), "a finished run");
+        let err = |s: TrainState| s.validate(3, 10).unwrap_err();
+        assert!(err(state(1_000_000, 0, 0, 0)).contains("epoch 1000000"));
+        assert!(err(state(1, 11, 11, 1)).contains("batch 11"));
+        assert!(err(state(1, 0, u64::MAX, 1)).contains("optimiser steps"));
+        assert!(err(state(2, 0, 20, 1)).contains("history"));
+        let mut bad = state(1, 0, 10, 1);
+        bad.best = Some((0.9, 5));
+        assert!(err(bad).contains("best"));
+        let mut bad = state(1, 0, 10, 1);
+        bad.seconds = f64::NAN;
+        assert!(err(bad).contains("time"));
+    }
+}

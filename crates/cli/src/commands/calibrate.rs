@@ -130,7 +130,8 @@ pub fn run(a: Args) -> Result<()> {
             "--fallback ensemble needs --method ga: the q rule and the budget solver set no threshold at the last exit"
         );
     }
-    anytime_io::check_replaceable(&a.output).with_context(|| format!("cannot write --output {}", a.output.display()))?;
+    anytime_io::check_replaceable(&a.output)
+        .with_context(|| format!("cannot write --output {}", a.output.display()))?;
     let entry = lookup(&a.model)?;
     let path = resolve_weights(entry, &a.weights)?;
     super::ensure_not_input("--output", &a.output, &[path.as_path()])?;
@@ -186,4 +187,23 @@ pub fn run(a: Args) -> Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::budget_mflops;
+
+    /// A budget is checked against the model's range before any work; one
+    /// within the printed precision of an end (29.9 for 29.8586) is that end.
+    #[test]
+    fn budgets_are_checked_with_the_printed_precision() {
+        let costs = [4.838, 11.0, 29.8586];
+        assert_eq!(budget_mflops("m", Some(29.9), None, &costs).ok().flatten(), Some(29.8586));
+        assert_eq!(budget_mflops("m", Some(4.8), None, &costs).ok().flatten(), Some(4.838));
+        assert_eq!(budget_mflops("m", None, Some(0.5), &costs).ok().flatten(), Some(0.5 * 29.8586));
+        let e = budget_mflops("m", Some(31.0), None, &costs).unwrap_err().to_string();
+        assert!(e.contains("outside m's range") && e.contains("29.859"), "{e}");
+        assert!(budget_mflops("m", Some(4.7), None, &costs).is_err());
+        assert_eq!(budget_mflops("m", None, None, &costs).ok().flatten(), None);
+    }
 }
