@@ -392,7 +392,11 @@ pub static REGISTRY: &[ModelEntry] = &[
         description: "SCAN, ResNet-18 layout at width 16, 4 exits, Fashion-MNIST padded to 32x32",
         config: || ArchConfig::new(scan_resnet18_fmnist()),
         data: FMNIST_PAD32,
-        weights: None,
+        weights: Some(Pretrained {
+            file: "scan-resnet18-fmnist.safetensors",
+            hub_repo: "anytime-rs/scan-resnet18-fmnist",
+            sha256: "ece7aec4ffed1a6625871467f28f6e98f82c444fb4edac727de0c92109825e90",
+        }),
     },
     ModelEntry {
         name: "scan-ablation-full",
