@@ -196,6 +196,9 @@ pub fn scan_loss() -> LossConfig {
 /// Epochs of `scan-resnet18-fmnist`'s main stage (see [`recipe`]).
 const SCAN_FMNIST_EPOCHS: usize = 24;
 
+/// Epochs of `scan-resnet18-fmnist`'s weight-averaging stage.
+const SCAN_SWA_EPOCHS: usize = 4;
+
 /// The SCAN ablation's registry models: attention and distillation, each on
 /// or off.
 pub const SCAN_ABLATION: [&str; 4] =
@@ -259,7 +262,24 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         // Batch 128 as the reference; the pad-and-crop augmentation works on
         // the 32x32 padded images.
         "scan-resnet18-fmnist" => Recipe {
-            stages: vec![Stage { name: "main", spec: scan_spec(SCAN_FMNIST_EPOCHS) }],
+            stages: vec![
+                Stage { name: "main", spec: scan_spec(SCAN_FMNIST_EPOCHS) },
+                // Weight averaging from the main stage's weights, with SCAN's
+                // loss and optimiser: one-epoch cosine cycles from lr 0.03.
+                Stage {
+                    name: "swa",
+                    spec: TrainSpec {
+                        schedule: Schedule {
+                            lr: 0.03,
+                            kind: ScheduleKind::CosineCycles { cycle_epochs: 1.0 },
+                            warmup_epochs: 0.0,
+                        },
+                        seed: 2,
+                        swa: Some(SwaConfig { start_epoch: 0, bn_batches: 200 }),
+                        ..scan_spec(SCAN_SWA_EPOCHS)
+                    },
+                },
+            ],
             batch_size: 128,
             ..fmnist("scan-resnet18-fmnist", SCAN_FMNIST_EPOCHS)
         },
