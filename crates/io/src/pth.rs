@@ -79,17 +79,17 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
         return Err(bad_file("the magic number's pickle does not end where it should".into()));
     }
     let mut pos = magic + 1;
-    let mut next = |what: &str| -> Result<Obj> {
+    // The protocol version, the system information, the object, the storage keys.
+    let mut next = || -> Result<Obj> {
         let rest = bytes.get(pos..).unwrap_or_default();
         let (obj, n) = pickle::parse_prefix(rest).map_err(|source| Error::Pickle { path: path.to_owned(), source })?;
         pos += n;
-        let _ = what;
         Ok(obj)
     };
-    let _protocol = next("protocol version")?;
-    let _sys_info = next("system information")?;
-    let obj = next("object")?;
-    let keys = next("storage keys")?;
+    let _protocol = next()?;
+    let _sys_info = next()?;
+    let obj = next()?;
+    let keys = next()?;
     let keys: Vec<&str> = keys
         .as_list()
         .ok_or_else(|| bad_file(format!("the storage keys are {}, not a list", keys.value.kind())))?
