@@ -111,19 +111,7 @@ fn r22_checkpoints_and_run_directories() {
     // A new run in a directory that holds a run is refused; --force replaces it.
     let e = fails(&strs(&tiny(&dir, &["--epochs", "1"])));
     assert!(e.contains("another run's files") && e.contains("--force"), "{e}");
-    let metrics = || -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics");
-        text.lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).expect("json");
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("seconds");
-                    o.remove("images_per_s");
-                }
-                v
-            })
-            .collect()
-    };
+    let metrics = || crate::util::metrics_without_timings(&dir);
     let first = metrics();
     ok(&strs(&tiny(&dir, &["--epochs", "1", "--force"])));
     assert_eq!(metrics(), first, "same seed, same metrics");

@@ -3,7 +3,7 @@
 //! every checkpoint loadable and no temporary file left behind; so does a
 //! later recipe stage with a frozen group and a stochastic objective.
 
-use crate::util::{anytime, ok, root, s, temp_dir};
+use crate::util::{anytime, metrics_without_timings, ok, root, s, temp_dir};
 use candle_core::Device;
 use std::time::{Duration, Instant};
 
@@ -77,21 +77,7 @@ fn assert_same_bits(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], kills: u
 /// Every recorded metric but the timings is identical between an
 /// uninterrupted run and a killed-and-resumed one.
 fn assert_same_metrics(a: &std::path::Path, b: &std::path::Path) {
-    let read = |d: &std::path::Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(d.join("metrics.jsonl"))
-            .expect("metrics")
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("seconds");
-                    o.remove("images_per_s");
-                }
-                v
-            })
-            .collect()
-    };
-    let (x, y) = (read(a), read(b));
+    let (x, y) = (metrics_without_timings(a), metrics_without_timings(b));
     assert!(!x.is_empty());
     assert_eq!(x, y, "metrics differ between the uninterrupted and the resumed run");
 }

@@ -130,3 +130,20 @@ pub fn output_within(mut cmd: Command, limit: std::time::Duration) -> Output {
     };
     Output { status, stdout: out.join().expect("stdout reader"), stderr: err.join().expect("stderr reader") }
 }
+
+/// The lines of a run's `metrics.jsonl` without their timings (`seconds`,
+/// `images_per_s`): what identical runs must agree on.
+pub fn metrics_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("seconds");
+                o.remove("images_per_s");
+            }
+            v
+        })
+        .collect()
+}

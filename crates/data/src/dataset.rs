@@ -118,17 +118,9 @@ impl Dataset {
         let (ph, pw) = (h.checked_add(p2).ok_or_else(too_big)?, w.checked_add(p2).ok_or_else(too_big)?);
         let per = c.checked_mul(ph).and_then(|v| v.checked_mul(pw)).ok_or_else(too_big)?;
         let total = per.checked_mul(self.len()).filter(|&t| t <= 1 << 34).ok_or_else(too_big)?;
-        let mut images = vec![0u8; total];
+        let mut images = Vec::with_capacity(total);
         for i in 0..self.len() {
-            let src = self.image(i);
-            let dst = &mut images[i * per..(i + 1) * per];
-            for ch in 0..c {
-                for y in 0..h {
-                    let from = &src[(ch * h + y) * w..(ch * h + y + 1) * w];
-                    let at = (ch * ph + y + pad) * pw + pad;
-                    dst[at..at + w].copy_from_slice(from);
-                }
-            }
+            images.extend(pad_image(self.image(i), self.shape, pad));
         }
         Self::new(
             format!("{}+pad{pad}", self.name),
@@ -145,6 +137,20 @@ impl Dataset {
         let idx: Vec<usize> = (0..n.min(self.len())).collect();
         self.subset(&idx, format!("{}[..{}]", self.name, idx.len()))
     }
+}
+
+/// `pixels` `[c, h, w]` surrounded by `pad` zero pixels on each side:
+/// `[c, h + 2·pad, w + 2·pad]` (see [`Dataset::pad`]).
+pub fn pad_image(pixels: &[u8], (c, h, w): (usize, usize, usize), pad: usize) -> Vec<u8> {
+    let (ph, pw) = (h + 2 * pad, w + 2 * pad);
+    let mut out = vec![0u8; c * ph * pw];
+    for ch in 0..c {
+        for y in 0..h {
+            let at = (ch * ph + y + pad) * pw + pad;
+            out[at..at + w].copy_from_slice(&pixels[(ch * h + y) * w..(ch * h + y + 1) * w]);
+        }
+    }
+    out
 }
 
 /// Splits off a seeded, un-augmented held-out set of `n_holdout` samples:

@@ -163,15 +163,22 @@ impl Checkpoint {
         all.extend(self.swa.iter().map(|(k, t)| (format!("swa.{k}"), t)));
         let state = serde_json::to_string(&self.state)?;
         let err = |e: safetensors::SafeTensorError| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() };
-        // The data section does not depend on the header's metadata: serialise
-        // once to hash it, then again with the checksum in the header.
-        let mut meta = HashMap::from([(STATE_KEY.to_string(), state.clone())]);
-        let first =
-            safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta.clone())).map_err(err)?;
-        let data = data_section(&first)
-            .ok_or_else(|| Error::Checkpoint { path: path.to_path_buf(), msg: "serialised file has no data".into() })?;
-        meta.insert(CHECKSUM_KEY.to_string(), checksum(&state, data));
-        let bytes = safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta)).map_err(err)?;
+        // Serialise once with a placeholder checksum of the right length,
+        // hash the data section, then write the digest over the placeholder
+        // in the header (the header's length does not change).
+        let placeholder = "0".repeat(64);
+        let meta =
+            HashMap::from([(STATE_KEY.to_string(), state.clone()), (CHECKSUM_KEY.to_string(), placeholder.clone())]);
+        let mut bytes = safetensors::serialize(all.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta)).map_err(err)?;
+        let missing =
+            || Error::Checkpoint { path: path.to_path_buf(), msg: "serialised file has no checksum slot".into() };
+        let sum = checksum(&state, data_section(&bytes).ok_or_else(missing)?);
+        let slot = format!("\"{CHECKSUM_KEY}\":\"{placeholder}\"");
+        let header_end = bytes.len() - data_section(&bytes).ok_or_else(missing)?.len();
+        let at = bytes[..header_end].windows(slot.len()).position(|w| w == slot.as_bytes()).ok_or_else(missing)?
+            + slot.len()
+            - 65;
+        bytes[at..at + 64].copy_from_slice(sum.as_bytes());
         anytime_io::atomic_write(path, &bytes)
             .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
     }

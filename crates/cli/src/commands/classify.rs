@@ -85,22 +85,6 @@ fn read_inputs(paths: &[PathBuf], (c, h, w): (usize, usize, usize)) -> Result<Ve
     Ok(out)
 }
 
-/// `pixels` `[c, h, w]` surrounded by `pad` zero pixels on each side.
-fn pad_pixels(pixels: &[u8], (c, h, w): (usize, usize, usize), pad: usize) -> Vec<u8> {
-    if pad == 0 {
-        return pixels.to_vec();
-    }
-    let (ph, pw) = (h + 2 * pad, w + 2 * pad);
-    let mut out = vec![0u8; c * ph * pw];
-    for ch in 0..c {
-        for y in 0..h {
-            let at = (ch * ph + y + pad) * pw + pad;
-            out[at..at + w].copy_from_slice(&pixels[(ch * h + y) * w..(ch * h + y + 1) * w]);
-        }
-    }
-    out
-}
-
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
@@ -112,7 +96,7 @@ pub fn run(a: Args) -> Result<()> {
     let pad = entry.data.pad;
     let mut inputs = read_inputs(&a.images, (c, h - 2 * pad, w - 2 * pad))?;
     for inp in &mut inputs {
-        inp.pixels = pad_pixels(&inp.pixels, (c, h - 2 * pad, w - 2 * pad), pad);
+        inp.pixels = anytime_data::dataset::pad_image(&inp.pixels, (c, h - 2 * pad, w - 2 * pad), pad);
     }
     let norm = |px: &[u8]| -> Vec<f32> {
         px.iter()

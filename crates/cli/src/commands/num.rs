@@ -38,27 +38,6 @@ impl Real {
     }
 }
 
-impl clap::builder::TypedValueParser for Real {
-    type Value = f64;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<f64, clap::Error> {
-        let s = value.to_str().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))?;
-        self.parse(s).map_err(|why| {
-            let name = arg.map(|a| a.get_id().as_str().replace('_', "-")).unwrap_or_default();
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("invalid value '{s}' for '--{name}': {why}"),
-            )
-            .with_cmd(cmd)
-        })
-    }
-}
-
 /// A whole number in `lo..=hi`, as `what`.
 #[derive(Debug, Clone, Copy)]
 pub struct Count {
@@ -86,26 +65,42 @@ impl Count {
     }
 }
 
-impl clap::builder::TypedValueParser for Count {
-    type Value = usize;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<usize, clap::Error> {
-        let s = value.to_str().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))?;
-        self.parse(s).map_err(|why| {
-            let name = arg.map(|a| a.get_id().as_str().replace('_', "-")).unwrap_or_default();
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("invalid value '{s}' for '--{name}': {why}"),
-            )
+/// Runs `parse` on an option's text, reporting a rejection as clap does:
+/// `invalid value 'X' for '--opt': <why>`.
+fn clap_parse<T>(
+    cmd: &clap::Command,
+    arg: Option<&clap::Arg>,
+    value: &std::ffi::OsStr,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, clap::Error> {
+    let s = value.to_str().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))?;
+    parse(s).map_err(|why| {
+        let name = arg.map(|a| a.get_id().as_str().replace('_', "-")).unwrap_or_default();
+        clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("invalid value '{s}' for '--{name}': {why}"))
             .with_cmd(cmd)
-        })
-    }
+    })
 }
+
+/// Implements clap's value parser for a type with `parse(&self, &str)`.
+macro_rules! value_parser {
+    ($ty:ty, $value:ty) => {
+        impl clap::builder::TypedValueParser for $ty {
+            type Value = $value;
+
+            fn parse_ref(
+                &self,
+                cmd: &clap::Command,
+                arg: Option<&clap::Arg>,
+                value: &std::ffi::OsStr,
+            ) -> Result<$value, clap::Error> {
+                clap_parse(cmd, arg, value, |s| self.parse(s))
+            }
+        }
+    };
+}
+
+value_parser!(Real, f64);
+value_parser!(Count, usize);
 
 /// MFLOPs per image of a budget (checked against the model's range later).
 pub const BUDGET: Real = Real::above(0.0, 1e9, "a budget in MFLOPs per image");
