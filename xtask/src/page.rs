@@ -12,7 +12,7 @@ use crate::results::FMNIST_MODELS;
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{Calibration, Method};
 use anytime_eval::plot::{Series, curves, report_plots};
-use anytime_eval::{EarlyExitRun, EvalReport};
+use anytime_eval::{EarlyExitRun, EvalReport, MethodPoint, ThresholdMethod};
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -71,6 +71,47 @@ pub fn write_plots(root: &Path, models: &[Model]) -> Result<()> {
             let dir = root.join("docs/plots").join(dir);
             std::fs::create_dir_all(&dir)?;
             report_plots(r, &dir)?;
+        }
+    }
+    for m in models {
+        let (Some(p64), Some(p1)) = (&m.b64.methods, &m.b1.methods) else { continue };
+        let dir = root.join("docs/plots").join(&m.name);
+        let by_method = |points: &[MethodPoint], x: &dyn Fn(&MethodPoint) -> f64| -> Vec<Series> {
+            let mut series: Vec<Series> = ThresholdMethod::ALL
+                .iter()
+                .map(|&k| {
+                    let mut c: Vec<(f64, f64)> =
+                        points.iter().filter(|p| p.method == k).map(|p| (x(p), 100.0 * p.run.accuracy)).collect();
+                    c.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    (k.label().to_string(), c)
+                })
+                .filter(|s| !s.1.is_empty())
+                .collect();
+            series.push(("each exit alone".into(), m.b64.anytime_curve()));
+            series
+        };
+        let (acc, name) = ("test top-1 accuracy (%)", &m.name);
+        curves(
+            &dir.join("methods_vs_mflops.svg"),
+            &format!("{name}: threshold searches, MFLOPs"),
+            "MFLOPs per image",
+            acc,
+            &by_method(p64, &|p| p.run.mflops),
+        )?;
+        for (points, file, batch) in [(p64, "methods_vs_ms.svg", 64), (p1, "methods_vs_ms_batch1.svg", 1)] {
+            let mut series = by_method(points, &|p| p.run.ms_per_image);
+            // The per-exit line in wall-clock at this batch size.
+            let exits = if batch == 1 { &m.b1 } else { &m.b64 };
+            if let Some(last) = series.last_mut() {
+                last.1 = exits.exits.iter().map(|e| (e.ms_per_image, 100.0 * e.accuracy)).collect();
+            }
+            curves(
+                &dir.join(file),
+                &format!("{name}: threshold searches, batch {batch} wall-clock"),
+                "ms per image",
+                acc,
+                &series,
+            )?;
         }
     }
     if models.len() < 2 {
@@ -132,7 +173,7 @@ fn model_section(out: &mut String, root: &Path, m: &Model) -> Result<()> {
     writeln!(out, "### {name}\n")?;
     writeln!(
         out,
-        "{} exits, {} MFLOPs at 28×28; {} (`cargo xtask results`). {}\n",
+        "{} exits, {} MFLOPs per image; {} (`cargo xtask results`). {}\n",
         m.b64.exits.len(),
         mflops.join(" / "),
         provenance(&m.b64),
@@ -213,6 +254,9 @@ fn model_section(out: &mut String, root: &Path, m: &Model) -> Result<()> {
         out,
         "![{name}: accuracy vs MFLOPs](plots/{name}/accuracy_vs_mflops.svg) ![{name}: accuracy vs ms at batch 64](plots/{name}/accuracy_vs_ms.svg)\n"
     )?;
+    if let (Some(p64), Some(p1)) = (&m.b64.methods, &m.b1.methods) {
+        methods_section(out, m, p64, p1)?;
+    }
     let mut links = vec![
         format!("batch 1: [accuracy vs MFLOPs](plots/{name}-batch1/accuracy_vs_mflops.svg)"),
         format!("[accuracy vs ms](plots/{name}-batch1/accuracy_vs_ms.svg)"),
@@ -224,6 +268,81 @@ fn model_section(out: &mut String, root: &Path, m: &Model) -> Result<()> {
     }
     writeln!(out, "Plots: {}; reports: `docs/data/{name}/`.\n", links.join(", "))?;
     writeln!(out, "{}\n", reading.trim())?;
+    Ok(())
+}
+
+/// The threshold searches compared at the same budgets (`anytime eval
+/// --methods`), and the speed-up at the last exit's accuracy.
+fn methods_section(out: &mut String, m: &Model, p64: &[MethodPoint], p1: &[MethodPoint]) -> Result<()> {
+    let name = &m.name;
+    if p64.len() != p1.len()
+        || p64.iter().zip(p1).any(|(a, b)| a.method != b.method || (a.budget_mflops - b.budget_mflops).abs() > 1e-9)
+    {
+        bail!("{name}: the batch-64 and batch-1 method comparisons differ");
+    }
+    writeln!(
+        out,
+        "Threshold searches at the same budgets (`anytime eval --methods`: thresholds searched on the held-out \
+         split for each budget, real early exit on the {} test images at batch 64; batch 1 on the first {}):\n",
+        m.b64.images, m.b1.images
+    )?;
+    writeln!(
+        out,
+        "| budget (MFLOPs) | method | held-out top-1 | test top-1 | MFLOPs | ms/image, batch 64 | time / FLOP saving | ms/image, batch 1 | images per exit |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+    for (p, q) in p64.iter().zip(p1) {
+        writeln!(
+            out,
+            "| {:.2} | {} | {} | {} | {:.2} | {:.3} | {} | {:.3} | {} |",
+            p.budget_mflops,
+            p.method.label(),
+            pct(p.holdout_accuracy),
+            pct(p.run.accuracy),
+            p.run.mflops,
+            p.run.ms_per_image,
+            ratio(&p.run),
+            q.run.ms_per_image,
+            counts(&p.run.exit_counts)
+        )?;
+    }
+    // Speed-up at equal accuracy: the fastest run (any method, any budget)
+    // whose test accuracy reaches the last exit's.
+    let (last64, last1) = (m.b64.full()?, m.b1.full()?);
+    let fastest = |points: &[MethodPoint], target: f64| {
+        points
+            .iter()
+            .filter(|p| p.run.accuracy >= target)
+            .min_by(|a, b| a.run.ms_per_image.total_cmp(&b.run.ms_per_image))
+            .cloned()
+    };
+    let mut line = format!(
+        "\nAt the last exit's accuracy ({} at batch 64, {} on the batch-1 images): ",
+        pct(last64.accuracy),
+        pct(last1.accuracy)
+    );
+    for (points, last, batch) in [(p64, last64, 64), (p1, last1, 1)] {
+        match fastest(points, last.accuracy) {
+            Some(p) => write!(
+                line,
+                "batch {batch}: {} at {:.2} MFLOPs reaches {} in {:.3} ms/image against {:.3} through every exit, \
+                 **{:.2}× faster** ({:.2}× fewer MFLOPs). ",
+                p.method.label(),
+                p.budget_mflops,
+                pct(p.run.accuracy),
+                p.run.ms_per_image,
+                last.ms_per_image,
+                last.ms_per_image / p.run.ms_per_image,
+                last.mflops / p.run.mflops
+            )?,
+            None => write!(line, "batch {batch}: no measured run reaches it. ")?,
+        }
+    }
+    writeln!(out, "{}\n", line.trim_end())?;
+    writeln!(
+        out,
+        "![{name}: threshold searches, MFLOPs](plots/{name}/methods_vs_mflops.svg) ![{name}: threshold searches, batch 64](plots/{name}/methods_vs_ms.svg) ![{name}: threshold searches, batch 1](plots/{name}/methods_vs_ms_batch1.svg)\n"
+    )?;
     Ok(())
 }
 
@@ -433,8 +552,66 @@ pub fn render(root: &Path, models: &[Model]) -> Result<String> {
     for m in models {
         model_section(&mut out, root, m)?;
     }
+    ablation_section(&mut out, root)?;
     speed_section(&mut out, root)?;
     Ok(out)
+}
+
+/// SCAN's ablation (`cargo xtask scan-ablation`): per-exit test accuracy of
+/// the four variants, trained with one equal short schedule; absent until a
+/// variant is measured.
+fn ablation_section(out: &mut String, root: &Path) -> Result<()> {
+    use anytime_train::recipes::{SCAN_ABLATION, recipe};
+    let dir = root.join("docs/data/scan-ablation");
+    let mut rows = Vec::new();
+    for variant in SCAN_ABLATION {
+        let path = dir.join(format!("{variant}.json"));
+        if path.exists() {
+            rows.push((variant, EvalReport::load(&path)?));
+        }
+    }
+    let Some((first, _)) = rows.first() else { return Ok(()) };
+    let r = recipe(first)?;
+    let spec = &r.stages[0].spec;
+    writeln!(
+        out,
+        "## SCAN ablation: attention and self-distillation
+"
+    )?;
+    writeln!(
+        out,
+        "SCAN's ResNet-18 layout at width 16 on Fashion-MNIST (as `scan-resnet18-fmnist`), each variant trained from \
+         the same seed with one equal short schedule: {} epochs, batch {}, SGD momentum 0.9, weight decay 5e-4, lr \
+         {} with {} warm-up epoch and cosine decay, pad-2 crops and flips (`cargo xtask scan-ablation`, recipes \
+         `scan-ablation-*`). \"Distillation\" is SCAN's whole loss (shallow exits 0.5·CE + 0.5·T²·KL to the deepest \
+         exit at T = 3, and the feature hint); without it every exit is trained with plain cross-entropy, the \
+         reference's `lambda_KD = 0`. Test top-1 per exit (10,000 images), the weights with the best held-out last \
+         exit.\n",
+        spec.epochs, r.batch_size, spec.schedule.lr, spec.schedule.warmup_epochs
+    )?;
+    writeln!(out, "| variant | attention | distillation | exit 0 | exit 1 | exit 2 | exit 3 | MFLOPs per exit |")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    for (variant, rep) in &rows {
+        let attention = !variant.contains("no-attention") && !variant.contains("neither");
+        let distill = !variant.contains("no-distill") && !variant.contains("neither");
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let acc: Vec<String> = rep.exits.iter().map(|e| pct(e.accuracy)).collect();
+        let mf: Vec<String> = rep.exits.iter().map(|e| format!("{:.2}", e.mflops)).collect();
+        writeln!(
+            out,
+            "| {variant} | {} | {} | {} | {} |",
+            yes(attention),
+            yes(distill),
+            acc.join(" | "),
+            mf.join(" / ")
+        )?;
+    }
+    let reading = dir.join("reading.md");
+    if reading.exists() {
+        writeln!(out, "\n{}", read(&reading)?.trim())?;
+    }
+    writeln!(out)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The shipped Fashion-MNIST models, MSDNet first (the comparison's reference).
-pub const FMNIST_MODELS: &[&str] = &["msdnet-fmnist", "ranet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist"];
+pub const FMNIST_MODELS: &[&str] =
+    &["msdnet-fmnist", "ranet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist", "scan-resnet18-fmnist"];
 
 /// Test images used for the batch-1 measurements (batch 1 is slow).
 pub const BATCH1_IMAGES: usize = 2000;
@@ -105,13 +106,26 @@ fn measure_model(name: &str, reuse: bool, stamp: &Provenance) -> Result<()> {
         &root.join(file("budgeted-b64.json")),
         reuse,
         stamp,
-        &["eval", "--model", name, "--budgeted", "--json", "--plots", &plots64],
+        &["eval", "--model", name, "--budgeted", "--methods", "--json", "--plots", &plots64],
     )?;
     measure(
         &root.join(file("budgeted-b1.json")),
         reuse,
         stamp,
-        &["eval", "--model", name, "--budgeted", "--batch-size", "1", "--limit", &n1, "--json", "--plots", &plots1],
+        &[
+            "eval",
+            "--model",
+            name,
+            "--budgeted",
+            "--methods",
+            "--batch-size",
+            "1",
+            "--limit",
+            &n1,
+            "--json",
+            "--plots",
+            &plots1,
+        ],
     )?;
     let cal_rel = file("calibration-50.json");
     if !(reuse && root.join(&cal_rel).exists()) {

@@ -54,8 +54,8 @@ pub mod report;
 pub use error::{Error, Result};
 pub use exits::{exit_logits, timed_exit_logits};
 pub use measure::{
-    ExitLogits, Request, anytime_exits, collect_logits, early_exit, evaluate_model, exit_mflops, method_comparison,
-    method_fractions, q_sweep, sweep_qs,
+    ExitLogits, METHOD_BUDGET_STEPS, Request, anytime_exits, collect_logits, early_exit, evaluate_model, exit_mflops,
+    method_budgets, method_comparison, q_sweep, sweep_qs,
 };
 pub use metrics::{AnytimeEval, ExitAccuracy, evaluate, evaluate_anytime};
 pub use report::{

@@ -122,32 +122,45 @@ pub fn q_sweep(
     Ok(points)
 }
 
-/// The budgets of the method comparison, as fractions of the full model's
-/// cost.
-pub fn method_fractions() -> Vec<f64> {
-    vec![0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
+/// Where the method comparison's budgets lie between the first exit's cost
+/// (0) and the last exit's (1): dense near the cheap end, where the methods
+/// differ (with a first exit at a third of the full cost, fractions of the
+/// full cost would put most budgets where every method already reaches the
+/// best accuracy).
+pub const METHOD_BUDGET_STEPS: [f64; 7] = [0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75];
+
+/// The budgets of the method comparison for exits costing `mflops` (MFLOPs per
+/// image, in exit order): `c0 + t·(c_last − c0)` for each
+/// [`METHOD_BUDGET_STEPS`] `t`.
+///
+/// ```
+/// let b = anytime_eval::method_budgets(&[10.0, 20.0, 30.0]);
+/// assert_eq!(b, [10.0, 11.0, 12.0, 14.0, 17.0, 20.0, 25.0]);
+/// ```
+pub fn method_budgets(mflops: &[f64]) -> Vec<f64> {
+    let (Some(&c0), Some(&last)) = (mflops.first(), mflops.last()) else { return Vec::new() };
+    METHOD_BUDGET_STEPS.iter().map(|t| c0 + t * (last - c0)).collect()
 }
 
-/// Thresholds for a budget of `budget` MFLOPs by each of `methods`, searched
-/// on the held-out logits and labels (max-softmax confidence), each measured
-/// with real early exit on `loader`. A budget below the first exit's cost is
-/// skipped; a method that finds nothing within the budget is left out.
+/// Thresholds for each budget of `budgets` (MFLOPs per image) by each of
+/// `methods`, searched on the held-out logits and labels (max-softmax
+/// confidence), each measured with real early exit on `loader`. A budget
+/// below the first exit's cost is skipped; a method that finds nothing within
+/// the budget is left out.
 pub fn method_comparison(
     model: &dyn MultiExit,
     loader: &Loader,
     holdout: (&ExitLogits, &[u32]),
     mflops: &[f64],
-    fractions: &[f64],
+    budgets: &[f64],
     methods: &[ThresholdMethod],
 ) -> Result<Vec<MethodPoint>> {
     use anytime_calibrate::{Fallback, GaParams, genetic_search, solve_budget};
     let scores = ExitScores::from_logits(holdout.0, holdout.1, Confidence::MaxSoftmax)?;
-    let full = mflops.last().copied().unwrap_or(0.0);
     let sweep = sweep_q(&scores, mflops, &anytime_calibrate::default_qs())?;
     let mut points = Vec::new();
-    for &f in fractions {
-        let budget = f * full;
-        if budget < mflops[0] {
+    for &budget in budgets {
+        if mflops.first().is_none_or(|&c0| budget < c0) {
             continue;
         }
         for &method in methods {
@@ -192,8 +205,8 @@ pub struct Request {
     pub calibration: Option<(String, Thresholds)>,
     /// The q sweep ([`sweep_qs`]), thresholds from this held-out split.
     pub sweep_holdout: Option<Arc<Dataset>>,
-    /// The threshold methods compared at [`method_fractions`] of the full
-    /// cost, thresholds from this held-out split.
+    /// The threshold methods compared at the [`method_budgets`],
+    /// thresholds from this held-out split.
     pub methods_holdout: Option<Arc<Dataset>>,
 }
 
@@ -249,7 +262,7 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
             &loader,
             (&logits, &labels),
             &mflops,
-            &method_fractions(),
+            &method_budgets(&mflops),
             &ThresholdMethod::ALL,
         )?);
     }

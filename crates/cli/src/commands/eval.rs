@@ -52,7 +52,8 @@ pub struct Args {
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Also compare the threshold searches (q rule, budget solver, genetic,
-    /// genetic with the ensemble fallback) at 20–80 % of the full cost:
+    /// genetic with the ensemble fallback) at seven budgets from the first
+    /// exit's cost to three quarters of the way to the last exit's:
     /// thresholds from the held-out split, real early exit on the evaluated
     /// images.
     #[arg(long)]
