@@ -196,6 +196,9 @@ pub fn scan_loss() -> LossConfig {
 /// Epochs of `scan-resnet18-fmnist`'s main stage (see [`recipe`]).
 const SCAN_FMNIST_EPOCHS: usize = 24;
 
+/// Epochs of `scan-resnet18-fmnist`'s second cosine cycle.
+const SCAN_RESTART_EPOCHS: usize = 16;
+
 /// Epochs of `scan-resnet18-fmnist`'s weight-averaging stage.
 const SCAN_SWA_EPOCHS: usize = 4;
 
@@ -264,6 +267,17 @@ pub fn recipe(model: &str) -> Result<Recipe> {
         "scan-resnet18-fmnist" => Recipe {
             stages: vec![
                 Stage { name: "main", spec: scan_spec(SCAN_FMNIST_EPOCHS) },
+                // A second cosine cycle (a warm restart) from the main
+                // stage's weights: its 24 epochs ended at 93.89 % test with
+                // the held-out accuracy still rising.
+                Stage {
+                    name: "restart",
+                    spec: TrainSpec {
+                        schedule: Schedule { lr: 0.05, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
+                        seed: 3,
+                        ..scan_spec(SCAN_RESTART_EPOCHS)
+                    },
+                },
                 // Weight averaging from the main stage's weights, with SCAN's
                 // loss and optimiser: one-epoch cosine cycles from lr 0.03.
                 Stage {
