@@ -10,6 +10,8 @@
 //!   recipe and in a later one with a frozen group and a stochastic
 //!   objective;
 //! - `scan`: SCAN's parity, costs and configuration errors through the CLI;
+//! - `gfnet`: GFNet's step loop (logits, actions, patch coordinates) against
+//!   the reference, its per-step costs and configuration errors;
 //! - `swa`: the weight-averaging stage;
 //! - `install`: the binary copied into a temporary root, run from an empty
 //!   directory; `download`: weights from a local stand-in for the hub.
@@ -20,6 +22,7 @@ mod adaptive;
 mod bad_input;
 mod download;
 mod flops;
+mod gfnet;
 mod hub;
 mod infer;
 mod install;

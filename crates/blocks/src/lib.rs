@@ -16,6 +16,7 @@
 //! - [`fusion`]: RANet's fusion layers and blocks (features of a coarser
 //!   sub-network resized and concatenated into a finer one);
 //! - [`residual`]: ResNet basic and bottleneck blocks;
+//! - [`resnet`]: torchvision's ResNet-18 … 152 (GFNet's ResNet encoders);
 //! - [`mode`]: train or eval mode per module, frozen prefixes.
 //!
 //! Every block loads its parameters through a `candle_nn::VarBuilder` under the
@@ -51,6 +52,7 @@ pub mod mobilenet;
 pub mod mode;
 pub mod multiscale;
 pub mod residual;
+pub mod resnet;
 pub mod se;
 pub mod stem;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //!   are `m.0.net.*`, `m.1.net.*` and `linear.*`, as in the reference.
 //! - [`LinearHead`]: global average pooling and a linear layer, the head of
 //!   ResNet-, DenseNet- or MobileNet-style multi-exit baselines.
+//! - [`gfnet`]: GFNet's patch policy and its cascade or recurrent classifier.
 //! - [`scan::ScanHead`]: SCAN's attention mask, ScalaNet shallow classifier
 //!   and linear layer.
 //!
@@ -38,6 +39,7 @@ use anytime_ops::pool::avg_pool2d;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+pub mod gfnet;
 pub mod scan;
 
 /// An exit classifier as a model's stages run and count it.

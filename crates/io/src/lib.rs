@@ -12,10 +12,15 @@
 //! - [`atomic_write`] / [`atomic_write_with`] replace files atomically; every write of this
 //!   crate goes through them, and other crates use them for checkpoints and results.
 //! - [`sha256_file`] and [`sha256_tensors`] identify weight files and weight sets.
+//! - [`synthetic`] makes weights from an integer formula any language reproduces, for parity
+//!   fixtures too large to store.
 //!
 //! Layout follows the reference PyTorch checkpoints of MSDNet (kalviny/MSDNet-PyTorch) and RANet
 //! (yangle15/RANet-pytorch): `{'epoch', 'arch', 'state_dict', 'best_prec1', 'optimizer'}` with
-//! `module.`-prefixed keys.
+//! `module.`-prefixed keys. GFNet's checkpoints (blackfeather-wang/GFNet-Pytorch: `train.py`'s
+//! `{'model_state_dict', 'model_prime_state_dict', 'fc', 'policy', ...}`, and the released files,
+//! legacy-format with `module.` encoder keys) load as one state dict under the prefixes
+//! `model.`, `model_prime.`, `fc.` and `policy.`.
 //!
 //! # Example
 //!
@@ -56,6 +61,7 @@ mod meta;
 mod pickle;
 mod pth;
 mod safetensors_io;
+pub mod synthetic;
 mod tensor_file;
 #[cfg(test)]
 mod testutil;

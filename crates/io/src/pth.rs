@@ -43,14 +43,23 @@ fn tensors_of(
     obj: &Obj,
     mut storage_of: impl FnMut(&str, &StorageRef) -> Result<Tensor>,
 ) -> Result<NamedTensors> {
-    let state_dict = find_state_dict(obj).map_err(|found| Error::NoStateDict { path: path.to_owned(), found })?;
-    let mut tensors = Vec::with_capacity(state_dict.len());
-    for (key, value) in state_dict {
+    let parts = find_state_dicts(obj).map_err(|found| Error::NoStateDict { path: path.to_owned(), found })?;
+    let mut tensors = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    for (prefix, (key, value)) in parts.iter().flat_map(|(prefix, dict)| dict.iter().map(move |e| (*prefix, e))) {
         let Some(key) = key.as_str() else {
             return Err(Error::NoStateDict {
                 path: path.to_owned(),
                 found: format!("a dict with a non-string key ({})", key.value.kind()),
             });
+        };
+        // A part of a composite checkpoint gets its prefix in place of
+        // `nn.DataParallel`'s `module.`.
+        let full;
+        let key = if prefix.is_empty() {
+            key
+        } else {
+            full = format!("{prefix}{}", key.strip_prefix("module.").unwrap_or(key));
+            full.as_str()
         };
         let bad = |problem: String| Error::BadTensor { path: path.to_owned(), key: key.to_owned(), problem };
         let spec = TensorSpec::parse(value).map_err(bad)?;
@@ -229,17 +238,33 @@ fn read_entry(archive: &mut ZipArchive<Cursor<&[u8]>>, name: &str) -> std::resul
     Ok(bytes)
 }
 
-/// Finds the state dict: the `state_dict`, `model_state_dict` or `model` entry of the top-level
-/// dict if one holds a dict, else the top-level dict itself if all its values are tensors.
+/// The entries of a GFNet checkpoint (`train.py` and the released files) that hold state dicts,
+/// and the prefixes their keys get (GFNet's encoders, classifier and policy).
+const GFNET_PARTS: [(&str, &str); 4] =
+    [("model_prime_state_dict", "model_prime."), ("model_state_dict", "model."), ("fc", "fc."), ("policy", "policy.")];
+
+/// A state dict and the prefix its keys get.
+type Part<'a> = (&'static str, &'a [(Obj, Obj)]);
+
+/// Finds the state dicts and the prefix each one's keys get:
+/// - a GFNet checkpoint (a top-level dict with a `model_prime_state_dict` dict): its
+///   `model_prime_state_dict`, `model_state_dict`, `fc` and `policy` dicts, under
+///   `model_prime.`, `model.`, `fc.` and `policy.`;
+/// - else the `state_dict`, `model_state_dict` or `model` entry of the top-level dict if one
+///   holds a dict, else the top-level dict itself if all its values are tensors (no prefix).
+///
 /// On failure, describes what the file holds instead.
-fn find_state_dict(obj: &Obj) -> std::result::Result<&[(Obj, Obj)], String> {
+fn find_state_dicts(obj: &Obj) -> std::result::Result<Vec<Part<'_>>, String> {
     let dict = obj.as_dict().ok_or_else(|| obj.value.kind())?;
     let entry = |name: &str| dict.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v);
+    if entry(GFNET_PARTS[0].0).and_then(|v| v.as_dict()).is_some() {
+        return Ok(GFNET_PARTS.iter().filter_map(|&(name, prefix)| Some((prefix, entry(name)?.as_dict()?))).collect());
+    }
     if let Some(inner) = STATE_DICT_KEYS.iter().find_map(|&name| entry(name)?.as_dict()) {
-        return Ok(inner);
+        return Ok(vec![("", inner)]);
     }
     if dict.iter().all(|(_, v)| matches!(v.value, Value::Call { .. })) {
-        return Ok(dict);
+        return Ok(vec![("", dict)]);
     }
     let keys: Vec<String> = dict.iter().take(10).map(|(k, _)| format!("{:?}", k.as_str().unwrap_or("?"))).collect();
     Err(format!("a dict with keys [{}]", keys.join(", ")))

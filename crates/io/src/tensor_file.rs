@@ -202,6 +202,30 @@ mod tests {
         assert!(matches!(err, Error::Legacy { .. }), "{err}");
     }
 
+    /// GFNet's two checkpoint forms (testdata/README.md): what `train.py` saves (zip, encoder
+    /// keys bare) and the released files (legacy, encoder keys with `module.`, metadata entries)
+    /// load as one state dict under `model.`, `model_prime.`, `fc.` and `policy.`; the optimiser
+    /// states and metadata are left out.
+    #[test]
+    fn gfnet_checkpoints_load_under_the_component_prefixes() {
+        for (name, format) in
+            [("gfnet_train.pth.tar", Format::PyTorchZip), ("gfnet_released.pth.tar", Format::PyTorchLegacy)]
+        {
+            let file = load_tensors(testdata(name)).unwrap();
+            assert_eq!(file.format, format, "{name}");
+            let values = |k: &str| file.tensors[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(values("model.conv_stem.weight"), (0..8).map(|i| i as f32).collect::<Vec<_>>(), "{name}");
+            assert_eq!(values("model_prime.bn1.running_var"), [1400.0, 1401.0], "{name}");
+            assert_eq!(values("fc.fc_3.bias"), [2300.0, 2301.0, 2302.0], "{name}");
+            assert_eq!(file.tensors["policy.state_encoder.0.weight"].dims(), &[2, 2, 1, 1], "{name}");
+            let prefixes = ["model.", "model_prime.", "fc.", "policy."];
+            assert!(file.tensors.keys().all(|k| prefixes.iter().any(|p| k.starts_with(p))), "{name}");
+            assert!(!file.tensors.keys().any(|k| k.contains("module.") || k.ends_with("num_batches_tracked")));
+            // 7 + 7 encoder tensors, 4 cascade heads, 11 policy tensors.
+            assert_eq!(file.tensors.len(), 29, "{name}: {:?}", file.tensors.keys());
+        }
+    }
+
     #[test]
     fn safetensors_copy_of_the_tiny_state_dict_loads_the_same() {
         // gen_testdata.py: safetensors.torch.save_file({k: v.contiguous() ...}, "tiny.safetensors")

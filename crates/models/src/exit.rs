@@ -139,6 +139,14 @@ pub trait MultiExit: Send + Sync {
     /// feature `[N, D]`.
     fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput>;
 
+    /// Named outputs of the stage [`MultiExit::advance`] ran last, besides
+    /// its logits and feature, each with the batch as its first dimension
+    /// (GFNet's focus steps: `actions` `[N, 2]` and patch `coords`, i32
+    /// `[N, 2]`). None for most models.
+    fn stage_extras(&self, _state: &mut ExitState) -> Vec<(&'static str, Tensor)> {
+        Vec::new()
+    }
+
     /// Logits and features of every exit, in order.
     ///
     /// # Shapes

@@ -1,5 +1,5 @@
 //! Multi-exit image classifiers assembled from `anytime` blocks: MSDNet, RANet,
-//! SCAN and the ResNet-MC / DenseNet-MC baselines, with the
+//! SCAN, GFNet and the ResNet-MC / DenseNet-MC baselines, with the
 //! [`MultiExit`] interface for lazy anytime evaluation and real early exit.
 //!
 //! ```
@@ -23,6 +23,7 @@
 pub mod densenet_mc;
 pub mod error;
 pub mod exit;
+pub mod gfnet;
 pub mod limits;
 pub mod msdnet;
 pub mod ranet;

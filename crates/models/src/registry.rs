@@ -9,6 +9,7 @@
 use crate::densenet_mc::DenseNetMcConfig;
 use crate::error::{ConfigError, ModelError, Result};
 use crate::exit::MultiExit;
+use crate::gfnet::GfnetConfig;
 use crate::msdnet::{MsdNetConfig, Prune, StepMode};
 use crate::ranet::RaNetConfig;
 use crate::resnet_mc::ResNetMcConfig;
@@ -70,6 +71,7 @@ pub static ARCHS: &[Arch] = &[
     Arch::of::<ResNetMcConfig>(),
     Arch::of::<DenseNetMcConfig>(),
     Arch::of::<ScanConfig>(),
+    Arch::of::<GfnetConfig>(),
 ];
 
 /// The table entry named `name`, or an error listing the known ones.

@@ -19,8 +19,13 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Also count batch norm, resizing, concatenation and bias adds.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "macs")]
     complete: bool,
+    /// Count multiply-accumulates only (convolutions, linear layers,
+    /// recurrent cells). Default: the model's own rule (GFNet's is this one;
+    /// the others follow the MSDNet/RANet reference counter).
+    #[arg(long)]
+    macs: bool,
 }
 
 /// Runs the command.
@@ -33,13 +38,23 @@ pub fn run(a: Args) -> Result<()> {
     };
     anytime_models::exit::check_input(model.as_ref(), &[1, model.in_channels(), h, w])?;
     let costs = model.exit_costs(h, w)?;
-    let mode = if a.complete { Mode::Complete } else { Mode::Reference };
+    let mode = match (a.complete, a.macs) {
+        (true, _) => Mode::Complete,
+        (_, true) => Mode::Macs,
+        _ => costs.headline,
+    };
+    let counting = match mode {
+        Mode::Reference => "reference",
+        Mode::Complete => "complete",
+        Mode::Macs => "multiply-accumulate",
+    };
     if a.json {
         let mut v = serde_json::json!({
             "flops": costs.flops(mode).iter().map(|&f| f as f64).collect::<Vec<_>>(),
             "params": costs.params(),
             "total_parameters": costs.total.params,
             "input_hw": [h, w],
+            "counting": counting,
         });
         if a.complete {
             v["breakdown"] = serde_json::to_value(&costs.exits)?;
@@ -47,7 +62,7 @@ pub fn run(a: Args) -> Result<()> {
         outln!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
-    outln!("{} at {h}x{w} ({} counting)", cfg.arch(), if a.complete { "complete" } else { "reference" });
+    outln!("{} at {h}x{w} ({counting} counting)", cfg.arch());
     outln!("{:>4}  {:>12}  {:>10}", "exit", "MFLOPs", "M params");
     for (i, (f, p)) in costs.mflops(mode).iter().zip(costs.params()).enumerate() {
         outln!("{i:>4}  {f:>12.2}  {:>10.4}", p as f64 / 1e6);

@@ -1,5 +1,6 @@
 //! `anytime infer`: every exit's logits (and, with `--features`, every exit's
-//! feature) for an input tensor.
+//! feature, and whatever else a model's steps produce, such as GFNet's
+//! actions and patch coordinates) for an input tensor.
 
 use super::ModelArgs;
 use anyhow::{Context, Result, bail};
@@ -21,7 +22,9 @@ pub struct Args {
     /// Input safetensors file holding `input`, an f32 tensor [N, C, H, W].
     #[arg(long)]
     input: PathBuf,
-    /// Output safetensors file; receives `logits.<i>` [N, classes] per exit.
+    /// Output safetensors file; receives `logits.<i>` [N, classes] per exit
+    /// (GFNet also `actions.<i>` f32 [N, 2] and `coords.<i>` i32 [N, 2], row
+    /// then column, for each focus step i ≥ 1).
     #[arg(long)]
     output: PathBuf,
     /// Also write `features.<i>` [N, D] per exit: the vector exit i's last
@@ -107,20 +110,27 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_model(&cfg, &a.weights)?;
     let input = read_input(&a.input, model.as_ref())?;
     let n = input.dim(0)?;
-    let mut parts: Vec<(Vec<Tensor>, Vec<Tensor>)> = Vec::new();
+    // Per output name, the chunks in order: `logits.<k>`, `features.<k>`
+    // and each stage's extras (`<name>.<k>`, e.g. GFNet's actions).
+    let mut parts: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    let mode = anytime_blocks::Mode::eval();
     for start in (0..n).step_by(CHUNK) {
         let xs = input.narrow(0, start, CHUNK.min(n - start))?;
-        let exits = model.forward_exits(&xs, &anytime_blocks::Mode::eval())?;
-        parts.push(exits.into_iter().map(|o| (o.logits, o.feature)).unzip());
+        let mut state = model.begin(&xs, &mode)?;
+        for k in 0..model.num_exits() {
+            let o = model.advance(&mut state, &mode)?;
+            parts.entry(format!("logits.{k}")).or_default().push(o.logits);
+            if a.features {
+                parts.entry(format!("features.{k}")).or_default().push(o.feature);
+            }
+            for (name, t) in model.stage_extras(&mut state) {
+                parts.entry(format!("{name}.{k}")).or_default().push(t);
+            }
+        }
     }
     let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
-    for i in 0..model.num_exits() {
-        let logits: Vec<&Tensor> = parts.iter().map(|p| &p.0[i]).collect();
-        out.insert(format!("logits.{i}"), Tensor::cat(&logits, 0)?);
-        if a.features {
-            let features: Vec<&Tensor> = parts.iter().map(|p| &p.1[i]).collect();
-            out.insert(format!("features.{i}"), Tensor::cat(&features, 0)?);
-        }
+    for (name, chunks) in parts {
+        out.insert(name, Tensor::cat(&chunks, 0)?);
     }
     let bytes = safetensors::serialize(out.iter(), None).context("cannot serialise the outputs")?;
     anytime_io::atomic_write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
