@@ -10,6 +10,8 @@
 //!   a prefetching, shuffling batch iterator that yields Candle tensors;
 //! - [`idx`]: the IDX format;
 //! - [`cifar`]: CIFAR-10/100 binary batches;
+//! - [`cluttered`]: seeded cluttered canvases (GFNet's cluttered Fashion-MNIST),
+//!   fixed for evaluation or fresh every epoch for training;
 //! - [`folder`] and [`image`]: image folders and single PNG/JPEG images.
 //!
 //! ```
@@ -26,6 +28,7 @@
 //! ```
 
 pub mod cifar;
+pub mod cluttered;
 pub mod dataset;
 pub mod error;
 pub mod fmnist;

@@ -5,6 +5,7 @@
 //! `(seed, epoch, sample index)`, never on thread timing, so training is
 //! reproducible and can resume at any batch.
 
+use crate::cluttered::ClutterSpec;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -58,6 +59,7 @@ fn mix(a: u64, b: u64, c: u64) -> u64 {
 pub struct Loader {
     ds: Arc<Dataset>,
     cfg: BatchConfig,
+    clutter: Option<ClutterSpec>,
 }
 
 impl Loader {
@@ -69,7 +71,26 @@ impl Loader {
         if ds.is_empty() {
             return Err(Error::Invalid(format!("{}: no samples", ds.name)));
         }
-        Ok(Self { ds, cfg })
+        Ok(Self { ds, cfg, clutter: None })
+    }
+
+    /// The same loader, each sample placed on a fresh cluttered canvas
+    /// ([`crate::cluttered`]) drawn from a generator seeded by (seed, epoch,
+    /// sample), in place of the augmentation.
+    pub fn with_clutter(mut self, spec: ClutterSpec) -> Result<Self> {
+        spec.check(self.ds.image_shape(), self.ds.len())?;
+        self.clutter = Some(spec);
+        Ok(self)
+    }
+
+    /// `(channels, height, width)` of the samples this loader yields (the
+    /// canvas with clutter, else the dataset's images).
+    pub fn sample_shape(&self) -> (usize, usize, usize) {
+        let (c, h, w) = self.ds.image_shape();
+        match self.clutter {
+            Some(spec) => (c, spec.canvas, spec.canvas),
+            None => (c, h, w),
+        }
     }
 
     /// The dataset.
@@ -99,6 +120,16 @@ impl Loader {
         let norm = self.ds.normalization();
         let aug = self.cfg.augment;
         let mut rng = ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, epoch as u64, i as u64));
+        if let Some(spec) = &self.clutter {
+            let mut canvas = vec![0u8; out.len()];
+            crate::cluttered::compose(&self.ds, i, spec, &mut rng, &mut canvas);
+            let plane = spec.canvas * spec.canvas;
+            for (k, (o, p)) in out.iter_mut().zip(&canvas).enumerate() {
+                let ch = k / plane;
+                *o = (*p as f32 / 255.0 - norm.mean[ch]) / norm.std[ch];
+            }
+            return;
+        }
         let (dy, dx) = match aug.pad_crop {
             Some(p) if p > 0 => {
                 (rng.random_range(0..=2 * p) as isize - p as isize, rng.random_range(0..=2 * p) as isize - p as isize)
@@ -175,7 +206,7 @@ impl Loader {
 
     /// Builds the batch of the given sample indices.
     pub fn batch(&self, epoch: usize, indices: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
-        let (c, h, w) = self.ds.image_shape();
+        let (c, h, w) = self.sample_shape();
         let per = c * h * w;
         let mut pixels = vec![0f32; indices.len() * per];
         pixels.par_chunks_mut(per).zip(indices.par_iter()).for_each(|(out, &i)| self.sample(epoch, i, out));
@@ -275,6 +306,32 @@ mod tests {
         assert_ne!(a, c);
         // Without augmentation, pixel 0 of image 0 is (0/255 - 0.5) / 0.5.
         assert_eq!(c[0], -1.0);
+    }
+
+    /// Training canvases change every epoch, repeat for a given (seed,
+    /// epoch), and keep the labels.
+    #[test]
+    fn cluttered_batches_are_fresh_per_epoch_and_reproducible() {
+        let ds = Arc::new(
+            crate::fmnist::fashion_mnist(&crate::fmnist::fashion_mnist_sample_dir(), crate::fmnist::Split::Test)
+                .unwrap()
+                .take(16)
+                .unwrap(),
+        );
+        let cfg = BatchConfig { batch_size: 4, shuffle: false, seed: 3, augment: Augment::default(), drop_last: false };
+        let l = Loader::new(ds.clone(), cfg).unwrap().with_clutter(ClutterSpec::default()).unwrap();
+        assert_eq!(l.sample_shape(), (1, 96, 96));
+        let get = |e| l.batch(e, &[0, 1, 2, 3], &Device::Cpu).unwrap();
+        let ((a, ya), (b, _), (c, _)) = (get(0), get(0), get(1));
+        assert_eq!(a.dims(), &[4, 1, 96, 96]);
+        assert_eq!(ya.to_vec1::<u32>().unwrap(), &ds.labels()[..4]);
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&a), v(&b));
+        assert_ne!(v(&a), v(&c));
+        // A 28x28 image does not fit a 20x20 canvas.
+        assert!(
+            Loader::new(ds, cfg).unwrap().with_clutter(ClutterSpec { canvas: 20, ..ClutterSpec::default() }).is_err()
+        );
     }
 
     #[test]

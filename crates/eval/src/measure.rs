@@ -45,7 +45,7 @@ pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLo
 /// Cumulative MFLOPs per image at each exit for the loader's image size
 /// (reference counting).
 pub fn exit_mflops(model: &dyn MultiExit, loader: &Loader) -> Result<Vec<f64>> {
-    let (_, h, w) = loader.dataset().image_shape();
+    let (_, h, w) = loader.sample_shape();
     Ok(model.exit_costs(h, w)?.mflops(anytime_flops::Mode::Reference))
 }
 
