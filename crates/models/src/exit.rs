@@ -139,6 +139,13 @@ pub trait MultiExit: Send + Sync {
     /// feature `[N, D]`.
     fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput>;
 
+    /// The model as `Any`, for code that needs the concrete type (a
+    /// model-specific training objective, such as GFNet's policy gradient);
+    /// `None` for models that need no such access.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// Named outputs of the stage [`MultiExit::advance`] ran last, besides
     /// its logits and feature, each with the batch as its first dimension
     /// (GFNet's focus steps: `actions` `[N, 2]` and patch `coords`, i32

@@ -273,12 +273,13 @@ impl GfnetConfig {
             feature_num: 0,
             policy_hidden_dim: 0,
             fc_hidden_dim: None,
-            in_channels: obj.get("in_channels").map_or(Ok(3), |x| count("in_channels", x))?,
+            in_channels: obj.get("in_channels").filter(|x| !x.is_null()).map_or(Ok(3), |x| count("in_channels", x))?,
         };
         let family = cfg.family()?;
-        let opt = |name: &str| obj.get(name).map(|x| count(name, x)).transpose();
+        // An optional member given as `null` counts as absent (Python's `None`).
+        let opt = |name: &str| obj.get(name).filter(|x| !x.is_null()).map(|x| count(name, x)).transpose();
         let mobilenet = matches!(family, Family::MobileNet { .. });
-        cfg.channel_multiplier = match (obj.get("channel_multiplier"), &family) {
+        cfg.channel_multiplier = match (obj.get("channel_multiplier").filter(|x| !x.is_null()), &family) {
             (Some(x), _) => x.as_f64().ok_or_else(|| bad(format!("`channel_multiplier` must be a number, got {x}")))?,
             (None, Family::MobileNet { multiplier }) => *multiplier,
             (None, Family::ResNet(_)) => 1.0,
@@ -384,6 +385,92 @@ impl Gfnet {
         &self.cfg
     }
 
+    /// A training pass over `xs`, as GFNet's `train.py` runs one: the glance,
+    /// then `T − 1` focus steps at the actions `choose(step, mean)` returns
+    /// (`[N, 2]` in [0, 1]; `mean` is the policy's, `Some` when
+    /// `run_policy`). A module outside training in `mode` (a frozen
+    /// `model_prime`, `model` or `fc`) runs without gradient, as the
+    /// reference's `torch.no_grad()` blocks; maps are always detached (the
+    /// encoders return `x.detach()`).
+    pub fn rollout(
+        &self,
+        xs: &Tensor,
+        mode: &Mode,
+        run_policy: bool,
+        choose: &mut dyn FnMut(usize, Option<&Tensor>) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Rollout> {
+        check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let p = self.cfg.patch_size;
+        let grad = |t: Tensor, module: &str| if mode.trains(module) { t } else { t.detach() };
+        let glance = anytime_ops::resize::bicubic(xs, (p, p), true)?;
+        let g = self.glance.forward_t(&glance, mode)?;
+        let feature = grad(g.feature, "model_prime");
+        let own = grad(self.glance.classify(&feature)?, "model_prime");
+        let mut out = Rollout {
+            logits: Vec::new(),
+            dsn: vec![own.clone()],
+            actions: Vec::new(),
+            means: Vec::new(),
+            values: Vec::new(),
+        };
+        let (mut feats, mut fc_h) = (None, None);
+        if self.cfg.is_mobilenet() {
+            feats = Some(feature);
+            out.logits.push(own);
+        } else {
+            let (h, logits) = self.fc.recurrent_step(&feature, None)?;
+            fc_h = Some(grad(h, "fc"));
+            out.logits.push(grad(logits, "fc"));
+        }
+        let mut map = g.map.detach();
+        let mut policy_h: Option<Tensor> = None;
+        for k in 1..self.cfg.t {
+            let mean = if run_policy {
+                let (h, mean) = self.policy.act(&map, policy_h.as_ref())?;
+                out.values.push(self.policy.value(&h)?.squeeze(1)?);
+                policy_h = Some(h);
+                Some(mean)
+            } else {
+                None
+            };
+            let action = choose(k, mean.as_ref())?.detach();
+            if action.dims() != [xs.dim(0)?, 2] {
+                bail!("gfnet: step {k}'s action must be [N, 2], got {:?}", action.dims())
+            }
+            let enc = self.focus.forward_t(&self.crop(xs, &self.coords(&action)?)?, mode)?;
+            let feature = grad(enc.feature, "model");
+            out.dsn.push(grad(self.focus.classify(&feature)?, "model"));
+            let logits = match feats.take() {
+                Some(f) => {
+                    let all = Tensor::cat(&[&f, &feature], 1)?;
+                    let logits = self.fc.cascade_logits(&all)?;
+                    feats = Some(all);
+                    logits
+                }
+                None => {
+                    let (h, logits) = self.fc.recurrent_step(&feature, fc_h.as_ref())?;
+                    fc_h = Some(h);
+                    logits
+                }
+            };
+            out.logits.push(grad(logits, "fc"));
+            map = enc.map.detach();
+            out.actions.push(action);
+            if let Some(m) = mean {
+                out.means.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The patch positions of actions `[N, 2]`: ⌊a·(H − P)⌋ computed in
+    /// f32 as the reference does, (row, column).
+    fn coords(&self, action: &Tensor) -> candle_core::Result<Vec<[i32; 2]>> {
+        let room = (self.cfg.image_size - self.cfg.patch_size) as f32;
+        let scaled = action.to_dtype(DType::F32)?.affine(room as f64, 0.0)?.floor()?.to_vec2::<f32>()?;
+        Ok(scaled.iter().map(|rc| [rc[0].clamp(0.0, room) as i32, rc[1].clamp(0.0, room) as i32]).collect())
+    }
+
     /// The patches `[N, C, P, P]` at rows/columns `coords` of `image`.
     fn crop(&self, image: &Tensor, coords: &[[i32; 2]]) -> candle_core::Result<Tensor> {
         let p = self.cfg.patch_size;
@@ -394,6 +481,27 @@ impl Gfnet {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::stack(&patches, 0)
     }
+}
+
+/// A training pass of GFNet ([`Gfnet::rollout`]): every step's outputs, in
+/// step order.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// Each step's logits `[N, classes]` (the glance's own classifier at step
+    /// 0 for MobileNet models, else the cascade or recurrent classifier).
+    pub logits: Vec<Tensor>,
+    /// Each step's encoder's own classifier (`classifier` or `fc` of
+    /// `model_prime` at step 0, of `model` after): the reference's
+    /// deep-supervision (`dsn`) outputs.
+    pub dsn: Vec<Tensor>,
+    /// Each focus step's action `[N, 2]` (what the chooser returned).
+    pub actions: Vec<Tensor>,
+    /// Each focus step's policy mean `[N, 2]` (empty when the policy did not
+    /// run).
+    pub means: Vec<Tensor>,
+    /// Each focus step's critic value `[N]` (empty when the policy did not
+    /// run).
+    pub values: Vec<Tensor>,
 }
 
 /// What a GFNet pass carries between steps, per sample.
@@ -492,19 +600,14 @@ impl MultiExit for Gfnet {
             bail!("gfnet: all {} steps have run", self.cfg.t)
         }
         let Some(carry) = state.carry_mut::<Carry>() else { bail!("gfnet: the pass was not started by gfnet") };
-        let (p, size) = (self.cfg.patch_size, self.cfg.image_size);
+        let p = self.cfg.patch_size;
         let enc = if k == 0 {
             let glance = anytime_ops::resize::bicubic(&carry.image, (p, p), true)?;
             self.glance.forward_t(&glance, mode)?
         } else {
             let Some(map) = &carry.map else { bail!("gfnet: step {k} has no map from step {}", k - 1) };
             let (h, mean) = self.policy.act(map, carry.policy_h.as_ref())?;
-            // ⌊a·(H − P)⌋ in f32, as the reference.
-            let scaled = mean.affine((size - p) as f64, 0.0)?.floor()?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            let coords: Vec<[i32; 2]> = scaled
-                .iter()
-                .map(|rc| [rc[0].clamp(0.0, (size - p) as f32) as i32, rc[1].clamp(0.0, (size - p) as f32) as i32])
-                .collect();
+            let coords = self.coords(&mean)?;
             let patches = self.crop(&carry.image, &coords)?;
             let flat: Vec<i32> = coords.iter().flatten().copied().collect();
             let coords = Tensor::from_vec(flat, (coords.len(), 2), mean.device())?;
@@ -531,6 +634,10 @@ impl MultiExit for Gfnet {
         };
         state.finish_stage();
         Ok(out)
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     fn stage_extras(&self, state: &mut ExitState) -> Vec<(&'static str, Tensor)> {
@@ -596,6 +703,8 @@ mod tests {
             "image_size": 64, "patch_size": 32, "T": 2}))
         .unwrap();
         assert_eq!(big.channel_multiplier, 1.25);
+        // `null` (Python's None, as configs.py writes fc_hidden_dim) is absent.
+        assert_eq!(GfnetConfig::from_json(&with("fc_hidden_dim", Value::Null)).unwrap(), m);
         // The JSON written back reads back the same.
         for c in [m, r, big] {
             assert_eq!(GfnetConfig::from_json(&serde_json::to_value(&c).unwrap()).unwrap(), c);

@@ -31,6 +31,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod gfnet;
 pub mod init;
 pub mod loss;
 pub mod metrics;

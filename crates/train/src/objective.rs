@@ -16,7 +16,10 @@
 //!   optional self-distillation and feature hint;
 //! - [`ObjectiveConfig::RandomExitWeights`]: the same loss with every exit's
 //!   weight scaled, each step, by a factor drawn from the step's generator
-//!   (stochastic exit weighting).
+//!   (stochastic exit weighting);
+//! - [`ObjectiveConfig::GfnetPatches`] and [`ObjectiveConfig::GfnetPpo`]:
+//!   GFNet's classification loss on random or policy-sampled patches, and
+//!   its policy-gradient update ([`crate::gfnet`]).
 //!
 //! Every model call of training (the step, evaluation and batch-norm
 //! recalibration) goes through [`forward`].
@@ -94,7 +97,7 @@ pub trait Objective: Send + Sync {
 }
 
 /// The built-in objectives, by name in a spec (`"kind": "..."`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ObjectiveConfig {
     /// The spec's multi-exit loss (per-exit cross-entropy, optional
@@ -105,12 +108,48 @@ pub enum ObjectiveConfig {
     /// step, by a factor drawn uniformly from `[0, 2)` (mean 1) with the
     /// step's generator.
     RandomExitWeights,
+    /// GFNet's classification loss (`train.py` stages 1 and 3, lines
+    /// 283-355): `(Σ_t CE(logits_t) + dsn_ratio · Σ_t CE(dsn_t)) / T`, the
+    /// patches at uniform random positions (stage 1) or sampled from the
+    /// policy (stage 3).
+    GfnetPatches {
+        /// Weight of the encoders' own classifiers (5 for MobileNet).
+        dsn_ratio: f64,
+        /// `None`: uniform random actions (`torch.rand`); `Some(std)`: the
+        /// policy's mean plus Gaussian noise of this standard deviation,
+        /// clamped to [0, 1].
+        policy_std: Option<f64>,
+    },
+    /// GFNet's policy update (`train.py` stage 2, `network.py` `PPO`):
+    /// actions sampled from N(mean, std²) and clamped to [0, 1], rewards
+    /// the step's gain in the true class's probability, returns discounted
+    /// by `gamma` and normalised over the batch's steps, loss
+    /// `−ratio·advantage + value_coef·MSE(value, return)` (one update per
+    /// batch, so the ratio is 1 and the clip never acts; a fixed standard
+    /// deviation gives the entropy bonus no gradient).
+    GfnetPpo {
+        /// The action noise's standard deviation (0.1).
+        std: f64,
+        /// Discount over steps (0.7).
+        gamma: f64,
+        /// Weight of the critic's squared error (0.5).
+        value_coef: f64,
+    },
 }
 
 impl ObjectiveConfig {
     /// The objective with `loss` as its multi-exit loss.
     pub fn build(&self, loss: &LossConfig) -> Box<dyn Objective> {
-        Box::new(MultiExitObjective { loss: loss.clone(), random_weights: *self == Self::RandomExitWeights })
+        match *self {
+            Self::MultiExitCe => Box::new(MultiExitObjective { loss: loss.clone(), random_weights: false }),
+            Self::RandomExitWeights => Box::new(MultiExitObjective { loss: loss.clone(), random_weights: true }),
+            Self::GfnetPatches { dsn_ratio, policy_std } => {
+                Box::new(crate::gfnet::PatchObjective { dsn_ratio, policy_std })
+            }
+            Self::GfnetPpo { std, gamma, value_coef } => {
+                Box::new(crate::gfnet::PpoObjective { std, gamma, value_coef })
+            }
+        }
     }
 }
 
