@@ -138,6 +138,35 @@ pub enum ObjectiveConfig {
 }
 
 impl ObjectiveConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match *self {
+            Self::MultiExitCe | Self::RandomExitWeights => Ok(()),
+            Self::GfnetPatches { dsn_ratio, policy_std } => {
+                if !(dsn_ratio.is_finite() && dsn_ratio >= 0.0) {
+                    return Err(format!("gfnet_patches: dsn_ratio must be a finite number >= 0, got {dsn_ratio}"));
+                }
+                match policy_std {
+                    Some(s) if !(s.is_finite() && s > 0.0) => {
+                        Err(format!("gfnet_patches: policy_std must be a finite number > 0, got {s}"))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Self::GfnetPpo { std, gamma, value_coef } => {
+                if !(std.is_finite() && std > 0.0) {
+                    Err(format!("gfnet_ppo: std must be a finite number > 0, got {std}"))
+                } else if !(0.0..=1.0).contains(&gamma) {
+                    Err(format!("gfnet_ppo: gamma must be in [0, 1], got {gamma}"))
+                } else if !(value_coef.is_finite() && value_coef >= 0.0) {
+                    Err(format!("gfnet_ppo: value_coef must be a finite number >= 0, got {value_coef}"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// The objective with `loss` as its multi-exit loss.
     pub fn build(&self, loss: &LossConfig) -> Box<dyn Objective> {
         match *self {

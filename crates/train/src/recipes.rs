@@ -202,6 +202,12 @@ const SCAN_RESTART_EPOCHS: usize = 16;
 /// Epochs of `scan-resnet18-fmnist`'s weight-averaging stage.
 const SCAN_SWA_EPOCHS: usize = 4;
 
+/// Epochs of `gfnet-mnv3-cluttered-fmnist`'s four stages, sized from a
+/// measured stage-0 step: 64–70 images/s at batch 64 while another training
+/// run shared the 2-core machine (about 140 alone, so ~6.5 minutes per
+/// 55,000-image epoch), about 1.5 hours in all.
+const GFNET_EPOCHS: [usize; 4] = [6, 4, 2, 3];
+
 /// The SCAN ablation's registry models: attention and distillation, each on
 /// or off.
 pub const SCAN_ABLATION: [&str; 4] =
@@ -221,6 +227,69 @@ fn scan_spec(epochs: usize) -> TrainSpec {
         checkpoint_minutes: 4.0,
         ..fmnist_spec(epochs)
     }
+}
+
+/// GFNet's stages for `gfnet-mnv3-cluttered-fmnist` (`train.py`,
+/// `configs.py`; we have no ImageNet weights, hence stage 0):
+/// - `pretrain`: both encoders and the classifier on random patches, the
+///   glance encoder on the whole canvas (resized to 48), nothing frozen
+///   but the unused policy; `(Σ CE + 5·Σ dsn CE) / T`;
+/// - `patches` (the reference's stage 1): the same loss with the glance
+///   encoder frozen (eval mode, as the reference for MobileNet), the
+///   classifier at 5× the encoder's learning rate (0.1 against 0.005 in
+///   `configs.py`, scaled to our from-scratch encoders);
+/// - `policy` (stage 2): the policy alone by GFNet's PPO (std 0.1, γ 0.7,
+///   critic weight 0.5), Adam at 3e-4, everything else frozen;
+/// - `finetune` (stage 3): encoder and classifier on policy-sampled patches,
+///   glance encoder and policy frozen.
+///
+/// SGD with Nesterov momentum 0.9 and weight decay 1e-4 (`configs.py`),
+/// cosine schedules, batch 64.
+fn gfnet_stages(epochs: [usize; 4]) -> Vec<Stage> {
+    let patches = |policy_std| ObjectiveConfig::GfnetPatches { dsn_ratio: 5.0, policy_std };
+    let frozen = |p: &str| ParamGroup { frozen: true, ..ParamGroup::new(p) };
+    let sgd = |epochs, lr, objective, groups| TrainSpec {
+        objective,
+        groups,
+        schedule: Schedule { lr, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
+        checkpoint_minutes: 4.0,
+        ..fmnist_spec(epochs)
+    };
+    vec![
+        Stage { name: "pretrain", spec: sgd(epochs[0], 0.1, patches(None), vec![frozen("policy")]) },
+        Stage {
+            name: "patches",
+            spec: sgd(
+                epochs[1],
+                0.02,
+                patches(None),
+                vec![frozen("model_prime"), frozen("policy"), ParamGroup { lr_mult: 5.0, ..ParamGroup::new("fc") }],
+            ),
+        },
+        Stage {
+            name: "policy",
+            spec: TrainSpec {
+                optim: OptimConfig::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+                schedule: Schedule {
+                    lr: 3e-4,
+                    kind: ScheduleKind::Multistep { milestones: Vec::new(), gamma: 1.0 },
+                    warmup_epochs: 0.0,
+                },
+                objective: ObjectiveConfig::GfnetPpo { std: 0.1, gamma: 0.7, value_coef: 0.5 },
+                groups: vec![frozen("model_prime"), frozen("model"), frozen("fc")],
+                seed: 4,
+                checkpoint_minutes: 4.0,
+                ..fmnist_spec(epochs[2])
+            },
+        },
+        Stage {
+            name: "finetune",
+            spec: TrainSpec {
+                seed: 5,
+                ..sgd(epochs[3], 0.01, patches(Some(0.1)), vec![frozen("model_prime"), frozen("policy")])
+            },
+        },
+    ]
 }
 
 const FMNIST_AUG: Augment = Augment { pad_crop: Some(2), hflip: true, random_resized_crop: None };
@@ -296,6 +365,13 @@ pub fn recipe(model: &str) -> Result<Recipe> {
             ],
             batch_size: 128,
             ..fmnist("scan-resnet18-fmnist", SCAN_FMNIST_EPOCHS)
+        },
+        // Cluttered canvases are made fresh every epoch in place of the
+        // augmentation (the registry entry's data).
+        "gfnet-mnv3-cluttered-fmnist" => Recipe {
+            stages: gfnet_stages(GFNET_EPOCHS),
+            augment: Augment::default(),
+            ..fmnist("gfnet-mnv3-cluttered-fmnist", GFNET_EPOCHS[0])
         },
         "msdnet-tiny" => Recipe {
             stages: vec![

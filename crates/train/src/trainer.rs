@@ -104,6 +104,7 @@ impl TrainSpec {
         self.optim.validate().map_err(e)?;
         self.schedule.validate().map_err(e)?;
         self.loss.validate(exits).map_err(e)?;
+        self.objective.validate().map_err(e)?;
         if let Some(c) = self.clip_grad_norm {
             if c.is_nan() || c <= 0.0 {
                 return Err(e(format!("gradient clipping needs a norm > 0, got {c}")));

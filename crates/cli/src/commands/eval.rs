@@ -3,7 +3,7 @@
 use super::{WeightsArgs, load_registry_model};
 use anyhow::{Context, Result};
 use anytime_calibrate::Calibration;
-use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
+use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
 use anytime_eval::{EvalReport, Request, evaluate_model};
 use anytime_models::registry::lookup;
 use anytime_train::recipes::recipe;
@@ -72,14 +72,15 @@ impl From<EvalSplit> for anytime_eval::Split {
     }
 }
 
-/// Loads the requested split, padded as the model's registry entry says.
+/// Loads the requested split, padded (and cluttered) as the model's registry
+/// entry says.
 pub fn load_split(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> Result<anytime_data::dataset::Dataset> {
-    let pad = lookup(model)?.data.pad;
+    let data = &lookup(model)?.data;
     Ok(match split {
-        EvalSplit::Test => fashion_mnist(data_dir, Split::Test)?.pad(pad)?,
+        EvalSplit::Test => super::train::fmnist_test(data_dir, data)?,
         EvalSplit::Val => {
             let r = recipe(model)?;
-            let (_, val) = super::train::fmnist_splits(data_dir, pad, r.holdout, r.split_seed)?;
+            let (_, val) = super::train::fmnist_splits(data_dir, data, r.holdout, r.split_seed)?;
             Arc::try_unwrap(val).unwrap_or_else(|a| (*a).clone())
         }
     })

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use anytime_data::dataset::holdout_split;
 use anytime_data::fmnist::{DEFAULT_FASHION_MNIST_DIR, Split, fashion_mnist};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
-use anytime_models::registry::lookup;
+use anytime_models::registry::{Clutter, DataSpec, lookup};
 use anytime_train::metrics::EpochMetrics;
 use anytime_train::recipes::{Recipe, recipe};
 use anytime_train::{Observer, RunEnd, Start, StepProgress, Trainer};
@@ -116,17 +116,38 @@ impl Observer for Progress {
     }
 }
 
-/// Loads Fashion-MNIST's training set, padded by `pad` pixels (the
-/// registry entry's `data.pad`), and splits off the held-out images.
+/// Loads Fashion-MNIST's training set, padded as the registry entry's
+/// `data` says, and splits off the held-out images; for cluttered data the
+/// held-out images go on their fixed canvases (the training images stay
+/// plain: [`training_loader`] makes fresh canvases every epoch).
 pub fn fmnist_splits(
     data_dir: &Path,
-    pad: usize,
+    data: &DataSpec,
     holdout: usize,
     seed: u64,
 ) -> Result<(Arc<anytime_data::dataset::Dataset>, Arc<anytime_data::dataset::Dataset>)> {
-    let full = fashion_mnist(data_dir, Split::Train)?.pad(pad)?;
+    let full = fashion_mnist(data_dir, Split::Train)?.pad(data.pad)?;
     let (train, val) = holdout_split(&full, holdout, seed)?;
+    let val = match data.clutter {
+        Some(c) => anytime_data::cluttered::cluttered(&val, &clutter_spec(c), c.holdout_seed)?,
+        None => val,
+    };
     Ok((Arc::new(train), Arc::new(val)))
+}
+
+/// The data crate's spec of a registry entry's clutter.
+pub fn clutter_spec(c: Clutter) -> anytime_data::cluttered::ClutterSpec {
+    anytime_data::cluttered::ClutterSpec { canvas: c.canvas, fragments: c.fragments, fragment: c.fragment }
+}
+
+/// Fashion-MNIST's test images as the registry entry's `data` says:
+/// padded, and on their fixed canvases for cluttered data.
+pub fn fmnist_test(data_dir: &Path, data: &DataSpec) -> Result<anytime_data::dataset::Dataset> {
+    let test = fashion_mnist(data_dir, Split::Test)?.pad(data.pad)?;
+    Ok(match data.clutter {
+        Some(c) => anytime_data::cluttered::cluttered(&test, &clutter_spec(c), c.test_seed)?,
+        None => test,
+    })
 }
 
 /// Runs the command.
@@ -138,11 +159,15 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(e) = a.epochs {
         spec.epochs = e;
     }
-    let (train, val) = fmnist_splits(&a.data_dir, entry.data.pad, r.holdout, r.split_seed)?;
+    let (train, val) = fmnist_splits(&a.data_dir, &entry.data, r.holdout, r.split_seed)?;
     let train = Loader::new(
         train,
         BatchConfig { batch_size: r.batch_size, shuffle: true, seed: spec.seed, augment: r.augment, drop_last: true },
     )?;
+    let train = match entry.data.clutter {
+        Some(c) => train.with_clutter(clutter_spec(c))?,
+        None => train,
+    };
     let val = Loader::new(
         val,
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
