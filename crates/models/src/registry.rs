@@ -389,6 +389,13 @@ pub fn gfnet_mnv3_cluttered_fmnist() -> GfnetConfig {
     }
 }
 
+/// GFNet's comparison: the same MobileNetV3-Large x0.5 on the whole 96x96
+/// canvas, one step (a GFNet whose glance is the full image: T = 1, patch
+/// = image).
+pub fn mnv3_full_cluttered_fmnist() -> GfnetConfig {
+    GfnetConfig { patch_size: 96, t: 1, ..gfnet_mnv3_cluttered_fmnist() }
+}
+
 /// A tiny MSDNet (3 scales, 3 exits) for smoke tests and CI.
 pub fn msdnet_tiny() -> MsdNetConfig {
     MsdNetConfig { n_blocks: 3, n_channels: 4, base: 1, step: 1, growth_rate: 2, ..msdnet_fmnist() }
@@ -455,6 +462,13 @@ pub static REGISTRY: &[ModelEntry] = &[
         name: "gfnet-mnv3-cluttered-fmnist",
         description: "GFNet, MobileNetV3-Large x0.5 encoders, 48-pixel glance and patches, 4 steps, cluttered Fashion-MNIST 96x96",
         config: || ArchConfig::new(gfnet_mnv3_cluttered_fmnist()),
+        data: FMNIST_CLUTTERED96,
+        weights: None,
+    },
+    ModelEntry {
+        name: "mnv3-full-cluttered-fmnist",
+        description: "MobileNetV3-Large x0.5 on the whole 96x96 canvas (GFNet's full-image comparison), cluttered Fashion-MNIST",
+        config: || ArchConfig::new(mnv3_full_cluttered_fmnist()),
         data: FMNIST_CLUTTERED96,
         weights: None,
     },

@@ -373,6 +373,23 @@ pub fn recipe(model: &str) -> Result<Recipe> {
             augment: Augment::default(),
             ..fmnist("gfnet-mnv3-cluttered-fmnist", GFNET_EPOCHS[0])
         },
+        // The full-image comparison: one step, plain cross-entropy (its
+        // encoder's own classifier is its only exit), the pretraining
+        // stage's optimiser and as many epochs as GFNet's first two stages.
+        "mnv3-full-cluttered-fmnist" => Recipe {
+            stages: vec![Stage {
+                name: "main",
+                spec: TrainSpec {
+                    objective: ObjectiveConfig::GfnetPatches { dsn_ratio: 0.0, policy_std: None },
+                    groups: vec![ParamGroup { frozen: true, ..ParamGroup::new("policy") }],
+                    schedule: Schedule { lr: 0.1, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
+                    checkpoint_minutes: 4.0,
+                    ..fmnist_spec(GFNET_EPOCHS[0] + GFNET_EPOCHS[1])
+                },
+            }],
+            augment: Augment::default(),
+            ..fmnist("mnv3-full-cluttered-fmnist", GFNET_EPOCHS[0] + GFNET_EPOCHS[1])
+        },
         "msdnet-tiny" => Recipe {
             stages: vec![
                 Stage {
