@@ -128,3 +128,13 @@ fn r24_gfnet_flops_and_bad_configurations() {
         assert!(e.contains(&format!("`{member}`")), "{member}: {e}");
     }
 }
+
+/// `eval --patch-policy` (the learned policy's baselines) applies to GFNet
+/// models only, and names the accepted values.
+#[test]
+fn r24_patch_policy_option_is_checked() {
+    let e = fails(&["eval", "--model", "msdnet-fmnist", "--patch-policy", "centre"]);
+    assert!(e.contains("GFNet") && e.contains("msdnet"), "{e}");
+    let e = fails(&["eval", "--model", "msdnet-fmnist", "--patch-policy", "sideways"]);
+    assert!(e.contains("random:SEED"), "{e}");
+}

@@ -360,6 +360,63 @@ pub struct Gfnet {
     focus: Encoder,
     policy: Policy,
     fc: GfnetClassifier,
+    patches: PatchPolicy,
+}
+
+/// Where inference's focus steps look: the learned policy, or one of the
+/// baselines GFNet's policy is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatchPolicy {
+    /// The policy's action (the actor's mean).
+    #[default]
+    Learned,
+    /// Always the image's centre (a = (0.5, 0.5)).
+    Centre,
+    /// Uniform random positions, a function of the seed, the step and the
+    /// sample's row in its batch.
+    Random {
+        /// The positions' seed.
+        seed: u64,
+    },
+}
+
+impl std::fmt::Display for PatchPolicy {
+    /// The form [`PatchPolicy::from_str`](std::str::FromStr) reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Learned => f.write_str("learned"),
+            Self::Centre => f.write_str("centre"),
+            Self::Random { seed } => write!(f, "random:{seed}"),
+        }
+    }
+}
+
+impl std::str::FromStr for PatchPolicy {
+    type Err = String;
+
+    /// `learned`, `centre` (or `center`), `random` (seed 0) or `random:SEED`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "learned" => Ok(Self::Learned),
+            "centre" | "center" => Ok(Self::Centre),
+            "random" => Ok(Self::Random { seed: 0 }),
+            _ => match s.strip_prefix("random:").map(str::parse::<u64>) {
+                Some(Ok(seed)) => Ok(Self::Random { seed }),
+                _ => Err(format!("unknown patch policy '{s}' (learned, centre, random or random:SEED)")),
+            },
+        }
+    }
+}
+
+/// A uniform number in [0, 1) from `(seed, step, row, coordinate)`
+/// (SplitMix64's finaliser; 24 bits, exact in f32).
+fn uniform(seed: u64, step: usize, row: u32, coordinate: u64) -> f32 {
+    let mut z = seed ^ ((step as u64) << 40) ^ (u64::from(row) << 2) ^ coordinate;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 24) as f32
 }
 
 impl Gfnet {
@@ -377,7 +434,19 @@ impl Gfnet {
             (StateEncoder::Linear, GfnetClassifier::recurrent(vb.pp("fc"), cfg.feature_num, h, cfg.num_classes)?)
         };
         let policy = Policy::new(vb.pp("policy"), kind, focus.map_channels(), (s, s), cfg.policy_hidden_dim)?;
-        Ok(Self { cfg: cfg.clone(), glance, focus, policy, fc })
+        Ok(Self { cfg: cfg.clone(), glance, focus, policy, fc, patches: PatchPolicy::Learned })
+    }
+
+    /// The same network with inference's patches chosen by `patches` (the
+    /// learned policy by default).
+    pub fn with_patch_policy(mut self, patches: PatchPolicy) -> Self {
+        self.patches = patches;
+        self
+    }
+
+    /// How inference chooses its patches.
+    pub fn patch_policy(&self) -> PatchPolicy {
+        self.patches
     }
 
     /// The configuration.
@@ -509,6 +578,8 @@ pub struct Rollout {
 struct Carry {
     /// The full images `[N, C, H, W]`.
     image: Tensor,
+    /// Each sample's row in the batch the pass began with (u32 `[N]`).
+    rows: Tensor,
     /// The last step's feature map.
     map: Option<Tensor>,
     /// The policy's GRU state.
@@ -526,6 +597,7 @@ impl Compact for Carry {
     fn select(&self, keep: &[u32]) -> candle_core::Result<Self> {
         Ok(Self {
             image: self.image.select(keep)?,
+            rows: self.rows.select(keep)?,
             map: self.map.select(keep)?,
             policy_h: self.policy_h.select(keep)?,
             feats: self.feats.select(keep)?,
@@ -590,8 +662,10 @@ impl MultiExit for Gfnet {
 
     fn begin(&self, xs: &Tensor, _mode: &Mode) -> candle_core::Result<ExitState> {
         check_input(self, xs.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let carry = Carry { image: xs.clone(), map: None, policy_h: None, feats: None, fc_h: None, step: None };
-        Ok(ExitState::new(xs.dim(0)?, carry))
+        let n = xs.dim(0)?;
+        let rows = Tensor::arange(0u32, n as u32, xs.device())?;
+        let carry = Carry { image: xs.clone(), rows, map: None, policy_h: None, feats: None, fc_h: None, step: None };
+        Ok(ExitState::new(n, carry))
     }
 
     fn advance(&self, state: &mut ExitState, mode: &Mode) -> candle_core::Result<ExitOutput> {
@@ -606,12 +680,24 @@ impl MultiExit for Gfnet {
             self.glance.forward_t(&glance, mode)?
         } else {
             let Some(map) = &carry.map else { bail!("gfnet: step {k} has no map from step {}", k - 1) };
-            let (h, mean) = self.policy.act(map, carry.policy_h.as_ref())?;
+            let mean = match self.patches {
+                PatchPolicy::Learned => {
+                    let (h, mean) = self.policy.act(map, carry.policy_h.as_ref())?;
+                    carry.policy_h = Some(h);
+                    mean
+                }
+                PatchPolicy::Centre => Tensor::full(0.5f32, (carry.image.dim(0)?, 2), carry.image.device())?,
+                PatchPolicy::Random { seed } => {
+                    let rows = carry.rows.to_vec1::<u32>()?;
+                    let u: Vec<f32> =
+                        rows.iter().flat_map(|&r| [uniform(seed, k, r, 0), uniform(seed, k, r, 1)]).collect();
+                    Tensor::from_vec(u, (rows.len(), 2), carry.image.device())?
+                }
+            };
             let coords = self.coords(&mean)?;
             let patches = self.crop(&carry.image, &coords)?;
             let flat: Vec<i32> = coords.iter().flatten().copied().collect();
             let coords = Tensor::from_vec(flat, (coords.len(), 2), mean.device())?;
-            carry.policy_h = Some(h);
             carry.step = Some((mean, coords));
             self.focus.forward_t(&patches, mode)?
         };
@@ -822,6 +908,35 @@ mod tests {
             let coords = net.stage_extras(&mut kept)[1].1.to_vec2::<i32>().unwrap();
             let all = io["coords.2"].to_vec2::<i32>().unwrap();
             assert_eq!(coords, vec![all[2].clone(), all[0].clone()], "{name}");
+        }
+    }
+
+    /// The baselines: centre patches sit at the middle; random ones differ
+    /// by seed, repeat for a seed, and follow a sample through compaction.
+    #[test]
+    fn centre_and_random_patch_policies() {
+        let (net, io) = fixture("gfnet_resnet18");
+        let mode = Mode::eval();
+        let coords = |net: &Gfnet, keep: Option<&[u32]>| {
+            let mut state = net.begin(&io["input"], &mode).unwrap();
+            net.advance(&mut state, &mode).unwrap();
+            if let Some(k) = keep {
+                state = state.select(k).unwrap();
+            }
+            net.advance(&mut state, &mode).unwrap();
+            net.stage_extras(&mut state)[1].1.to_vec2::<i32>().unwrap()
+        };
+        let centre = net.clone().with_patch_policy(PatchPolicy::Centre);
+        assert_eq!(coords(&centre, None), vec![vec![16, 16]; 3]); // ⌊0.5·(96 − 64)⌋
+        let r1 = net.clone().with_patch_policy("random:1".parse().unwrap());
+        let r2 = net.clone().with_patch_policy("random:2".parse().unwrap());
+        let all = coords(&r1, None);
+        assert_eq!(all, coords(&r1, None));
+        assert_ne!(all, coords(&r2, None));
+        assert_eq!(coords(&r1, Some(&[2, 0])), vec![all[2].clone(), all[0].clone()]);
+        assert!("sideways".parse::<PatchPolicy>().is_err());
+        for p in [PatchPolicy::Learned, PatchPolicy::Centre, PatchPolicy::Random { seed: 9 }] {
+            assert_eq!(p.to_string().parse::<PatchPolicy>().unwrap(), p);
         }
     }
 

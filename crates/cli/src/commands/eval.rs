@@ -58,6 +58,11 @@ pub struct Args {
     /// images.
     #[arg(long)]
     pub methods: bool,
+    /// GFNet only: where the focus steps look — `learned` (the policy, the
+    /// default), `centre`, or `random` / `random:SEED` (the baselines the
+    /// learned policy is compared with).
+    #[arg(long, value_parser = clap::value_parser!(anytime_models::gfnet::PatchPolicy))]
+    pub patch_policy: Option<anytime_models::gfnet::PatchPolicy>,
     /// Where `--budgeted` writes its plots (default `results/<model>`).
     #[arg(long)]
     pub plots: Option<PathBuf>,
@@ -90,7 +95,15 @@ pub fn load_split(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> 
 /// `--budgeted`).
 pub fn report(a: &Args) -> Result<EvalReport> {
     let entry = lookup(&a.model)?;
-    let model = load_registry_model(entry, &a.weights)?;
+    let mut model = load_registry_model(entry, &a.weights)?;
+    let mut name = a.model.clone();
+    if let Some(p) = a.patch_policy {
+        let Some(g) = model.as_any().and_then(|m| m.downcast_ref::<anytime_models::gfnet::Gfnet>()) else {
+            anyhow::bail!("--patch-policy applies to GFNet models; {} is a {} model", a.model, model.arch());
+        };
+        model = Box::new(g.clone().with_patch_policy(p));
+        name = format!("{} ({p} patches)", a.model);
+    }
     let mut ds = load_split(&a.model, &a.data_dir, a.split)?;
     if let Some(n) = a.limit {
         anyhow::ensure!(n > 0, "--limit must be at least 1");
@@ -113,7 +126,7 @@ pub fn report(a: &Args) -> Result<EvalReport> {
         _ => None,
     };
     let request = Request {
-        model: a.model.clone(),
+        model: name,
         split: a.split.into(),
         batch_size: a.batch_size,
         calibration,

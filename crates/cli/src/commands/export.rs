@@ -84,6 +84,7 @@ pub fn run(a: Args) -> Result<()> {
         json: true,
         budgeted: false,
         methods: false,
+        patch_policy: None,
         plots: None,
     })?;
     let file = anytime_io::load_tensors(&best)?;
