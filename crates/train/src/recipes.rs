@@ -215,7 +215,7 @@ pub const SCAN_ABLATION: [&str; 4] =
 
 /// Epochs of each SCAN ablation variant: one equal short schedule for the
 /// four (`cargo xtask scan-ablation`).
-pub const SCAN_ABLATION_EPOCHS: usize = 4;
+pub const SCAN_ABLATION_EPOCHS: usize = 3;
 
 /// SCAN's optimiser (`train.py`: SGD, momentum 0.9, weight decay 5e-4, no
 /// Nesterov, lr 0.1) with the project's cosine schedule in place of the
