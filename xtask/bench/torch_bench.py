@@ -2,6 +2,11 @@
 on CPU and prints one JSON object {case name: seconds}.
 
 Usage: python torch_bench.py CASES.json THREADS
+       python torch_bench.py --serve CASES.json THREADS
+With --serve the process stays up and times one case per request: each line
+read from stdin is a case name, each answer one JSON line {"name", "seconds"}
+(null when the case has no torch side); cases are built once, at their first
+request. `cargo xtask bench` alternates its own timing with these requests.
 Model cases need the reference implementations; set ANYTIME_REF_MSDNET,
 ANYTIME_REF_RANET and ANYTIME_REF_SCAN to checkouts of kalviny/MSDNet-PyTorch,
 yangle15/RANet-pytorch and ArchipLab-LinfengZhang/pytorch-scalable-neural-networks
@@ -13,8 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-cases = json.load(open(sys.argv[1]))
-torch.set_num_threads(int(sys.argv[2]))
+SERVE = len(sys.argv) > 1 and sys.argv[1] == "--serve"
+ARGS = sys.argv[2:] if SERVE else sys.argv[1:]
+cases = json.load(open(ARGS[0]))
+torch.set_num_threads(int(ARGS[1]))
 torch.manual_seed(0)
 
 
@@ -153,10 +160,23 @@ def model_case(c):
     return run
 
 
-out = {}
-for c in cases:
-    kind = c["kind"]
-    fn = {"conv": conv_case, "bn": bn_case, "dense": dense_stack, "model": model_case}.get(kind)
-    run = fn(c) if fn else None
-    out[c["name"]] = timeit(run) if run else None
-print(json.dumps(out))
+def build(c):
+    fn = {"conv": conv_case, "bn": bn_case, "dense": dense_stack, "model": model_case}.get(c["kind"])
+    return fn(c) if fn else None
+
+
+if SERVE:
+    by_name = {c["name"]: c for c in cases}
+    built = {}
+    for line in sys.stdin:
+        name = line.rstrip("\n")
+        if name not in built:
+            built[name] = build(by_name[name]) if name in by_name else None
+        run = built[name]
+        print(json.dumps({"name": name, "seconds": timeit(run) if run else None}), flush=True)
+else:
+    out = {}
+    for c in cases:
+        run = build(c)
+        out[c["name"]] = timeit(run) if run else None
+    print(json.dumps(out))

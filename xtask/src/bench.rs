@@ -41,6 +41,12 @@ pub struct BenchArgs {
     /// Run the shifted convolutions as one GEMM per kernel tap instead of the AVX2/FMA micro-kernels (to compare the two; docs/bench.md is then left as it is).
     #[arg(long)]
     gemm_taps: bool,
+    /// Rounds: in each, every case is timed on our side and then on the
+    /// torch side (one long-lived torch process), so load that comes and goes
+    /// hits both sides alike; a case's ratio is the median of its per-round
+    /// ratios.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 /// One case of a full benchmark run.
@@ -56,6 +62,36 @@ pub struct BenchCase {
     pub torch_ms: Option<f64>,
     /// GFLOP/s of ours (`None`: no operation count for this case).
     pub gflops: Option<f64>,
+    /// ours / torch as the median of per-round ratios, with their range
+    /// (`None`: no torch side, or a report from before the rounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<RatioSpread>,
+}
+
+/// The per-round ratios of a case: the median and the range.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RatioSpread {
+    /// Median of the per-round ratios.
+    pub median: f64,
+    /// Smallest per-round ratio.
+    pub lo: f64,
+    /// Largest per-round ratio.
+    pub hi: f64,
+    /// Rounds.
+    pub rounds: u32,
+}
+
+impl RatioSpread {
+    /// The median and range of `ratios` (none: `None`).
+    pub fn of(ratios: &[f64]) -> Option<Self> {
+        let mut r: Vec<f64> = ratios.iter().copied().filter(|x| x.is_finite()).collect();
+        if r.is_empty() {
+            return None;
+        }
+        r.sort_by(f64::total_cmp);
+        let median = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
+        Some(Self { median, lo: r[0], hi: r[r.len() - 1], rounds: r.len() as u32 })
+    }
 }
 
 /// When, with what and where a benchmark ran.
@@ -80,6 +116,10 @@ pub struct BenchReport {
     pub torch: String,
     /// GFLOP/s of a 2048³ f32 matmul with the gemm crate, same run.
     pub peak_gflops: f64,
+    /// Our convolution micro-kernels on this CPU (`AVX2/FMA` or `generic`;
+    /// absent in reports from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<String>,
     /// The cases, in order.
     pub cases: Vec<BenchCase>,
     /// Where the numbers come from, if not from a run writing this file.
@@ -96,16 +136,17 @@ impl BenchReport {
             _ => "—".into(),
         };
         let mut table = String::from(
-            "| case | ours ms | stock Candle ms | torch ms | ours / torch | stock / torch | ours GFLOP/s | % of peak |\n|---|---|---|---|---|---|---|---|\n",
+            "| case | ours ms | stock Candle ms | torch ms | ours / torch | per-round range | stock / torch | ours GFLOP/s | % of peak |\n|---|---|---|---|---|---|---|---|---|\n",
         );
         for c in &self.cases {
             table.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 c.name,
                 fmt(Some(c.ours_ms)),
                 fmt(c.stock_ms),
                 fmt(c.torch_ms),
-                ratio(Some(c.ours_ms), c.torch_ms),
+                c.ratio.map_or_else(|| ratio(Some(c.ours_ms), c.torch_ms), |r| format!("{:.2}", r.median)),
+                c.ratio.map_or("—".into(), |r| format!("{:.2}–{:.2} ({} rounds)", r.lo, r.hi, r.rounds)),
                 ratio(c.stock_ms, c.torch_ms),
                 c.gflops.map_or("—".into(), |g| format!("{g:.1}")),
                 c.gflops.map_or("—".into(), |g| format!("{:.0}%", 100.0 * g / self.peak_gflops)),
@@ -405,6 +446,59 @@ fn python(a: &BenchArgs) -> Result<String> {
     Ok(py.display().to_string())
 }
 
+/// The median of `xs` (`None` when empty).
+fn median(xs: &[f64]) -> Option<f64> {
+    RatioSpread::of(xs).map(|r| r.median)
+}
+
+/// The torch side as one long-lived process (`torch_bench.py --serve`):
+/// one case timed per request, each case built once.
+struct TorchServer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl TorchServer {
+    fn start(py: &str, spec: &std::path::Path, threads: usize) -> Result<Self> {
+        let mut child = Command::new(py)
+            .arg(crate::root().join("xtask/bench/torch_bench.py"))
+            .arg("--serve")
+            .arg(spec)
+            .arg(threads.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the torch benchmark")?;
+        let stdin = child.stdin.take().context("torch benchmark stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("torch benchmark stdout")?);
+        Ok(Self { child, stdin, stdout })
+    }
+
+    /// torch's median time of case `name`, seconds (`None`: no torch side).
+    fn time(&mut self, name: &str) -> Result<Option<f64>> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{name}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the torch benchmark ended at case '{name}'");
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("torch benchmark answer: {line}"))?;
+        if v["name"] != name {
+            bail!("the torch benchmark answered for {} instead of '{name}'", v["name"]);
+        }
+        Ok(v["seconds"].as_f64())
+    }
+}
+
+impl Drop for TorchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(a: &BenchArgs) -> Result<()> {
     // SAFETY: set before any thread of ours starts; read by rayon and candle.
@@ -423,28 +517,30 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     anytime_ops::conv::set_shifted_gemm(!a.im2col);
     anytime_ops::conv::set_direct_kernel(!a.gemm_taps);
-    let mut ours = Vec::new();
-    let mut stock = Vec::new();
-    for c in &mut cases {
-        anytime_ops::set_stock_ops(false);
-        ours.push(median_time(&mut c.run)?);
-        anytime_ops::set_stock_ops(true);
-        // Candle's stock conv backward fails on some shapes; record that.
-        stock.push(median_time(&mut c.run).ok());
-        anytime_ops::set_stock_ops(false);
-    }
     let spec_path = std::env::temp_dir().join(format!("anytime-bench-{}.json", std::process::id()));
     std::fs::write(&spec_path, serde_json::to_string(&cases.iter().map(|c| c.spec.clone()).collect::<Vec<_>>())?)?;
-    let out = Command::new(&py)
-        .arg(crate::root().join("xtask/bench/torch_bench.py"))
-        .arg(&spec_path)
-        .arg(a.threads.to_string())
-        .output()
-        .context("running the torch benchmark")?;
-    if !out.status.success() {
-        bail!("torch benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut server = TorchServer::start(&py, &spec_path, a.threads)?;
+    let n = cases.len();
+    let (mut ours, mut torch) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    let mut stock = vec![None; n];
+    for round in 0..a.rounds {
+        eprintln!("round {} of {}", round + 1, a.rounds);
+        for (i, c) in cases.iter_mut().enumerate() {
+            anytime_ops::set_stock_ops(false);
+            ours[i].push(median_time(&mut c.run)?);
+            if round == 0 {
+                // Candle's stock ops, once (they are not what the goals
+                // compare); their conv backward fails on some shapes.
+                anytime_ops::set_stock_ops(true);
+                stock[i] = median_time(&mut c.run).ok();
+                anytime_ops::set_stock_ops(false);
+            }
+            let name = c.spec["name"].as_str().unwrap_or("");
+            torch[i].push(server.time(name)?);
+        }
     }
-    let torch: Value = serde_json::from_slice(&out.stdout).context("torch benchmark output")?;
+    drop(server);
+    let _ = std::fs::remove_file(&spec_path);
     let torch_version = String::from_utf8_lossy(
         &Command::new(&py).args(["-c", "import torch; print(torch.__version__)"]).output()?.stdout,
     )
@@ -456,18 +552,22 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         threads: a.threads,
         torch: torch_version,
         peak_gflops: peak,
+        kernels: Some(anytime_ops::kernel_set().to_string()),
         cases: cases
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let name = c.spec["name"].as_str().unwrap_or("").to_string();
-                let torch_ms = torch[name.as_str()].as_f64().map(|t| t * 1e3);
+                let ours_s = median(&ours[i]).unwrap_or(f64::NAN);
+                let torch_s: Vec<f64> = torch[i].iter().flatten().copied().collect();
+                let ratios: Vec<f64> = ours[i].iter().zip(&torch[i]).filter_map(|(o, t)| t.map(|t| o / t)).collect();
                 BenchCase {
-                    gflops: c.flops.map(|f| f / ours[i] / 1e9),
+                    gflops: c.flops.map(|f| f / ours_s / 1e9),
                     name,
-                    ours_ms: ours[i] * 1e3,
+                    ours_ms: ours_s * 1e3,
                     stock_ms: stock[i].map(|t| t * 1e3),
-                    torch_ms,
+                    torch_ms: median(&torch_s).map(|t| t * 1e3),
+                    ratio: RatioSpread::of(&ratios),
                 }
             })
             .collect(),
@@ -475,8 +575,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     let table = report.table();
     let header = format!(
-        "Measured by `cargo xtask bench` ({} threads for ours, stock Candle and torch {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). Times are medians; model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET / ANYTIME_REF_SCAN) and show — without them.\n\n",
-        a.threads, report.torch, peak
+        "Measured by `cargo xtask bench` on {} ({} threads for ours, stock Candle and torch {}; our kernels: {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). {} rounds, each timing every case on our side then on the torch side (one long-lived torch process); times are medians over the rounds and ours / torch is the median of the per-round ratios, with their range; stock Candle is timed in the first round only. Model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET / ANYTIME_REF_SCAN) and show — without them.\n\n",
+        report.measured.machine,
+        a.threads,
+        report.torch,
+        anytime_ops::kernel_set(),
+        peak,
+        a.rounds
     );
     println!("{header}{table}");
     if a.only.is_none() && !a.im2col && !a.gemm_taps {
@@ -500,18 +605,28 @@ mod tests {
             stock_ms: stock,
             torch_ms: torch,
             gflops,
+            ratio: None,
         };
         let r = BenchReport {
             measured: BenchProvenance { date: "2026-12-01".into(), commit: "abc1234".into(), machine: "m".into() },
             threads: 2,
             torch: "2.15.0".into(),
             peak_gflops: 100.0,
-            cases: vec![case("a", Some(8.0), Some(4.0), Some(50.0)), case("b", None, None, None)],
+            kernels: Some("AVX2/FMA".into()),
+            cases: vec![
+                case("a", Some(8.0), Some(4.0), Some(50.0)),
+                case("b", None, None, None),
+                BenchCase { ratio: RatioSpread::of(&[0.4, 0.7, 0.5]), ..case("c", None, Some(4.0), None) },
+            ],
             note: None,
         };
         let t = r.table();
-        assert!(t.contains("| a | 2.00 | 8.00 | 4.00 | 0.50 | 2.00 | 50.0 | 50% |"), "{t}");
-        assert!(t.contains("| b | 2.00 | — | — | — | — | — | — |"), "{t}");
+        assert!(t.contains("| a | 2.00 | 8.00 | 4.00 | 0.50 | — | 2.00 | 50.0 | 50% |"), "{t}");
+        assert!(t.contains("| b | 2.00 | — | — | — | — | — | — | — |"), "{t}");
+        // The median of the per-round ratios, not ours / torch of the medians.
+        assert!(t.contains("| c | 2.00 | — | 4.00 | 0.50 | 0.40–0.70 (3 rounds) | — | — | — |"), "{t}");
+        assert_eq!(RatioSpread::of(&[3.0, 1.0]).map(|r| r.median), Some(2.0));
+        assert_eq!(RatioSpread::of(&[f64::NAN]), None);
         let back: BenchReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         // The committed report reads.

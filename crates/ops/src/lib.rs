@@ -68,6 +68,13 @@ pub fn set_stock_ops(on: bool) {
     STOCK.store(on, Ordering::Relaxed);
 }
 
+/// The convolution micro-kernels this CPU runs: `"AVX2/FMA"` (x86-64 with
+/// AVX2 and FMA, chosen at run time) or `"generic"` (GEMM paths only). For
+/// benchmark reports.
+pub fn kernel_set() -> &'static str {
+    if kernels::direct::available() { "AVX2/FMA" } else { "generic" }
+}
+
 /// Whether [`set_stock_ops`] is on.
 pub fn stock_ops() -> bool {
     STOCK.load(Ordering::Relaxed)
