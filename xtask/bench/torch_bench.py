@@ -8,9 +8,10 @@ read from stdin is a case name, each answer one JSON line {"name", "seconds"}
 (null when the case has no torch side); cases are built once, at their first
 request. `cargo xtask bench` alternates its own timing with these requests.
 Model cases need the reference implementations; set ANYTIME_REF_MSDNET,
-ANYTIME_REF_RANET and ANYTIME_REF_SCAN to checkouts of kalviny/MSDNet-PyTorch,
-yangle15/RANet-pytorch and ArchipLab-LinfengZhang/pytorch-scalable-neural-networks
-(their code is imported from there, never copied).
+ANYTIME_REF_RANET, ANYTIME_REF_SCAN and ANYTIME_REF_GFNET to checkouts of
+kalviny/MSDNet-PyTorch, yangle15/RANet-pytorch,
+ArchipLab-LinfengZhang/pytorch-scalable-neural-networks and
+blackfeather-wang/GFNet-Pytorch (their code is imported from there, never copied).
 """
 import json, os, statistics, sys, time, types, importlib.util
 
@@ -102,6 +103,36 @@ def model_case(c):
         sys.stdout = open(os.devnull, "w")
         model = mod.MSDNet(a)
         sys.stdout = stdout
+    elif c["arch"] == "gfnet":
+        # GFNet's MobileNetV3-Large (its vendored gen-efficientnet 0.9.8) at
+        # the configured multiplier, a whole network with its classifier.
+        path = os.environ.get("ANYTIME_REF_GFNET")
+        if not path or not a.model_arch.startswith("mobilenetv3"):
+            return None
+        import collections.abc
+        if "torch._six" not in sys.modules:
+            six = types.ModuleType("torch._six")
+            six.container_abcs = collections.abc
+            six.string_classes = (str, bytes)
+            six.int_classes = int
+            sys.modules["torch._six"] = six
+        sys.path.insert(0, os.path.abspath(path))
+        import models.mobilenetv3 as m3
+        stdout = sys.stdout
+        sys.stdout = open(os.devnull, "w")
+        net = m3._gen_mobilenet_v3("mobilenetv3_large_100", a.channel_multiplier, num_classes=a.num_classes)
+        sys.stdout = stdout
+
+        class Classified(torch.nn.Module):
+            """forward returns (feature, map); the logits are classifier(feature)."""
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return [self.net.classifier(self.net(x)[0])]
+
+        model = Classified(net)
     elif c["arch"] == "scan":
         path = os.environ.get("ANYTIME_REF_SCAN")
         if not path:

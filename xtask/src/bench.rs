@@ -386,6 +386,26 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
         v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "train")?);
         v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "forward")?);
         v.push(model(label, scan, scan_args, 1, 32, "forward")?);
+        // GFNet's encoder, MobileNetV3-Large x0.5 (gen-efficientnet, 3
+        // channels, 10 classes) at GFNet's 48-pixel patches: a one-step
+        // GFNet whose glance is the whole image.
+        use anytime_models::gfnet::GfnetConfig;
+        let mnv3_args = json!({"model_arch": "mobilenetv3_large_100", "channel_multiplier": 0.5, "num_classes": 10,
+            "image_size": 48, "patch_size": 48, "T": 1});
+        let mnv3 = ArchConfig::new(GfnetConfig::from_json(&mnv3_args)?);
+        let label = "MobileNetV3-Large x0.5 48x48 (gen-efficientnet)";
+        v.push(model(label, mnv3.clone(), mnv3_args.clone(), 64, 48, "train")?);
+        v.push(model(label, mnv3.clone(), mnv3_args.clone(), 64, 48, "forward")?);
+        v.push(model(label, mnv3, mnv3_args, 1, 48, "forward")?);
+        // GFNet's per-step latency at batch 1 (ours; the reference's step
+        // loop runs on CUDA only).
+        let gf = anytime_models::registry::lookup("gfnet-mnv3-cluttered-fmnist")?;
+        for k in 0..4 {
+            let label = "gfnet-mnv3-cluttered-fmnist";
+            let mut case = model_with_channels(label, (gf.config)(), Value::Null, 1, 1, 96, &format!("exit {k}"))?;
+            case.spec["kind"] = "registry".into();
+            v.push(case);
+        }
         for name in crate::results::FMNIST_MODELS {
             v.push(registry_train(name, 64)?);
         }
@@ -575,7 +595,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     let table = report.table();
     let header = format!(
-        "Measured by `cargo xtask bench` on {} ({} threads for ours, stock Candle and torch {}; our kernels: {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). {} rounds, each timing every case on our side then on the torch side (one long-lived torch process); times are medians over the rounds and ours / torch is the median of the per-round ratios, with their range; stock Candle is timed in the first round only. Model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET / ANYTIME_REF_SCAN) and show — without them.\n\n",
+        "Measured by `cargo xtask bench` on {} ({} threads for ours, stock Candle and torch {}; our kernels: {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). {} rounds, each timing every case on our side then on the torch side (one long-lived torch process); times are medians over the rounds and ours / torch is the median of the per-round ratios, with their range; stock Candle is timed in the first round only. Model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET / ANYTIME_REF_SCAN / ANYTIME_REF_GFNET) and show — without them.\n\n",
         report.measured.machine,
         a.threads,
         report.torch,
