@@ -455,7 +455,7 @@ pub static REGISTRY: &[ModelEntry] = &[
         weights: Some(Pretrained {
             file: "scan-resnet18-fmnist.safetensors",
             hub_repo: "anytime-rs/scan-resnet18-fmnist",
-            sha256: "ece7aec4ffed1a6625871467f28f6e98f82c444fb4edac727de0c92109825e90",
+            sha256: "b115f1376b348ff6ad6cdc1bc22810dcb9c910ccd791806c02e22d026ee1ebfa",
         }),
     },
     ModelEntry {
