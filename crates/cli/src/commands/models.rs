@@ -30,7 +30,13 @@ pub fn run(a: Args) -> Result<()> {
         let cfg = (e.config)();
         let model = cfg.build(VarBuilder::zeros(DType::F32, &Device::Cpu))?;
         let (_, h, w) = e.data.input;
-        let mflops = model.exit_costs(h, w)?.mflops(Mode::Reference);
+        // Each model's own counting rule (GFNet's is multiply-accumulates).
+        let costs = model.exit_costs(h, w)?;
+        let mflops = costs.mflops(costs.headline);
+        let dataset = match e.data.clutter {
+            Some(c) => format!("{}-cluttered{}", e.data.dataset, c.canvas),
+            None => e.data.dataset.to_string(),
+        };
         // Found without downloading: $ANYTIME_WEIGHTS_DIR, ./weights, the Hugging Face cache.
         let weights = e.weights.as_ref().and_then(super::weights::find_local);
         let present = weights.as_ref().is_some_and(|p| p.exists());
@@ -41,18 +47,31 @@ pub fn run(a: Args) -> Result<()> {
             .map(|m| m.exit_accuracy)
             .unwrap_or_default();
         rows.push(serde_json::json!({
-            "name": e.name, "arch": cfg.arch(), "dataset": e.data.dataset, "exits": model.num_exits(),
-            "mflops": mflops, "accuracy": accuracy, "weights": present, "description": e.description,
+            "name": e.name, "arch": cfg.arch(), "dataset": dataset, "exits": model.num_exits(),
+            "mflops": mflops, "macs_only": costs.headline == Mode::Macs, "accuracy": accuracy, "weights": present,
+            "description": e.description,
         }));
     }
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    outln!("{:<26} {:<12} {:<14} {:>5}  {:<8} per-exit MFLOPs / top-1", "name", "arch", "dataset", "exits", "weights");
+    let col = |k: &str, min: usize| rows.iter().filter_map(|r| r[k].as_str()).map(str::len).max().unwrap_or(0).max(min);
+    let (wn, wd) = (col("name", 4), col("dataset", 7));
+    outln!(
+        "{:<wn$} {:<12} {:<wd$} {:>5}  {:<8} per-exit MFLOPs / top-1",
+        "name",
+        "arch",
+        "dataset",
+        "exits",
+        "weights"
+    );
     for r in &rows {
-        let mf: Vec<String> =
+        let mut mf: Vec<String> =
             r["mflops"].as_array().into_iter().flatten().map(|v| format!("{:.1}", v.as_f64().unwrap_or(0.0))).collect();
+        if r["macs_only"].as_bool() == Some(true) {
+            mf.push("(MACs)".into());
+        }
         let acc: Vec<String> = r["accuracy"]
             .as_array()
             .into_iter()
@@ -60,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
             .map(|v| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(0.0)))
             .collect();
         outln!(
-            "{:<26} {:<12} {:<14} {:>5}  {:<8} {}{}",
+            "{:<wn$} {:<12} {:<wd$} {:>5}  {:<8} {}{}",
             r["name"].as_str().unwrap_or(""),
             r["arch"].as_str().unwrap_or(""),
             r["dataset"].as_str().unwrap_or(""),
