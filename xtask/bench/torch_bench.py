@@ -3,6 +3,7 @@ on CPU and prints one JSON object {case name: seconds}.
 
 Usage: python torch_bench.py CASES.json THREADS
        python torch_bench.py --serve CASES.json THREADS
+       python torch_bench.py --memory CASES.json THREADS NAME
 With --serve the process stays up and times one case per request: each line
 read from stdin is a case name, each answer one JSON line {"name", "seconds"}
 (null when the case has no torch side); cases are built once, at their first
@@ -20,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SERVE = len(sys.argv) > 1 and sys.argv[1] == "--serve"
-ARGS = sys.argv[2:] if SERVE else sys.argv[1:]
+MEMORY = len(sys.argv) > 1 and sys.argv[1] == "--memory"
+ARGS = sys.argv[2:] if SERVE or MEMORY else sys.argv[1:]
 cases = json.load(open(ARGS[0]))
 torch.set_num_threads(int(ARGS[1]))
 torch.manual_seed(0)
@@ -196,7 +198,17 @@ def build(c):
     return fn(c) if fn else None
 
 
-if SERVE:
+if MEMORY:
+    # One case in this process: run it three times, print the peak resident
+    # memory in MiB (ru_maxrss is in KiB on Linux).
+    import resource
+    run = build(next(c for c in cases if c["name"] == ARGS[2]))
+    if run is None:
+        sys.exit(1)
+    for _ in range(3):
+        run()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+elif SERVE:
     by_name = {c["name"]: c for c in cases}
     built = {}
     for line in sys.stdin:

@@ -47,6 +47,87 @@ pub struct BenchArgs {
     /// ratios.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
+    /// Also measure the peak resident memory of every model case (training
+    /// step and forward at batch 64 and more), each side in a process of its
+    /// own: ours (this binary) and torch (`torch_bench.py --memory`).
+    #[arg(long)]
+    memory: bool,
+}
+
+/// Arguments of the hidden `bench-memory` task.
+#[derive(clap::Args)]
+pub struct MemoryArgs {
+    /// The case's name.
+    #[arg(long)]
+    case: String,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// Peak resident memory of this process so far, MiB (`VmHWM` of
+/// `/proc/self/status`; `None` where there is no such file).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs case `a.case` three times in this process and prints its peak
+/// resident memory in MiB.
+pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
+    // SAFETY: set before any thread of ours starts; read by rayon and candle.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+        anytime_ops::no_barrier_spin_unless_set();
+    }
+    let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
+        Some(c) => c,
+        None => bail!("no benchmark case named '{}'", a.case),
+    };
+    // Every other case was built and dropped: restart the high-water mark
+    // from the current resident size (Linux ≥ 4.0, `clear_refs` value 5).
+    std::fs::write("/proc/self/clear_refs", "5").context("cannot reset the peak resident size")?;
+    for _ in 0..3 {
+        (case.run)()?;
+    }
+    println!("{}", peak_rss_mib().context("no /proc/self/status")?);
+    Ok(())
+}
+
+/// Whether a case's peak memory is measured: model cases at batch 64 or
+/// more (training steps and forwards).
+fn measures_memory(spec: &Value) -> bool {
+    matches!(spec["kind"].as_str(), Some("model" | "registry"))
+        && spec["n"].as_u64().is_some_and(|n| n >= 16)
+        && matches!(spec["mode"].as_str(), Some("train" | "forward"))
+}
+
+/// Peak resident memory of case `name` on both sides, each in a fresh
+/// process, MiB: (ours, torch).
+fn case_memory(
+    py: &str,
+    spec_path: &std::path::Path,
+    threads: usize,
+    name: &str,
+) -> Result<(Option<f64>, Option<f64>)> {
+    let read = |out: std::process::Output| -> Option<f64> {
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
+    };
+    let ours = Command::new(std::env::current_exe()?)
+        .args(["bench-memory", "--case", name, "--threads", &threads.to_string()])
+        .output()
+        .context("running the memory worker")?;
+    let torch = Command::new(py)
+        .arg(crate::root().join("xtask/bench/torch_bench.py"))
+        .arg("--memory")
+        .arg(spec_path)
+        .arg(threads.to_string())
+        .arg(name)
+        .output()
+        .context("running the torch memory case")?;
+    Ok((read(ours), read(torch)))
 }
 
 /// One case of a full benchmark run.
@@ -66,6 +147,10 @@ pub struct BenchCase {
     /// (`None`: no torch side, or a report from before the rounds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<RatioSpread>,
+    /// Peak resident memory of a process running only this case, ours and
+    /// torch's, MiB (`bench --memory`; `None`: not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_mib: Option<(Option<f64>, Option<f64>)>,
 }
 
 /// The per-round ratios of a case: the median and the range.
@@ -151,6 +236,17 @@ impl BenchReport {
                 c.gflops.map_or("—".into(), |g| format!("{g:.1}")),
                 c.gflops.map_or("—".into(), |g| format!("{:.0}%", 100.0 * g / self.peak_gflops)),
             ));
+        }
+        let measured: Vec<&BenchCase> = self.cases.iter().filter(|c| c.peak_mib.is_some()).collect();
+        if !measured.is_empty() {
+            table.push_str(
+                "\nPeak resident memory of a process running only the case (ours: this binary; torch: Python with torch \
+                 imported), MiB:\n\n| case | ours | torch | ours / torch |\n|---|---|---|---|\n",
+            );
+            for c in measured {
+                let (o, t) = c.peak_mib.unwrap_or((None, None));
+                table.push_str(&format!("| {} | {} | {} | {} |\n", c.name, fmt(o), fmt(t), ratio(o, t)));
+            }
         }
         table
     }
@@ -560,6 +656,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
     }
     drop(server);
+    let mut memory = vec![None; n];
+    if a.memory {
+        for (i, c) in cases.iter().enumerate().filter(|(_, c)| measures_memory(&c.spec)) {
+            let name = c.spec["name"].as_str().unwrap_or("");
+            eprintln!("peak memory: {name}");
+            memory[i] = Some(case_memory(&py, &spec_path, a.threads, name)?);
+        }
+    }
     let _ = std::fs::remove_file(&spec_path);
     let torch_version = String::from_utf8_lossy(
         &Command::new(&py).args(["-c", "import torch; print(torch.__version__)"]).output()?.stdout,
@@ -588,6 +692,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     stock_ms: stock[i].map(|t| t * 1e3),
                     torch_ms: median(&torch_s).map(|t| t * 1e3),
                     ratio: RatioSpread::of(&ratios),
+                    peak_mib: memory[i],
                 }
             })
             .collect(),
@@ -626,6 +731,7 @@ mod tests {
             torch_ms: torch,
             gflops,
             ratio: None,
+            peak_mib: None,
         };
         let r = BenchReport {
             measured: BenchProvenance { date: "2026-12-01".into(), commit: "abc1234".into(), machine: "m".into() },
@@ -643,6 +749,10 @@ mod tests {
         let t = r.table();
         assert!(t.contains("| a | 2.00 | 8.00 | 4.00 | 0.50 | — | 2.00 | 50.0 | 50% |"), "{t}");
         assert!(t.contains("| b | 2.00 | — | — | — | — | — | — | — |"), "{t}");
+        assert!(!t.contains("Peak resident memory"), "{t}");
+        let mut with_memory = r.clone();
+        with_memory.cases[0].peak_mib = Some((Some(300.0), Some(600.0)));
+        assert!(with_memory.table().contains("| a | 300.00 | 600.00 | 0.50 |"), "{}", with_memory.table());
         // The median of the per-round ratios, not ours / torch of the medians.
         assert!(t.contains("| c | 2.00 | — | 4.00 | 0.50 | 0.40–0.70 (3 rounds) | — | — | — |"), "{t}");
         assert_eq!(RatioSpread::of(&[3.0, 1.0]).map(|r| r.median), Some(2.0));

@@ -53,6 +53,10 @@ enum Task {
     /// One batch of a fuzz campaign (the child process `fuzz` runs).
     #[command(hide = true)]
     FuzzWorker(fuzz::WorkerArgs),
+    /// One benchmark case in a process of its own, printing its peak
+    /// resident memory (the child process `bench --memory` runs).
+    #[command(hide = true)]
+    BenchMemory(bench::MemoryArgs),
     /// SCAN's ablation: the four variants (attention, self-distillation, each
     /// on or off) trained with one short schedule and evaluated into
     /// docs/data/scan-ablation/ (resumable).
@@ -78,6 +82,7 @@ fn main() -> Result<()> {
         Task::ScanAblation(a) => train::scan_ablation(&a),
         Task::FuzzWorker(a) => fuzz::worker(&a),
         Task::Bench(a) => bench::run(&a),
+        Task::BenchMemory(a) => bench::memory_worker(&a),
         Task::Train(a) => train::run(&a),
         Task::Eval { model } => train::anytime(&["eval", "--model", &model, "--json"]),
         Task::Results(a) => results::run(&a),
