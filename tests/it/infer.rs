@@ -91,3 +91,43 @@ fn features_are_the_last_linear_layers_input() {
     check_features("msdnet", "msdnet_cifar100_lingrow");
     check_features("ranet", "ranet_cifar10_lg");
 }
+
+/// `--device`: cpu runs; a GPU device in a binary built without its feature,
+/// and an unknown device, are one clear error each.
+#[test]
+fn r26_device_option() {
+    let dir = temp_dir("infer-device");
+    let out = dir.join("out.safetensors");
+    let name = "scan_basic_w8";
+    let (config, weights, io) =
+        (fixture(name, "config.json"), fixture(name, "state_dict.safetensors"), fixture(name, "io.safetensors"));
+    let args = |device: &'static str| {
+        vec![
+            "infer".to_string(),
+            "--arch".into(),
+            "scan".into(),
+            "--config".into(),
+            s(&config).into(),
+            "--weights".into(),
+            s(&weights).into(),
+            "--input".into(),
+            s(&io).into(),
+            "--output".into(),
+            s(&out).into(),
+            "--device".into(),
+            device.into(),
+        ]
+    };
+    let run = |device: &'static str| {
+        let a = args(device);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        crate::util::run(&refs)
+    };
+    assert!(run("cpu").status.success());
+    if !cfg!(feature = "cuda") {
+        let e = String::from_utf8_lossy(&run("cuda:0").stderr).to_string();
+        assert!(e.contains("without CUDA") && e.contains("--features cuda"), "{e}");
+    }
+    let e = String::from_utf8_lossy(&run("tpu").stderr).to_string();
+    assert!(e.contains("cpu, cuda, cuda:N or metal"), "{e}");
+}

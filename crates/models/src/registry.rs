@@ -565,9 +565,19 @@ pub fn lookup(name: &str) -> Result<&'static ModelEntry> {
 /// `.pth` / `.pth.tar` checkpoint), checking strictly that the file holds
 /// exactly the model's parameters with the right shapes.
 pub fn load_model(cfg: &ArchConfig, path: &std::path::Path) -> Result<Box<dyn MultiExit>> {
+    load_model_on(cfg, path, &candle_core::Device::Cpu)
+}
+
+/// [`load_model`] with the parameters on `device` (the file is read on the
+/// CPU, checked, then each tensor moved).
+pub fn load_model_on(
+    cfg: &ArchConfig,
+    path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<Box<dyn MultiExit>> {
     cfg.validate()?;
     let file = anytime_io::load_tensors(path)?;
-    let model = anytime_io::build_checked(file, candle_core::DType::F32, &candle_core::Device::Cpu, |vb| {
+    let model = anytime_io::build_checked(file, candle_core::DType::F32, device, |vb| {
         cfg.build(vb).map_err(|e| candle_core::Error::Msg(e.to_string()))
     })?;
     Ok(model)

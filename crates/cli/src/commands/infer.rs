@@ -5,7 +5,7 @@
 use super::ModelArgs;
 use anyhow::{Context, Result, bail};
 use anytime_models::exit::check_input;
-use anytime_models::registry::load_model;
+use anytime_models::registry::load_model_on;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -31,6 +31,11 @@ pub struct Args {
     /// linear layer reads (an embedding of the image at that depth).
     #[arg(long)]
     features: bool,
+    /// Where the model runs: `cpu` (default), `cuda`, `cuda:N` or `metal`
+    /// (with a binary built with the `cuda`, `cudnn` or `metal` feature). Our
+    /// CPU kernels are replaced by Candle's stock ops on other devices.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// The largest input `infer` reads, in bytes (1 GiB of f32 values).
@@ -106,9 +111,10 @@ pub fn run(a: Args) -> Result<()> {
         inputs.push(c.as_path());
     }
     super::ensure_not_input("--output", &a.output, &inputs)?;
+    let device = super::parse_device(&a.device)?;
     let cfg = a.model.resolve()?;
-    let model = load_model(&cfg, &a.weights)?;
-    let input = read_input(&a.input, model.as_ref())?;
+    let model = load_model_on(&cfg, &a.weights, &device)?;
+    let input = read_input(&a.input, model.as_ref())?.to_device(&device)?;
     let n = input.dim(0)?;
     // Per output name, the chunks in order: `logits.<k>`, `features.<k>`
     // and each stage's extras (`<name>.<k>`, e.g. GFNet's actions).
@@ -130,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, chunks) in parts {
-        out.insert(name, Tensor::cat(&chunks, 0)?);
+        out.insert(name, Tensor::cat(&chunks, 0)?.to_device(&Device::Cpu)?);
     }
     let bytes = safetensors::serialize(out.iter(), None).context("cannot serialise the outputs")?;
     anytime_io::atomic_write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;

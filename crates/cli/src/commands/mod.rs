@@ -39,6 +39,38 @@ use anyhow::{Context, Result, bail};
 use anytime_models::registry::{ArchConfig, lookup};
 use std::path::{Path, PathBuf};
 
+/// The device `--device` names: `cpu`, `cuda` / `cuda:N` or `metal`, each
+/// available when the binary was built with the cargo feature of the same
+/// name (`cudnn` implies `cuda`).
+pub fn parse_device(s: &str) -> Result<candle_core::Device> {
+    let built_without = |what: &str, feature: &str| {
+        anyhow::anyhow!(
+            "--device {s}: this binary was built without {what} support; rebuild with `cargo build --release -p anytime-cli --features {feature}`"
+        )
+    };
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "metal" if candle_core::utils::metal_is_available() => {
+            candle_core::Device::new_metal(0).with_context(|| format!("--device {s}: no Metal device"))
+        }
+        "metal" => Err(built_without("Metal", "metal")),
+        _ => {
+            let Some(rest) = s.strip_prefix("cuda") else {
+                bail!("--device must be cpu, cuda, cuda:N or metal, got '{s}'");
+            };
+            let ordinal = match rest.strip_prefix(':') {
+                None if rest.is_empty() => 0,
+                Some(n) => n.parse::<usize>().with_context(|| format!("--device {s}: '{n}' is not a GPU number"))?,
+                None => bail!("--device must be cpu, cuda, cuda:N or metal, got '{s}'"),
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(built_without("CUDA", "cuda"));
+            }
+            candle_core::Device::new_cuda(ordinal).with_context(|| format!("--device {s}: no such CUDA device"))
+        }
+    }
+}
+
 /// Where the model comes from: a registry name, or an architecture plus a
 /// configuration file.
 #[derive(clap::Args, Debug, Clone)]
