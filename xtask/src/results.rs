@@ -168,6 +168,10 @@ pub fn run(a: &ResultsArgs) -> Result<()> {
     crate::page::write_plots(&root, &models)?;
     let doc_path = root.join("docs/results.md");
     anytime_io::atomic_write(&doc_path, crate::page::render(&root, &models)?.as_bytes())?;
+    std::fs::create_dir_all(root.join("docs/results"))?;
+    for (name, page) in crate::page::render_details(&root, &models)? {
+        anytime_io::atomic_write(root.join("docs/results").join(format!("{name}.md")), page.as_bytes())?;
+    }
     eprintln!("rewrote {} ({} models) and the plots in docs/plots/", doc_path.display(), models.len());
     Ok(())
 }
