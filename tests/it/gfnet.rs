@@ -2,7 +2,7 @@
 //! patch coordinates from `infer --arch gfnet`, per-step costs, and clear
 //! errors for bad configurations and inputs.
 
-use crate::util::{fails, fixture, ok, s, temp_dir};
+use crate::util::{close, fails, fixture, infer, ok, s, temp_dir};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,20 +28,7 @@ fn r24_gfnet_infer_matches_the_reference_step_loop() {
         let w = weights(name, &dir);
         let out = dir.join("out.safetensors");
         let (cfg, io) = (fixture(name, "config.json"), fixture(name, "io.safetensors"));
-        ok(&[
-            "infer",
-            "--arch",
-            "gfnet",
-            "--config",
-            s(&cfg),
-            "--weights",
-            s(&w),
-            "--input",
-            s(&io),
-            "--output",
-            s(&out),
-        ]);
-        let got = candle_core::safetensors::load(&out, &Device::Cpu).expect("output");
+        let got = infer("gfnet", &cfg, &w, &io, &out, &[]);
         let want = candle_core::safetensors::load(&io, &Device::Cpu).expect("fixture");
         let t: usize = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&cfg).expect("config"))
             .expect("json")["T"]
@@ -62,13 +49,7 @@ fn r24_gfnet_infer_matches_the_reference_step_loop() {
             if k == 0 {
                 continue;
             }
-            let (a, b) = (
-                got[&format!("actions.{k}")].to_vec2::<f32>().unwrap(),
-                want[&format!("actions.{k}")].to_vec2::<f32>().unwrap(),
-            );
-            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
-                assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{name} actions.{k}: {x} vs {y}");
-            }
+            close(&format!("{name} actions.{k}"), &got[&format!("actions.{k}")], &want[&format!("actions.{k}")]);
             let coords = &got[&format!("coords.{k}")];
             assert_eq!(coords.dtype(), candle_core::DType::I32, "{name}");
             assert_eq!(

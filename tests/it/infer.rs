@@ -1,37 +1,23 @@
 //! `anytime infer` on the reference fixtures.
 
-use crate::util::{fixture, ok, s, temp_dir};
+use crate::util::{close, fixture, infer, infer_args, ok, s, temp_dir};
 use candle_core::Device;
 
 fn check(arch: &str, name: &str, weights: &str) {
-    let dir = temp_dir(&format!("infer-{name}-{weights}"));
-    let out = dir.join("out.safetensors");
+    let out = temp_dir(&format!("infer-{name}-{weights}")).join("out.safetensors");
     let io = fixture(name, "io.safetensors");
-    ok(&[
-        "infer",
-        "--arch",
-        arch,
-        "--config",
-        s(&fixture(name, "config.json")),
-        "--weights",
-        s(&fixture(name, weights)),
-        "--input",
-        s(&io),
-        "--output",
-        s(&out),
-    ]);
-    let got = candle_core::safetensors::load(&out, &Device::Cpu).expect("output");
+    let got = infer(arch, &fixture(name, "config.json"), &fixture(name, weights), &io, &out, &[]);
     let want = candle_core::safetensors::load(&io, &Device::Cpu).expect("fixture");
     let n = want.keys().filter(|k| k.starts_with("logits.")).count();
     assert!(n > 0);
     assert_eq!(got.len(), n, "one logits tensor per exit");
     for i in 0..n {
         let k = format!("logits.{i}");
-        let a = got[&k].flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
-        let b = want[&k].flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{name} {weights} {k}: {x} vs {y}");
-        }
+        close(
+            &format!("{name} {weights} {k}"),
+            &got[&k].flatten_all().expect("f32"),
+            &want[&k].flatten_all().expect("f32"),
+        );
     }
 }
 
@@ -101,27 +87,8 @@ fn r26_device_option() {
     let name = "scan_basic_w8";
     let (config, weights, io) =
         (fixture(name, "config.json"), fixture(name, "state_dict.safetensors"), fixture(name, "io.safetensors"));
-    let args = |device: &'static str| {
-        vec![
-            "infer".to_string(),
-            "--arch".into(),
-            "scan".into(),
-            "--config".into(),
-            s(&config).into(),
-            "--weights".into(),
-            s(&weights).into(),
-            "--input".into(),
-            s(&io).into(),
-            "--output".into(),
-            s(&out).into(),
-            "--device".into(),
-            device.into(),
-        ]
-    };
-    let run = |device: &'static str| {
-        let a = args(device);
-        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        crate::util::run(&refs)
+    let run = |device: &str| {
+        crate::util::run(&[&infer_args("scan", &config, &weights, &io, &out)[..], &["--device", device]].concat())
     };
     assert!(run("cpu").status.success());
     if !cfg!(feature = "cuda") {

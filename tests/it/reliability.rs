@@ -2,6 +2,7 @@
 //! one clear line, no panic.
 
 use crate::util::{anytime, fails, fixture, ok, root, s, temp_dir};
+use std::path::Path;
 
 fn tiny(dir: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let data = root().join("data/fashion-mnist-sample");
@@ -279,30 +280,13 @@ fn r22_messages_are_one_clean_line() {
     assert!(!err.contains("stack backtrace") && !err.contains("rust_begin_unwind"), "{err}");
     // Starting from weights that do not fit: the keys named plainly.
     let data = crate::util::root().join("data/fashion-mnist-sample");
-    let e = fails(&[
-        "train",
-        "--model",
-        "msdnet-tiny",
-        "--data-dir",
-        s(&data),
-        "--run-dir",
-        s(&dir.join("run")),
-        "--init",
-        s(&fixture("ranet_cifar10_lg", "state_dict.safetensors")),
-    ]);
+    let init = |run: &str, weights: &Path| {
+        let run = dir.join(run);
+        fails(&["train", "--model", "msdnet-tiny", "--data-dir", s(&data), "--run-dir", s(&run), "--init", s(weights)])
+    };
+    let e = init("run", &fixture("ranet_cifar10_lg", "state_dict.safetensors"));
     assert!(e.contains("does not fit this model") && !e.contains("Some(") && !e.contains("None"), "{e}");
     // A missing file is named once.
-    let missing = dir.join("missing.pth");
-    let e = fails(&[
-        "train",
-        "--model",
-        "msdnet-tiny",
-        "--data-dir",
-        s(&data),
-        "--run-dir",
-        s(&dir.join("run2")),
-        "--init",
-        s(&missing),
-    ]);
+    let e = init("run2", &dir.join("missing.pth"));
     assert_eq!(e.matches("missing.pth").count(), 1, "{e}");
 }

@@ -1,40 +1,16 @@
 //! SCAN through the CLI: reference parity from both weight forms, features,
 //! costs, and one clear error per bad configuration.
 
-use crate::util::{fails, fixture, ok, s, temp_dir};
+use crate::util::{close, fails, fixture, ok, s, temp_dir};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
 const FIXTURES: [&str; 2] = ["scan_basic_w8", "scan_bottleneck_w4"];
 
 fn infer(name: &str, weights: &str, extra: &[&str]) -> HashMap<String, Tensor> {
-    let dir = temp_dir(&format!("scan-{name}-{weights}"));
-    let out = dir.join("out.safetensors");
+    let out = temp_dir(&format!("scan-{name}-{weights}")).join("out.safetensors");
     let (config, file, io) = (fixture(name, "config.json"), fixture(name, weights), fixture(name, "io.safetensors"));
-    let args = [
-        "infer",
-        "--arch",
-        "scan",
-        "--config",
-        s(&config),
-        "--weights",
-        s(&file),
-        "--input",
-        s(&io),
-        "--output",
-        s(&out),
-    ];
-    ok(&[&args[..], extra].concat());
-    candle_core::safetensors::load(&out, &Device::Cpu).expect("output")
-}
-
-fn close(what: &str, a: &Tensor, b: &Tensor) {
-    assert_eq!(a.dims(), b.dims(), "{what}");
-    let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
-    let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
-    for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{what}: {x} vs {y}");
-    }
+    crate::util::infer("scan", &config, &file, &io, &out, extra)
 }
 
 /// Per-exit logits (depth order) and features equal the reference

@@ -1,5 +1,8 @@
-//! Shared helpers: running the binary, fixture paths, temporary directories.
+//! Shared helpers: running the binary, fixture paths, temporary directories,
+//! `infer` runs and the fixtures' tolerance.
 
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -50,6 +53,55 @@ pub fn ok(args: &[&str]) -> String {
     let out = run(args);
     assert!(out.status.success(), "anytime {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The arguments of `anytime infer --arch … --config … --weights … --input …
+/// --output …`.
+pub fn infer_args<'a>(
+    arch: &'a str,
+    config: &'a Path,
+    weights: &'a Path,
+    input: &'a Path,
+    out: &'a Path,
+) -> Vec<&'a str> {
+    vec![
+        "infer",
+        "--arch",
+        arch,
+        "--config",
+        s(config),
+        "--weights",
+        s(weights),
+        "--input",
+        s(input),
+        "--output",
+        s(out),
+    ]
+}
+
+/// Runs `anytime infer` (with `extra` arguments), which must succeed, and
+/// returns the tensors it wrote to `out`.
+pub fn infer(
+    arch: &str,
+    config: &Path,
+    weights: &Path,
+    input: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> HashMap<String, Tensor> {
+    ok(&[&infer_args(arch, config, weights, input, out)[..], extra].concat());
+    candle_core::safetensors::load(out, &Device::Cpu).expect("output")
+}
+
+/// Asserts `|a − b| ≤ 1e-4 + 1e-4·|b|` element-wise (the fixtures'
+/// tolerance), with equal shapes.
+pub fn close(what: &str, a: &Tensor, b: &Tensor) {
+    assert_eq!(a.dims(), b.dims(), "{what}");
+    let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
+    let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{what}: {x} vs {y}");
+    }
 }
 
 /// Asserts a clean failure: exit code 1, exactly one `error:` line on

@@ -483,13 +483,9 @@ impl Gfnet {
             values: Vec::new(),
         };
         let (mut feats, mut fc_h) = (None, None);
-        if self.cfg.is_mobilenet() {
-            feats = Some(feature);
-            out.logits.push(own);
-        } else {
-            let (h, logits) = self.fc.recurrent_step(&feature, None)?;
-            fc_h = Some(grad(h, "fc"));
-            out.logits.push(grad(logits, "fc"));
+        match self.fc_step(&feature, &mut feats, &mut fc_h)? {
+            Some((logits, _)) => out.logits.push(grad(logits, "fc")),
+            None => out.logits.push(own),
         }
         let mut map = g.map.detach();
         let mut policy_h: Option<Tensor> = None;
@@ -509,18 +505,8 @@ impl Gfnet {
             let enc = self.focus.forward_t(&self.crop(xs, &self.coords(&action)?)?, mode)?;
             let feature = grad(enc.feature, "model");
             out.dsn.push(grad(self.focus.classify(&feature)?, "model"));
-            let logits = match feats.take() {
-                Some(f) => {
-                    let all = Tensor::cat(&[&f, &feature], 1)?;
-                    let logits = self.fc.cascade_logits(&all)?;
-                    feats = Some(all);
-                    logits
-                }
-                None => {
-                    let (h, logits) = self.fc.recurrent_step(&feature, fc_h.as_ref())?;
-                    fc_h = Some(h);
-                    logits
-                }
+            let Some((logits, _)) = self.fc_step(&feature, &mut feats, &mut fc_h)? else {
+                bail!("gfnet: the classifier gave no logits at step {k}")
             };
             out.logits.push(grad(logits, "fc"));
             map = enc.map.detach();
@@ -530,6 +516,31 @@ impl Gfnet {
             }
         }
         Ok(out)
+    }
+
+    /// One step of the classifier (`Full_layer`) on the step's encoder
+    /// feature: the cascade appends it to the features so far (`feats`), the
+    /// recurrent classifier steps its state (`fc_h`). Returns the logits and
+    /// the vector the answering layer read, or `None` for the cascade's first
+    /// step, where MobileNet's glance answers with its own classifier.
+    fn fc_step(
+        &self,
+        feature: &Tensor,
+        feats: &mut Option<Tensor>,
+        fc_h: &mut Option<Tensor>,
+    ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        if !self.cfg.is_mobilenet() {
+            let (h, logits) = self.fc.recurrent_step(feature, fc_h.as_ref())?;
+            *fc_h = Some(h.clone());
+            return Ok(Some((logits, h)));
+        }
+        let Some(earlier) = feats.take() else {
+            *feats = Some(feature.clone());
+            return Ok(None);
+        };
+        let all = Tensor::cat(&[&earlier, feature], 1)?;
+        *feats = Some(all.clone());
+        Ok(Some((self.fc.cascade_logits(&all)?, all)))
     }
 
     /// The patch positions of actions `[N, 2]`: ⌊a·(H − P)⌋ computed in
@@ -702,21 +713,9 @@ impl MultiExit for Gfnet {
             self.focus.forward_t(&patches, mode)?
         };
         carry.map = Some(enc.map);
-        let out = if self.cfg.is_mobilenet() {
-            let feats = match carry.feats.take() {
-                Some(f) => Tensor::cat(&[&f, &enc.feature], 1)?,
-                None => enc.feature.clone(),
-            };
-            carry.feats = Some(feats.clone());
-            if k == 0 {
-                ExitOutput { logits: self.glance.classify(&enc.feature)?, feature: enc.feature }
-            } else {
-                ExitOutput { logits: self.fc.cascade_logits(&feats)?, feature: feats }
-            }
-        } else {
-            let (h, logits) = self.fc.recurrent_step(&enc.feature, carry.fc_h.as_ref())?;
-            carry.fc_h = Some(h.clone());
-            ExitOutput { logits, feature: h }
+        let out = match self.fc_step(&enc.feature, &mut carry.feats, &mut carry.fc_h)? {
+            Some((logits, feature)) => ExitOutput { logits, feature },
+            None => ExitOutput { logits: self.glance.classify(&enc.feature)?, feature: enc.feature },
         };
         state.finish_stage();
         Ok(out)

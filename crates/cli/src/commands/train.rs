@@ -128,11 +128,21 @@ pub fn fmnist_splits(
 ) -> Result<(Arc<anytime_data::dataset::Dataset>, Arc<anytime_data::dataset::Dataset>)> {
     let full = fashion_mnist(data_dir, Split::Train)?.pad(data.pad)?;
     let (train, val) = holdout_split(&full, holdout, seed)?;
-    let val = match data.clutter {
-        Some(c) => anytime_data::cluttered::cluttered(&val, &clutter_spec(c), c.holdout_seed)?,
-        None => val,
-    };
+    let val = on_canvases(val, data, |c| c.holdout_seed)?;
     Ok((Arc::new(train), Arc::new(val)))
+}
+
+/// `ds` on its fixed canvases (the seed `seed` picks) for cluttered data, as
+/// it is otherwise.
+fn on_canvases(
+    ds: anytime_data::dataset::Dataset,
+    data: &DataSpec,
+    seed: impl Fn(&Clutter) -> u64,
+) -> Result<anytime_data::dataset::Dataset> {
+    Ok(match &data.clutter {
+        Some(c) => anytime_data::cluttered::cluttered(&ds, &clutter_spec(*c), seed(c))?,
+        None => ds,
+    })
 }
 
 /// The data crate's spec of a registry entry's clutter.
@@ -143,11 +153,7 @@ pub fn clutter_spec(c: Clutter) -> anytime_data::cluttered::ClutterSpec {
 /// Fashion-MNIST's test images as the registry entry's `data` says:
 /// padded, and on their fixed canvases for cluttered data.
 pub fn fmnist_test(data_dir: &Path, data: &DataSpec) -> Result<anytime_data::dataset::Dataset> {
-    let test = fashion_mnist(data_dir, Split::Test)?.pad(data.pad)?;
-    Ok(match data.clutter {
-        Some(c) => anytime_data::cluttered::cluttered(&test, &clutter_spec(c), c.test_seed)?,
-        None => test,
-    })
+    on_canvases(fashion_mnist(data_dir, Split::Test)?.pad(data.pad)?, data, |c| c.test_seed)
 }
 
 /// Runs the command.
