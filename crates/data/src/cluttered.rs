@@ -103,12 +103,13 @@ fn paste(
 }
 
 /// The canvas of sample `index` of `ds` into `out` (`C·canvas²` bytes),
-/// drawing positions and fragment sources from `rng`.
+/// drawing positions and fragment sources from `rng`; returns the item's
+/// top-left corner (row, column).
 ///
 /// # Panics
 /// Never for a spec that passed [`ClutterSpec::check`] and an `out` of the
 /// right length; callers check both.
-pub fn compose(ds: &Dataset, index: usize, spec: &ClutterSpec, rng: &mut impl Rng, out: &mut [u8]) {
+pub fn compose(ds: &Dataset, index: usize, spec: &ClutterSpec, rng: &mut impl Rng, out: &mut [u8]) -> (usize, usize) {
     let (c, h, w) = ds.image_shape();
     let side = spec.canvas;
     out.fill(0);
@@ -125,6 +126,7 @@ pub fn compose(ds: &Dataset, index: usize, spec: &ClutterSpec, rng: &mut impl Rn
     }
     let (y, x) = (rng.random_range(0..=side - h), rng.random_range(0..=side - w));
     paste(out, side, ds.image(index), (c, h, w), (0, 0), (h, w), (y, x));
+    (y, x)
 }
 
 /// The generator of a fixed set's sample `i`.
@@ -143,7 +145,9 @@ pub fn cluttered(ds: &Dataset, spec: &ClutterSpec, seed: u64) -> Result<Dataset>
         .ok_or_else(|| Error::Invalid(format!("clutter: {} canvases of {per} bytes are too many to hold", ds.len())))?;
     let mut images = vec![0u8; total];
     use rayon::prelude::*;
-    images.par_chunks_mut(per).enumerate().for_each(|(i, out)| compose(ds, i, spec, &mut fixed_rng(seed, i), out));
+    images.par_chunks_mut(per).enumerate().for_each(|(i, out)| {
+        compose(ds, i, spec, &mut fixed_rng(seed, i), out);
+    });
     Dataset::new(
         format!("{}+clutter{}", ds.name, spec.canvas),
         images,

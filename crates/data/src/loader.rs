@@ -122,7 +122,7 @@ impl Loader {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, epoch as u64, i as u64));
         if let Some(spec) = &self.clutter {
             let mut canvas = vec![0u8; out.len()];
-            crate::cluttered::compose(&self.ds, i, spec, &mut rng, &mut canvas);
+            let _item = crate::cluttered::compose(&self.ds, i, spec, &mut rng, &mut canvas);
             let plane = spec.canvas * spec.canvas;
             for (k, (o, p)) in out.iter_mut().zip(&canvas).enumerate() {
                 let ch = k / plane;

@@ -49,6 +49,79 @@ fn sample(mean: &Tensor, std: f64, rng: &mut impl Rng) -> Result<Tensor> {
     (mean.detach() + (noise * std)?)?.clamp(0f32, 1f32)
 }
 
+/// The bounding box `(top, left, bottom, right)` (exclusive ends) of each
+/// image's brightest blob in `xs` `[N, C, H, W]`: the 8-connected set of
+/// pixels above their channel's minimum (summed over channels) with the
+/// largest total excess brightness.
+///
+/// On a cluttered canvas ([`anytime_data::cluttered`]) that is the item,
+/// with any fragment that touches it: the fragments are smaller than the
+/// item and few (the unit test measures how often the box holds the item).
+pub fn brightest_blobs(xs: &Tensor) -> Result<Vec<[usize; 4]>> {
+    let (_, c, h, w) = xs.dims4()?;
+    let images = xs.to_dtype(candle_core::DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
+    Ok(images
+        .iter()
+        .map(|img| {
+            let mut mass = vec![0f64; h * w];
+            for plane in img.chunks_exact(h * w).take(c) {
+                let lo = plane.iter().copied().fold(f32::INFINITY, f32::min);
+                for (m, p) in mass.iter_mut().zip(plane) {
+                    *m += (p - lo) as f64;
+                }
+            }
+            let mut seen = vec![false; h * w];
+            let (mut best, mut bbox) = (0f64, [0, 0, h, w]);
+            let mut stack = Vec::new();
+            for start in 0..h * w {
+                if seen[start] || mass[start] <= 0.0 {
+                    continue;
+                }
+                seen[start] = true;
+                stack.push(start);
+                let (mut total, mut b) = (0f64, [h, w, 0, 0]);
+                while let Some(k) = stack.pop() {
+                    let (y, x) = (k / w, k % w);
+                    total += mass[k];
+                    b = [b[0].min(y), b[1].min(x), b[2].max(y + 1), b[3].max(x + 1)];
+                    for ny in y.saturating_sub(1)..(y + 2).min(h) {
+                        for nx in x.saturating_sub(1)..(x + 2).min(w) {
+                            let q = ny * w + nx;
+                            if !seen[q] && mass[q] > 0.0 {
+                                seen[q] = true;
+                                stack.push(q);
+                            }
+                        }
+                    }
+                }
+                if total > best {
+                    (best, bbox) = (total, b);
+                }
+            }
+            bbox
+        })
+        .collect())
+}
+
+/// Actions (row then column per box, flattened) whose `patch`-pixel
+/// patches on a `size`-pixel image contain each box of `boxes` (as
+/// [`brightest_blobs`] gives them), at uniform positions among those that
+/// do: a corner r with r ≤ top and bottom ≤ r + P, as the action whose
+/// floor(a·(H − P)) is r. A box larger than the patch gets a corner inside
+/// it instead. Needs `patch ≤ size` and boxes inside the image.
+fn box_actions(boxes: &[[usize; 4]], size: usize, patch: usize, rng: &mut impl Rng) -> Vec<f32> {
+    let room = size - patch;
+    let mut u = Vec::with_capacity(2 * boxes.len());
+    for b in boxes {
+        for (lo, hi) in [(b[0], b[2]), (b[1], b[3])] {
+            let (first, last) = (hi.saturating_sub(patch).min(room), lo.min(room));
+            let r = rng.random_range(first.min(last)..=first.max(last));
+            u.push(if room == 0 { 0.0 } else { (r as f32 + 0.5) / room as f32 });
+        }
+    }
+    u
+}
+
 /// GFNet's classification loss on random or policy-sampled patches.
 #[derive(Debug, Clone)]
 pub struct PatchObjective {
@@ -56,6 +129,10 @@ pub struct PatchObjective {
     pub dsn_ratio: f64,
     /// `None`: uniform random actions; `Some(std)`: policy samples.
     pub policy_std: Option<f64>,
+    /// Focus patches at uniform positions among those that hold the
+    /// image's brightest blob ([`brightest_blobs`]): crops that contain a
+    /// cluttered canvas's item (our stage 0).
+    pub item_crops: bool,
 }
 
 impl Objective for PatchObjective {
@@ -64,9 +141,15 @@ impl Objective for PatchObjective {
         let StepContext { xs, ys, mode, rng, .. } = cx;
         let n = xs.dim(0)?;
         let std = self.policy_std;
+        let (size, patch) = (model.config().image_size, model.config().patch_size);
+        let items = if self.item_crops { Some(brightest_blobs(xs)?) } else { None };
         let mut choose = |_k: usize, mean: Option<&Tensor>| -> Result<Tensor> {
-            match (std, mean) {
-                (Some(s), Some(m)) => sample(m, s, rng),
+            match (std, mean, &items) {
+                (Some(s), Some(m), _) => sample(m, s, rng),
+                (_, _, Some(items)) => {
+                    let u = box_actions(items, size, patch, rng);
+                    Tensor::from_vec(u, (n, 2), xs.device())
+                }
                 _ => {
                     let u: Vec<f32> = (0..2 * n).map(|_| rng.random::<f32>()).collect();
                     Tensor::from_vec(u, (n, 2), xs.device())
@@ -194,7 +277,8 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
             for (objective, frozen, trained) in [
                 (
-                    Box::new(PatchObjective { dsn_ratio: 5.0, policy_std: None }) as Box<dyn Objective>,
+                    Box::new(PatchObjective { dsn_ratio: 5.0, policy_std: None, item_crops: false })
+                        as Box<dyn Objective>,
                     vec!["model_prime".to_string()],
                     ["model.", "fc."],
                 ),
@@ -222,6 +306,55 @@ mod tests {
         }
     }
 
+    /// On cluttered Fashion-MNIST canvases the brightest blob's box holds
+    /// the item for nearly every canvas, and item crops contain the box.
+    #[test]
+    fn item_crops_contain_the_item() {
+        use anytime_data::cluttered::{ClutterSpec, compose};
+        use anytime_data::fmnist::{Split, fashion_mnist, fashion_mnist_sample_dir};
+        let ds = fashion_mnist(&fashion_mnist_sample_dir(), Split::Test).unwrap();
+        let spec = ClutterSpec::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let (n, side) = (ds.len().min(500), 96);
+        let mut pixels = Vec::with_capacity(n * side * side);
+        let mut truth = Vec::new();
+        for i in 0..n {
+            let mut canvas = vec![0u8; side * side];
+            truth.push(compose(&ds, i, &spec, &mut rng, &mut canvas));
+            // Normalised as the loader does (any affine map with a positive
+            // scale gives the same blobs).
+            pixels.extend(canvas.iter().map(|&p| (p as f32 / 255.0 - 0.286) / 0.353));
+        }
+        let xs = Tensor::from_vec(pixels, (n, 1, side, side), &Device::Cpu).unwrap();
+        let boxes = brightest_blobs(&xs).unwrap();
+        let acts = box_actions(&boxes, 96, 48, &mut rng);
+        // The share of each item's brightness inside its patch.
+        let mut shares: Vec<f64> = Vec::new();
+        let mut corners = std::collections::HashSet::new();
+        for (i, a) in acts.chunks(2).enumerate() {
+            let (r, c) = ((a[0] * 48.0).floor() as usize, (a[1] * 48.0).floor() as usize);
+            assert!(r <= 48 && c <= 48);
+            let (ty, tx) = truth[i];
+            let img = ds.image(i);
+            let (mut inside, mut total) = (0f64, 0f64);
+            for k in 0..28 * 28 {
+                let (y, x) = (ty + k / 28, tx + k % 28);
+                total += img[k] as f64;
+                if (r..r + 48).contains(&y) && (c..c + 48).contains(&x) {
+                    inside += img[k] as f64;
+                }
+            }
+            shares.push(inside / total.max(1.0));
+            corners.insert((r as isize - ty as isize, c as isize - tx as isize));
+        }
+        let whole = shares.iter().filter(|&&s| s >= 1.0).count();
+        let most = shares.iter().filter(|&&s| s >= 0.9).count();
+        eprintln!("of {n} item crops, {whole} hold the whole item and {most} at least 90 % of its brightness");
+        assert!(n >= 100 && whole * 100 >= n * 98 && most * 100 >= n * 99, "{whole} / {most} of {n}");
+        // The corners vary.
+        assert!(corners.len() > 50, "{} distinct offsets", corners.len());
+    }
+
     /// Actions come from the step generator: the same generator state gives
     /// the same loss, another one another loss.
     #[test]
@@ -246,7 +379,11 @@ mod tests {
         let ys = Tensor::new(&[0u32], &Device::Cpu).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let mut cx = StepContext { model: other.as_ref(), xs: &xs, ys: &ys, mode: &mode, rng: &mut rng };
-        let e = PatchObjective { dsn_ratio: 5.0, policy_std: None }.step(&mut cx).err().unwrap().to_string();
+        let e = PatchObjective { dsn_ratio: 5.0, policy_std: None, item_crops: false }
+            .step(&mut cx)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("GFNet"), "{e}");
     }
 }

@@ -119,6 +119,11 @@ pub enum ObjectiveConfig {
         /// policy's mean plus Gaussian noise of this standard deviation,
         /// clamped to [0, 1].
         policy_std: Option<f64>,
+        /// Focus patches that contain the canvas's item, taken to be its
+        /// brightest blob (our stage 0, with no ImageNet weights to start
+        /// from); not with `policy_std`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        item_crops: bool,
     },
     /// GFNet's policy update (`train.py` stage 2, `network.py` `PPO`):
     /// actions sampled from N(mean, std²) and clamped to [0, 1], rewards
@@ -142,9 +147,12 @@ impl ObjectiveConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         match *self {
             Self::MultiExitCe | Self::RandomExitWeights => Ok(()),
-            Self::GfnetPatches { dsn_ratio, policy_std } => {
+            Self::GfnetPatches { dsn_ratio, policy_std, item_crops } => {
                 if !(dsn_ratio.is_finite() && dsn_ratio >= 0.0) {
                     return Err(format!("gfnet_patches: dsn_ratio must be a finite number >= 0, got {dsn_ratio}"));
+                }
+                if item_crops && policy_std.is_some() {
+                    return Err("gfnet_patches: item crops and policy samples are exclusive".into());
                 }
                 match policy_std {
                     Some(s) if !(s.is_finite() && s > 0.0) => {
@@ -172,8 +180,8 @@ impl ObjectiveConfig {
         match *self {
             Self::MultiExitCe => Box::new(MultiExitObjective { loss: loss.clone(), random_weights: false }),
             Self::RandomExitWeights => Box::new(MultiExitObjective { loss: loss.clone(), random_weights: true }),
-            Self::GfnetPatches { dsn_ratio, policy_std } => {
-                Box::new(crate::gfnet::PatchObjective { dsn_ratio, policy_std })
+            Self::GfnetPatches { dsn_ratio, policy_std, item_crops } => {
+                Box::new(crate::gfnet::PatchObjective { dsn_ratio, policy_std, item_crops })
             }
             Self::GfnetPpo { std, gamma, value_coef } => {
                 Box::new(crate::gfnet::PpoObjective { std, gamma, value_coef })

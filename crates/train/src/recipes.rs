@@ -202,8 +202,9 @@ const SCAN_RESTART_EPOCHS: usize = 16;
 /// Epochs of `gfnet-mnv3-cluttered-fmnist`'s four stages, sized from a
 /// measured stage-0 step: 64–70 images/s at batch 64 while another training
 /// run shared the 2-core machine (about 140 alone, so ~6.5 minutes per
-/// 55,000-image epoch), about 1.5 hours in all.
-const GFNET_EPOCHS: [usize; 4] = [6, 4, 2, 3];
+/// 55,000-image epoch), a little over an hour in all, so that GFNet and its
+/// full-image comparison train within one session.
+const GFNET_EPOCHS: [usize; 4] = [4, 3, 2, 2];
 
 /// The SCAN ablation's registry models: attention and distillation, each on
 /// or off.
@@ -228,9 +229,11 @@ fn scan_spec(epochs: usize) -> TrainSpec {
 
 /// GFNet's stages for `gfnet-mnv3-cluttered-fmnist` (`train.py`,
 /// `configs.py`; we have no ImageNet weights, hence stage 0):
-/// - `pretrain`: both encoders and the classifier on random patches, the
-///   glance encoder on the whole canvas (resized to 48), nothing frozen
-///   but the unused policy; `(Σ CE + 5·Σ dsn CE) / T`;
+/// - `pretrain`: the focus encoder and the classifier on patches that
+///   contain the item (at uniform positions among those that hold the
+///   canvas's brightest blob), the glance encoder on the whole
+///   canvas (resized to 48), nothing frozen but the unused policy;
+///   `(Σ CE + 5·Σ dsn CE) / T`;
 /// - `patches` (the reference's stage 1): the same loss with the glance
 ///   encoder frozen (eval mode, as the reference for MobileNet), the
 ///   classifier at 5× the encoder's learning rate (0.1 against 0.005 in
@@ -243,7 +246,9 @@ fn scan_spec(epochs: usize) -> TrainSpec {
 /// SGD with Nesterov momentum 0.9 and weight decay 1e-4 (`configs.py`),
 /// cosine schedules, batch 64.
 fn gfnet_stages(epochs: [usize; 4]) -> Vec<Stage> {
-    let patches = |policy_std| ObjectiveConfig::GfnetPatches { dsn_ratio: 5.0, policy_std };
+    let patches = |policy_std| ObjectiveConfig::GfnetPatches { dsn_ratio: 5.0, policy_std, item_crops: false };
+    // Stage 0's focus crops contain the item.
+    let item_crops = ObjectiveConfig::GfnetPatches { dsn_ratio: 5.0, policy_std: None, item_crops: true };
     let frozen = |p: &str| ParamGroup { frozen: true, ..ParamGroup::new(p) };
     let sgd = |epochs, lr, objective, groups| TrainSpec {
         objective,
@@ -253,7 +258,7 @@ fn gfnet_stages(epochs: [usize; 4]) -> Vec<Stage> {
         ..fmnist_spec(epochs)
     };
     vec![
-        Stage { name: "pretrain", spec: sgd(epochs[0], 0.1, patches(None), vec![frozen("policy")]) },
+        Stage { name: "pretrain", spec: sgd(epochs[0], 0.1, item_crops, vec![frozen("policy")]) },
         Stage {
             name: "patches",
             spec: sgd(
@@ -366,7 +371,7 @@ pub fn recipe(model: &str) -> Result<Recipe> {
             stages: vec![Stage {
                 name: "main",
                 spec: TrainSpec {
-                    objective: ObjectiveConfig::GfnetPatches { dsn_ratio: 0.0, policy_std: None },
+                    objective: ObjectiveConfig::GfnetPatches { dsn_ratio: 0.0, policy_std: None, item_crops: false },
                     groups: vec![ParamGroup { frozen: true, ..ParamGroup::new("policy") }],
                     schedule: Schedule { lr: 0.1, kind: ScheduleKind::Cosine, warmup_epochs: 0.0 },
                     checkpoint_minutes: 4.0,
