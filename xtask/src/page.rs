@@ -8,7 +8,7 @@
 //! committed page equals it.
 
 use crate::bench::BenchReport;
-use crate::results::FMNIST_MODELS;
+use crate::results::{BASELINE_POLICIES, CLUTTERED_MODELS, FMNIST_MODELS, FULL_IMAGE_MODEL};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{Calibration, Method};
 use anytime_eval::plot::{Series, curves, report_plots};
@@ -26,23 +26,47 @@ pub struct Model {
     cal_b64: EvalReport,
     cal_b1: EvalReport,
     reading: String,
+    /// On cluttered Fashion-MNIST (GFNet's benchmark), not comparable with
+    /// the plain Fashion-MNIST models.
+    cluttered: bool,
+    /// GFNet: the baseline patch policies' reports, by policy.
+    policies: Vec<(String, EvalReport)>,
+    /// GFNet: the full-image model's reports at batch 64 and 1.
+    full_image: Option<(EvalReport, EvalReport)>,
 }
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Every Fashion-MNIST model with reports in `docs/data/<model>/`, MSDNet first.
+/// Every model with reports in `docs/data/<model>/`: the Fashion-MNIST ones,
+/// MSDNet first, then the cluttered ones.
 pub fn load_models(root: &Path) -> Result<Vec<Model>> {
     let mut out = Vec::new();
-    for name in FMNIST_MODELS {
+    for name in FMNIST_MODELS.iter().chain(CLUTTERED_MODELS) {
         let dir = root.join("docs/data").join(name);
         if !dir.join("budgeted-b64.json").exists() {
             continue;
         }
         let report = |f: &str| EvalReport::load(&dir.join(f));
         let cal_path = dir.join("calibration-50.json");
+        let cluttered = CLUTTERED_MODELS.contains(name);
+        let mut policies = Vec::new();
+        for (policy, file) in BASELINE_POLICIES.iter().filter(|_| cluttered) {
+            policies.push((policy.to_string(), report(file)?));
+        }
+        let full_dir = root.join("docs/data").join(FULL_IMAGE_MODEL);
+        let full_image = match cluttered && full_dir.join("eval-b64.json").exists() {
+            true => Some((
+                EvalReport::load(&full_dir.join("eval-b64.json"))?,
+                EvalReport::load(&full_dir.join("eval-b1.json"))?,
+            )),
+            false => None,
+        };
         out.push(Model {
+            cluttered,
+            policies,
+            full_image,
             name: name.to_string(),
             b64: report("budgeted-b64.json")?,
             b1: report("budgeted-b1.json")?,
@@ -114,6 +138,7 @@ pub fn write_plots(root: &Path, models: &[Model]) -> Result<()> {
             )?;
         }
     }
+    let models: Vec<&Model> = models.iter().filter(|m| !m.cluttered).collect();
     if models.len() < 2 {
         return Ok(());
     }
@@ -179,16 +204,32 @@ fn model_section(out: &mut String, details: &mut String, root: &Path, m: &Model)
         provenance(&m.b64),
         about.trim()
     )?;
-    writeln!(out, "| exit | MFLOPs | test top-1 | ms/image, batch 64 | ms/image, batch 1 |\n|---|---|---|---|---|")?;
-    for (e, e1) in m.b64.exits.iter().zip(&m.b1.exits) {
+    // GFNet: the baseline policies' accuracy beside the learned one's.
+    let mut head = String::from("| exit | MFLOPs | test top-1 |");
+    for (policy, _) in &m.policies {
+        write!(head, " {} patches |", policy.split(':').next().unwrap_or(policy))?;
+    }
+    writeln!(out, "{head} ms/image, batch 64 | ms/image, batch 1 |")?;
+    writeln!(out, "{}", "|---".repeat(5 + m.policies.len()) + "|")?;
+    for (k, (e, e1)) in m.b64.exits.iter().zip(&m.b1.exits).enumerate() {
+        let mut row = format!("| {} | {:.2} | {} |", e.exit, e.mflops, pct(e.accuracy));
+        for (policy, r) in &m.policies {
+            let other = r.exits.get(k).with_context(|| format!("{name}: the {policy} report has no exit {k}"))?;
+            write!(row, " {} |", pct(other.accuracy))?;
+        }
+        writeln!(out, "{row} {:.3} | {:.3} |", e.ms_per_image, e1.ms_per_image)?;
+    }
+    if let Some((f64_, f1)) = &m.full_image {
+        let (e, e1) = (f64_.full()?, f1.full()?);
         writeln!(
             out,
-            "| {} | {:.2} | {} | {:.3} | {:.3} |",
-            e.exit,
-            e.mflops,
+            "\nThe full-image comparison `{FULL_IMAGE_MODEL}` (the same MobileNetV3 on the whole canvas, one exit): {} \
+             at {:.2} MFLOPs, {:.3} ms/image at batch 64, {:.3} at batch 1 ({}).",
             pct(e.accuracy),
+            e.mflops,
             e.ms_per_image,
-            e1.ms_per_image
+            e1.ms_per_image,
+            provenance(f64_)
         )?;
     }
     let (s64, s1) = (m.b64.budgeted.as_deref().unwrap_or(&[]), m.b1.budgeted.as_deref().unwrap_or(&[]));
@@ -227,13 +268,6 @@ fn model_section(out: &mut String, details: &mut String, root: &Path, m: &Model)
             counts(&b.run.exit_counts)
         )?;
     }
-    writeln!(
-        out,
-        "\nBudgeted classification with real early exit: the q sweep (thresholds from the held-out split, {} points{}) \
-         is on [its own page](results/{name}.md) and in the plots below.",
-        s64.len(),
-        if m.b64.methods.is_some() { ", and the threshold searches at equal budgets" } else { "" }
-    )?;
     let method = match &m.cal.method {
         Method::Solver { budget_mflops } => format!("The budget solver for {budget_mflops:.2} MFLOPs"),
         Method::Q { q } => format!("MSDNet's rule with q = {q}"),
@@ -286,7 +320,14 @@ fn model_section(out: &mut String, details: &mut String, root: &Path, m: &Model)
             links.push(format!("[{label}](plots/{name}/{file})"));
         }
     }
-    writeln!(out, "Plots: {}; reports: `docs/data/{name}/`.\n", links.join(", "))?;
+    writeln!(
+        out,
+        "Plots: {}; budgeted classification point by point (the q sweep, {} points{}): [its own page](results/{name}.md); \
+         reports: `docs/data/{name}/`.\n",
+        links.join(", "),
+        s64.len(),
+        if m.b64.methods.is_some() { ", and the threshold searches at equal budgets" } else { "" }
+    )?;
     writeln!(out, "{}\n", reading.trim())?;
     Ok(())
 }
@@ -456,7 +497,7 @@ fn describe(a: &str, b: &str, c: &Comparison) -> String {
     )
 }
 
-fn compare_section(out: &mut String, root: &Path, ms: &[Model]) -> Result<()> {
+fn compare_section(out: &mut String, details: &mut String, root: &Path, ms: &[&Model]) -> Result<()> {
     writeln!(out, "### Comparison\n")?;
     writeln!(
         out,
@@ -491,10 +532,17 @@ fn compare_section(out: &mut String, root: &Path, ms: &[Model]) -> Result<()> {
             c.mflops
         )?;
     }
-    let reference = &ms[0];
+    let reference = ms[0];
     writeln!(
         out,
-        "\nWhere {}'s curves lie above the others at equal MFLOPs (linear interpolation between measured points, 201 samples of the shared range):\n",
+        "\nWhere {0}'s curves lie above the others' at equal MFLOPs: [the comparison, curve by curve](results/comparison.md).",
+        reference.name
+    )?;
+    writeln!(
+        details,
+        "# Fashion-MNIST models: where {0}'s curves lie above the others'\n\n<!-- Generated by `cargo xtask results` \
+         with docs/results.md, from docs/data/. -->\n\n[Back to the results](../results.md#comparison).\n\n\
+         At equal MFLOPs, by linear interpolation between measured points (201 samples of the shared range):\n",
         reference.name
     )?;
     for m in &ms[1..] {
@@ -508,7 +556,7 @@ fn compare_section(out: &mut String, root: &Path, ms: &[Model]) -> Result<()> {
         ] {
             let text =
                 compare(&a, &b).map_or("no shared MFLOPs range".into(), |c| describe(&reference.name, &m.name, &c));
-            writeln!(out, "- {} vs {}, {kind}: {text}.", reference.name, m.name)?;
+            writeln!(details, "- {} vs {}, {kind}: {text}.", reference.name, m.name)?;
         }
     }
     writeln!(
@@ -583,11 +631,23 @@ fn render_all(root: &Path, models: &[Model]) -> Result<(String, Vec<(String, Str
          the same batch size: 1.0 means the FLOPs saved turn fully into time saved; times compare across models \
          only when measured on the same machine (each section says where).\n"
     )?;
-    if models.len() > 1 {
-        compare_section(&mut out, root, models)?;
-    }
+    let (plain, cluttered): (Vec<&Model>, Vec<&Model>) = models.iter().partition(|m| !m.cluttered);
     let mut details = Vec::new();
-    for m in models {
+    if plain.len() > 1 {
+        let mut d = String::new();
+        compare_section(&mut out, &mut d, root, &plain)?;
+        details.push(("comparison".to_string(), d));
+    }
+    for m in &plain {
+        let mut d = String::new();
+        model_section(&mut out, &mut d, root, m)?;
+        details.push((m.name.clone(), d));
+    }
+    if !cluttered.is_empty() {
+        writeln!(out, "## Cluttered Fashion-MNIST: GFNet\n")?;
+        writeln!(out, "{}\n", read(&root.join("docs/data/cluttered.md"))?.trim())?;
+    }
+    for m in &cluttered {
         let mut d = String::new();
         model_section(&mut out, &mut d, root, m)?;
         details.push((m.name.clone(), d));

@@ -1,5 +1,5 @@
-//! `cargo xtask results`: measures every trained Fashion-MNIST model with the
-//! `anytime` binary, keeps the reports under `docs/data/<model>/`, and
+//! `cargo xtask results`: measures every trained Fashion-MNIST model (and
+//! GFNet's cluttered Fashion-MNIST models) with the `anytime` binary, keeps the reports under `docs/data/<model>/`, and
 //! regenerates `docs/results.md` and every plot of `docs/plots/` from them
 //! ([`crate::page`]); `--reuse` measures only what is missing, so with every
 //! report committed it regenerates the page without measuring anything.
@@ -13,6 +13,22 @@ use std::process::{Command, Stdio};
 pub const FMNIST_MODELS: &[&str] =
     &["msdnet-fmnist", "ranet-fmnist", "resnet-mc-fmnist", "densenet-mc-fmnist", "scan-resnet18-fmnist"];
 
+/// Models of cluttered Fashion-MNIST (GFNet's benchmark): measured as the
+/// others, plus the centre- and random-patch baselines of their policy.
+pub const CLUTTERED_MODELS: &[&str] = &["gfnet-mnv3-cluttered-fmnist"];
+
+/// GFNet's full-image comparison: one exit, measured per exit only.
+pub const FULL_IMAGE_MODEL: &str = "mnv3-full-cluttered-fmnist";
+
+/// The patch policies GFNet's learned one is compared with, and the files
+/// of their reports in `docs/data/<model>/`.
+pub const BASELINE_POLICIES: &[(&str, &str)] = &[("centre", "policy-centre.json"), ("random:0", "policy-random.json")];
+
+/// Every model `cargo xtask results` knows.
+pub fn known_models() -> Vec<&'static str> {
+    FMNIST_MODELS.iter().chain(CLUTTERED_MODELS).copied().chain([FULL_IMAGE_MODEL]).collect()
+}
+
 /// Test images used for the batch-1 measurements (batch 1 is slow).
 pub const BATCH1_IMAGES: usize = 2000;
 
@@ -24,7 +40,8 @@ pub struct ResultsArgs {
     /// from the committed reports, measuring nothing).
     #[arg(long)]
     reuse: bool,
-    /// Only measure these models (comma-separated); default: every Fashion-MNIST model with weights.
+    /// Only measure these models (comma-separated); default: every model with weights (plain and cluttered
+    /// Fashion-MNIST).
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
 }
@@ -100,6 +117,20 @@ fn measure_model(name: &str, reuse: bool, stamp: &Provenance) -> Result<()> {
     std::fs::create_dir_all(root.join(&rel))?;
     let file = |f: &str| format!("{rel}/{f}");
     let n1 = BATCH1_IMAGES.to_string();
+    if name == FULL_IMAGE_MODEL {
+        measure(&root.join(file("eval-b64.json")), reuse, stamp, &["eval", "--model", name, "--json"])?;
+        return measure(
+            &root.join(file("eval-b1.json")),
+            reuse,
+            stamp,
+            &["eval", "--model", name, "--batch-size", "1", "--limit", &n1, "--json"],
+        );
+    }
+    if CLUTTERED_MODELS.contains(&name) {
+        for (policy, f) in BASELINE_POLICIES {
+            measure(&root.join(file(f)), reuse, stamp, &["eval", "--model", name, "--patch-policy", policy, "--json"])?;
+        }
+    }
     let plots64 = format!("docs/plots/{name}");
     let plots1 = format!("docs/plots/{name}-batch1");
     measure(
@@ -148,12 +179,13 @@ fn measure_model(name: &str, reuse: bool, stamp: &Provenance) -> Result<()> {
 /// Runs the task.
 pub fn run(a: &ResultsArgs) -> Result<()> {
     let root = crate::root();
+    let known = known_models();
     let names: Vec<String> =
-        if a.models.is_empty() { FMNIST_MODELS.iter().map(|s| s.to_string()).collect() } else { a.models.clone() };
+        if a.models.is_empty() { known.iter().map(|s| s.to_string()).collect() } else { a.models.clone() };
     let stamp = provenance();
     for name in &names {
-        if !FMNIST_MODELS.contains(&name.as_str()) {
-            bail!("unknown model '{name}' (known: {})", FMNIST_MODELS.join(", "));
+        if !known.contains(&name.as_str()) {
+            bail!("unknown model '{name}' (known: {})", known.join(", "));
         }
         if !root.join("weights").join(format!("{name}.safetensors")).exists() {
             eprintln!("{name}: no weights/{name}.safetensors, skipped");
