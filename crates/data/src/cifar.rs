@@ -68,12 +68,12 @@ pub fn cifar(dir: &Path, kind: Cifar, train: bool) -> Result<Dataset> {
         images.extend(i);
         labels.extend(l);
     }
-    let (classes, norm) = match kind {
-        Cifar::Ten => (10, Normalization { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2470, 0.2435, 0.2616] }),
-        Cifar::Hundred => {
-            (100, Normalization { mean: vec![0.5071, 0.4865, 0.4409], std: vec![0.2673, 0.2564, 0.2762] })
-        }
+    // The references' constants (MSDNet's and RANet's `dataloader.py`).
+    let (classes, p) = match kind {
+        Cifar::Ten => (10, crate::preprocess::Preprocess::cifar10()),
+        Cifar::Hundred => (100, crate::preprocess::Preprocess::cifar100()),
     };
+    let norm = Normalization { mean: p.mean, std: p.std };
     let names = (0..classes).map(|c| c.to_string()).collect();
     let name =
         format!("{}/{}", if kind == Cifar::Ten { "cifar10" } else { "cifar100" }, if train { "train" } else { "test" });

@@ -12,7 +12,10 @@
 //! - [`cifar`]: CIFAR-10/100 binary batches;
 //! - [`cluttered`]: seeded cluttered canvases (GFNet's cluttered Fashion-MNIST),
 //!   fixed for evaluation or fresh every epoch for training;
-//! - [`folder`] and [`image`]: image folders and single PNG/JPEG images.
+//! - [`folder`] and [`image`]: image folders and single PNG/JPEG images;
+//! - [`preprocess`]: the references' evaluation transforms (torchvision's
+//!   `Resize` + `CenterCrop` on PIL images, pixel for pixel, and the
+//!   normalisation constants).
 //!
 //! ```
 //! use anytime_data::fmnist::{fashion_mnist, fashion_mnist_sample_dir, Split};
@@ -36,5 +39,6 @@ pub mod folder;
 pub mod idx;
 pub mod image;
 pub mod loader;
+pub mod preprocess;
 
 pub use error::{Error, Result};

@@ -297,8 +297,8 @@ const CIFAR100: DataSpec = DataSpec {
     dataset: "cifar100",
     input: (3, 32, 32),
     pad: 0,
-    mean: &[0.5071, 0.4865, 0.4409],
-    std: &[0.2673, 0.2564, 0.2762],
+    mean: &[0.5071, 0.4867, 0.4408],
+    std: &[0.2675, 0.2565, 0.2761],
     clutter: None,
 };
 const IMAGENET: DataSpec = DataSpec {
