@@ -82,6 +82,50 @@ def dense_stack(c):
     return run
 
 
+def inverted_residual(c):
+    # MobileNetV3's inverted residual (gen-efficientnet's layout): 1x1
+    # expansion, BN, act, kxk depthwise, BN, act, optional squeeze-excite
+    # (ReLU inside, hard-sigmoid gate), 1x1 projection, BN, plus the input.
+    ch, mid, red, k = c["c"], c["mid"], c["reduce"], c["k"]
+    act = nn.Hardswish if c["hard_swish"] else nn.ReLU
+
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_reduce = nn.Conv2d(mid, red, 1)
+            self.conv_expand = nn.Conv2d(red, mid, 1)
+
+        def forward(self, x):
+            s = self.conv_expand(F.relu(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+            return x * F.hardsigmoid(s)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers = [nn.Conv2d(ch, mid, 1, bias=False), nn.BatchNorm2d(mid), act(),
+                      nn.Conv2d(mid, mid, k, 1, k // 2, groups=mid, bias=False), nn.BatchNorm2d(mid), act()]
+            if c["se"]:
+                layers.append(SE())
+            layers += [nn.Conv2d(mid, ch, 1, bias=False), nn.BatchNorm2d(ch)]
+            self.body = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    block = Block()
+    x = torch.randn(c["n"], ch, c["hw"], c["hw"])
+    if c["train"]:
+        block.train()
+        def run():
+            block(x).sum().backward()
+    else:
+        block.eval()
+        def run():
+            with torch.no_grad():
+                block(x)
+    return run
+
+
 def load(path, module):
     spec = importlib.util.spec_from_file_location(module, os.path.join(path, "models", module + ".py"))
     mod = importlib.util.module_from_spec(spec)
@@ -194,7 +238,8 @@ def model_case(c):
 
 
 def build(c):
-    fn = {"conv": conv_case, "bn": bn_case, "dense": dense_stack, "model": model_case}.get(c["kind"])
+    fn = {"conv": conv_case, "bn": bn_case, "dense": dense_stack, "inverted_residual": inverted_residual,
+          "model": model_case}.get(c["kind"])
     return fn(c) if fn else None
 
 

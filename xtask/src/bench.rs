@@ -326,6 +326,48 @@ fn bn(n: usize, c: usize, hw: usize) -> Result<Case> {
     })
 }
 
+/// A MobileNetV3 inverted-residual block (gen-efficientnet's layout), the
+/// forward in eval mode or a training step's forward and backward.
+#[allow(clippy::too_many_arguments)]
+fn inverted_residual(
+    n: usize,
+    c: usize,
+    hw: usize,
+    k: usize,
+    expansion: f64,
+    se: bool,
+    hard_swish: bool,
+    train: bool,
+) -> Result<Case> {
+    use anytime_blocks::mobilenet::{InvertedResidual, make_divisible};
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let block = InvertedResidual::new(vb, c, c, k, 1, expansion, se, hard_swish)?;
+    let x = rand(&[n, c, hw, hw])?;
+    let mid = make_divisible(c as f64 * expansion);
+    let red = make_divisible(mid as f64 * 0.25);
+    let px = (n * hw * hw) as f64;
+    let macs = px * (2 * c * mid + mid * k * k) as f64 + if se { (n * 2 * mid * red) as f64 } else { 0.0 };
+    let name = format!(
+        "inverted residual {k}x{k} {c}->{mid}->{c}{}{} {hw}x{hw} n{n} {}",
+        if se { " SE" } else { "" },
+        if hard_swish { " hswish" } else { " relu" },
+        if train { "train fwd+bwd" } else { "fwd" }
+    );
+    let mode = anytime_blocks::Mode::from_train(train);
+    Ok(Case {
+        spec: json!({"kind": "inverted_residual", "name": name, "n": n, "c": c, "hw": hw, "k": k, "mid": mid, "reduce": red, "se": se, "hard_swish": hard_swish, "train": train}),
+        flops: Some(2.0 * macs * if train { 3.0 } else { 1.0 }),
+        run: Box::new(move || {
+            let y = block.forward_t(&x, &mode)?;
+            if train {
+                y.sum_all()?.backward()?;
+            }
+            Ok(())
+        }),
+    })
+}
+
 fn dense(n: usize, c: usize, hw: usize, layers: usize, growth: usize) -> Result<Case> {
     // Two scales; per layer: a 3x3 conv-BN-ReLU on each scale and a strided
     // one from the finer to the coarser, concatenated (as the torch script).
@@ -451,6 +493,13 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
         bn(64, 32, 28)?,
         bn(64, 64, 14)?,
         dense(64, 16, 28, 4, 8)?,
+        // MobileNetV3-Large x0.5 blocks at GFNet's 48-pixel patches: stage
+        // 2 (5x5, squeeze-excite, ReLU, 12x12) and stage 3 (3x3,
+        // hard-swish, 6x6).
+        inverted_residual(64, 24, 12, 5, 3.0, true, false, false)?,
+        inverted_residual(64, 24, 12, 5, 3.0, true, false, true)?,
+        inverted_residual(64, 40, 6, 3, 2.5, false, true, false)?,
+        inverted_residual(64, 40, 6, 3, 2.5, false, true, true)?,
     ];
     if !kernels_only {
         use anytime_models::msdnet::MsdNetConfig;

@@ -138,6 +138,42 @@ fn large_arch() -> Vec<Vec<Row>> {
     ]
 }
 
+/// One inverted-residual block (`conv_pw` → `bn1` → act → `conv_dw` → `bn2`
+/// → act → optional `se` → `conv_pwl` → `bn3`, plus the input when the
+/// stride is 1 and the width does not change), as the network builds it:
+/// for benchmarks and for other MobileNet-like networks.
+#[derive(Debug, Clone)]
+pub struct InvertedResidual(Block);
+
+impl InvertedResidual {
+    /// A block from `cin` to `cout` channels with a `kernel`² depthwise
+    /// convolution of `stride`, expanded widths `make_divisible(cin·expansion)`,
+    /// squeeze-excite when `se`, hard-swish when `hard_swish` (else ReLU).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        expansion: f64,
+        se: bool,
+        hard_swish: bool,
+    ) -> Result<Self> {
+        if kernel == 0 || stride == 0 || !(expansion.is_finite() && expansion > 0.0) {
+            bail!("inverted residual: kernel {kernel}, stride {stride} and expansion {expansion} must be positive")
+        }
+        let act = if hard_swish { Act::HardSwish } else { Act::Relu };
+        let row = Row { kind: Kind::Ir, k: kernel, s: stride, e: expansion, c: cout, se, act };
+        Ok(Self(Block::new(vb, &row, cin, cout, stride)?))
+    }
+
+    /// The block on `xs` `[N, cin, H, W]`.
+    pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
+        self.0.forward_t(xs, mode)
+    }
+}
+
 /// A block of the network.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]
