@@ -71,3 +71,33 @@ fn r07_bad_budgets_deadlines_and_images() {
     let e = fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--calibration", s(&cal)]);
     assert!(e.contains("made for weights 0000"), "{e}");
 }
+
+#[test]
+fn r26_classify_names_classes_from_a_labels_file() {
+    let idx = small_idx(3);
+    let dir = temp_dir("labels");
+    let labels = dir.join("labels.txt");
+    let names: Vec<String> = (0..10).map(|k| format!("class-{k}")).collect();
+    std::fs::write(&labels, names.join("\n") + "\n").expect("write");
+    let out = ok(&["classify", "--model", "msdnet-fmnist", s(&idx), "--labels", s(&labels)]);
+    assert_eq!(out.lines().count(), 3);
+    assert!(out.lines().all(|l| l.contains(": class-")), "{out}");
+    // Without the file: Fashion-MNIST's names.
+    let plain = ok(&["classify", "--model", "msdnet-fmnist", s(&idx)]);
+    for (a, b) in plain.lines().zip(out.lines()) {
+        let k: usize =
+            b.split(": class-").nth(1).and_then(|r| r.split(' ').next()).and_then(|d| d.parse().ok()).expect("a class");
+        assert!(a.contains(anytime_fmnist_name(k)), "{a} / {b}");
+    }
+    // A file of the wrong length, or none at all.
+    std::fs::write(&labels, "a\nb\n").expect("write");
+    let e = fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--labels", s(&labels)]);
+    assert!(e.contains("2 class names for a model of 10 classes"), "{e}");
+    let e = fails(&["classify", "--model", "msdnet-fmnist", s(&idx), "--labels", s(&dir.join("none.txt"))]);
+    assert!(e.contains("cannot read the labels file"), "{e}");
+}
+
+/// Fashion-MNIST's class names, as `classify` prints them by default.
+fn anytime_fmnist_name(k: usize) -> &'static str {
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"][k]
+}

@@ -56,6 +56,30 @@ pub fn decode_image(
     Ok(LoadedImage { pixels, original, resized })
 }
 
+/// Reads a PNG or JPEG as `channels` (1: grey, 3: RGB, as PIL's `convert`)
+/// and applies `p`'s resize and crop ([`crate::preprocess`]): the planar
+/// bytes the references' evaluation transform gives before `ToTensor`.
+/// `LoadedImage::resized` says whether the size changed.
+pub fn load_image_preprocessed(
+    path: &Path,
+    channels: usize,
+    p: &crate::preprocess::Preprocess,
+) -> Result<(LoadedImage, (usize, usize, usize))> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    if channels != 1 && channels != 3 {
+        return Err(Error::Invalid(format!("images can be loaded with 1 or 3 channels, not {channels}")));
+    }
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| Error::Format { path: path.to_path_buf(), msg: format!("unreadable image: {e}") })?;
+    let original = (img.width(), img.height());
+    let raw = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+    let (pixels, shape) = p
+        .apply_u8(&raw, channels, (original.0 as usize, original.1 as usize))
+        .map_err(|e| Error::Format { path: path.to_path_buf(), msg: e.to_string() })?;
+    let resized = (shape.2 as u32, shape.1 as u32) != original;
+    Ok((LoadedImage { pixels, original, resized }, shape))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

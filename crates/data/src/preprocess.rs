@@ -379,10 +379,11 @@ mod tests {
         ];
         let p = Preprocess::imagenet();
         for name in meta {
-            let img = ::image::open(dir.join(name)).unwrap().to_rgb8();
-            let (w, h) = (img.width() as usize, img.height() as usize);
-            let (ours, shape) = p.apply_u8(img.as_raw(), 3, (w, h)).unwrap();
+            // As `anytime classify` reads an image for an ImageNet model.
+            let (img, shape) = crate::image::load_image_preprocessed(&dir.join(name), 3, &p).unwrap();
             assert_eq!(shape, (3, 224, 224));
+            assert!(img.resized);
+            let ours = img.pixels;
             let want = expected[name].flatten_all().unwrap().to_vec1::<u8>().unwrap();
             let worst = ours.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
             let off = ours.iter().zip(&want).filter(|(a, b)| a != b).count();

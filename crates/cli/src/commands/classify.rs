@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use anytime_calibrate::{Calibration, Confidence, ExitScores, Thresholds, solve_budget};
 use anytime_data::fmnist::{CLASSES, DEFAULT_FASHION_MNIST_DIR};
 use anytime_data::idx;
-use anytime_data::image::load_image;
+use anytime_data::image::{load_image, load_image_preprocessed};
 use anytime_eval::collect_logits;
 use anytime_flops::Mode;
 use anytime_models::registry::lookup;
@@ -44,6 +44,23 @@ pub struct Args {
     /// Directory with the Fashion-MNIST IDX files (for `--budget`).
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     data_dir: PathBuf,
+    /// Class names, one per line, in the model's class order (default:
+    /// Fashion-MNIST's names for Fashion-MNIST models, class numbers
+    /// otherwise).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+}
+
+/// The class names of `--labels` (one per non-empty line), checked against
+/// the model's class count.
+fn read_labels(path: &std::path::Path, classes: usize) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the labels file {}", path.display()))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if names.len() != classes {
+        bail!("{}: {} class names for a model of {classes} classes", path.display(), names.len());
+    }
+    Ok(names)
 }
 
 struct Input {
@@ -52,7 +69,7 @@ struct Input {
     note: String,
 }
 
-fn read_inputs(paths: &[PathBuf], (c, h, w): (usize, usize, usize)) -> Result<Vec<Input>> {
+fn read_inputs(paths: &[PathBuf], (c, h, w): (usize, usize, usize), dataset: &str) -> Result<Vec<Input>> {
     let mut out = Vec::new();
     for p in paths {
         let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -72,6 +89,16 @@ fn read_inputs(paths: &[PathBuf], (c, h, w): (usize, usize, usize)) -> Result<Ve
                     note: String::new(),
                 });
             }
+        } else if dataset == "imagenet" {
+            // The references' evaluation transform: shorter side to 256,
+            // centre 224 crop.
+            let pre = anytime_data::preprocess::Preprocess::imagenet();
+            let (img, shape) = load_image_preprocessed(p, c, &pre)?;
+            if shape != (c, h, w) {
+                bail!("{}: preprocessing gave {shape:?}, the model takes {c}x{h}x{w}", p.display());
+            }
+            let note = format!(" (resized and centre-cropped from {}x{})", img.original.0, img.original.1);
+            out.push(Input { name: p.display().to_string(), pixels: img.pixels, note });
         } else {
             let img = load_image(p, c, (h, w))?;
             let note = if img.resized {
@@ -94,7 +121,12 @@ pub fn run(a: Args) -> Result<()> {
     let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
     // Images come at the dataset's size and are padded to the model's.
     let pad = entry.data.pad;
-    let mut inputs = read_inputs(&a.images, (c, h - 2 * pad, w - 2 * pad))?;
+    let labels = match &a.labels {
+        Some(path) => read_labels(path, model.num_classes())?,
+        None if entry.data.dataset == "fashion-mnist" => CLASSES.iter().map(|s| s.to_string()).collect(),
+        None => (0..model.num_classes()).map(|k| k.to_string()).collect(),
+    };
+    let mut inputs = read_inputs(&a.images, (c, h - 2 * pad, w - 2 * pad), entry.data.dataset)?;
     for inp in &mut inputs {
         inp.pixels = anytime_data::dataset::pad_image(&inp.pixels, (c, h - 2 * pad, w - 2 * pad), pad);
     }
@@ -104,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
             .map(|(i, &v)| (v as f32 / 255.0 - entry.data.mean[i / (h * w)]) / entry.data.std[i / (h * w)])
             .collect()
     };
-    let name = |k: u32| CLASSES.get(k as usize).copied().unwrap_or("?");
+    let name = |k: u32| labels.get(k as usize).map_or("?", String::as_str);
     if let Some(ms) = a.deadline {
         if !(ms > 0.0 && ms.is_finite()) {
             bail!("--deadline must be a positive number of milliseconds, got {ms}");
