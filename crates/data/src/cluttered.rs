@@ -136,6 +136,12 @@ fn fixed_rng(seed: u64, i: usize) -> ChaCha8Rng {
 
 /// Every sample of `ds` on its canvas, fixed by `seed`.
 pub fn cluttered(ds: &Dataset, spec: &ClutterSpec, seed: u64) -> Result<Dataset> {
+    Ok(cluttered_with_items(ds, spec, seed)?.0)
+}
+
+/// [`cluttered`], and where each item lies: the top-left corner (row,
+/// column) of its `h`x`w` square on the canvas.
+pub fn cluttered_with_items(ds: &Dataset, spec: &ClutterSpec, seed: u64) -> Result<(Dataset, Vec<(usize, usize)>)> {
     let (c, _, _) = ds.image_shape();
     spec.check(ds.image_shape(), ds.len())?;
     let per = c * spec.canvas * spec.canvas;
@@ -145,17 +151,20 @@ pub fn cluttered(ds: &Dataset, spec: &ClutterSpec, seed: u64) -> Result<Dataset>
         .ok_or_else(|| Error::Invalid(format!("clutter: {} canvases of {per} bytes are too many to hold", ds.len())))?;
     let mut images = vec![0u8; total];
     use rayon::prelude::*;
-    images.par_chunks_mut(per).enumerate().for_each(|(i, out)| {
-        compose(ds, i, spec, &mut fixed_rng(seed, i), out);
-    });
-    Dataset::new(
+    let items: Vec<(usize, usize)> = images
+        .par_chunks_mut(per)
+        .enumerate()
+        .map(|(i, out)| compose(ds, i, spec, &mut fixed_rng(seed, i), out))
+        .collect();
+    let set = Dataset::new(
         format!("{}+clutter{}", ds.name, spec.canvas),
         images,
         ds.labels().to_vec(),
         (c, spec.canvas, spec.canvas),
         ds.classes().to_vec(),
         ds.normalization().clone(),
-    )
+    )?;
+    Ok((set, items))
 }
 
 #[cfg(test)]
@@ -190,6 +199,15 @@ mod tests {
         }
         // Another seed, other canvases; the same seed, the same ones.
         assert_ne!(cluttered(&ds, &spec, 1).unwrap(), cluttered(&ds, &spec, 2).unwrap());
+        // The item's square holds its value (or a brighter fragment's).
+        for seed in 0..20 {
+            let (set, items) = cluttered_with_items(&ds, &spec, seed).unwrap();
+            for (i, &(y, x)) in items.iter().enumerate() {
+                let own = [10u8, 20, 30][i];
+                let canvas = set.image(i);
+                assert!((0..16).all(|k| canvas[(y + k / 4) * 12 + x + k % 4] >= own), "seed {seed} sample {i}");
+            }
+        }
     }
 
     #[test]

@@ -42,11 +42,13 @@ pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLo
     Ok((logits, labels))
 }
 
-/// Cumulative MFLOPs per image at each exit for the loader's image size
-/// (reference counting).
+/// Cumulative MFLOPs per image at each exit for the loader's image size,
+/// by the model's own rule (the MSDNet/RANet reference counter; GFNet's
+/// multiply-accumulates).
 pub fn exit_mflops(model: &dyn MultiExit, loader: &Loader) -> Result<Vec<f64>> {
     let (_, h, w) = loader.sample_shape();
-    Ok(model.exit_costs(h, w)?.mflops(anytime_flops::Mode::Reference))
+    let costs = model.exit_costs(h, w)?;
+    Ok(costs.mflops(costs.headline))
 }
 
 /// The anytime pass over every batch of `loader` (after one untimed batch, so
@@ -70,6 +72,54 @@ pub fn anytime_exits(model: &dyn MultiExit, loader: &Loader, mflops: &[f64]) -> 
         .enumerate()
         .map(|(exit, ((&accuracy, &mflops), ms_per_image))| ExitReport { exit, accuracy, mflops, ms_per_image })
         .collect())
+}
+
+/// Where a model's patches fall on images whose object is known (GFNet on
+/// cluttered canvases): per exit, the share of the images of `ds` whose
+/// `patch`-pixel patch (the stage's `coords` extra, row then column) holds
+/// the whole `side`-pixel square at `items[i]` (its top-left corner); `None`
+/// at exits whose stage reports no coordinates.
+pub fn patch_hits(
+    model: &dyn MultiExit,
+    ds: Arc<Dataset>,
+    items: &[(usize, usize)],
+    side: usize,
+    patch: usize,
+) -> Result<Vec<Option<f64>>> {
+    if items.len() != ds.len() {
+        return Err(Error::Invalid(format!("{} item positions for {} images", items.len(), ds.len())));
+    }
+    if side > patch {
+        return Err(Error::Invalid(format!("a {side}-pixel item cannot fit a {patch}-pixel patch")));
+    }
+    let loader = Loader::new(
+        ds,
+        BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
+    )?;
+    let mode = anytime_blocks::Mode::eval();
+    let mut hits: Vec<Option<usize>> = vec![None; model.num_exits()];
+    let mut done = 0usize;
+    for b in loader.epoch(0, 0) {
+        let (xs, _) = b?;
+        let n = xs.dim(0)?;
+        let mut state = model.begin(&xs, &mode)?;
+        for hit in hits.iter_mut() {
+            model.advance(&mut state, &mode)?;
+            let Some((_, coords)) = model.stage_extras(&mut state).into_iter().find(|(k, _)| *k == "coords") else {
+                continue;
+            };
+            let coords = coords.to_vec2::<i32>()?;
+            let inside = |at: usize, c: i32| c >= 0 && (c as usize) <= at && at + side <= c as usize + patch;
+            let count = coords
+                .iter()
+                .zip(&items[done..done + n])
+                .filter(|&(rc, &(y, x))| rc.len() == 2 && inside(y, rc[0]) && inside(x, rc[1]))
+                .count();
+            *hit = Some(hit.unwrap_or(0) + count);
+        }
+        done += n;
+    }
+    Ok(hits.into_iter().map(|h| h.map(|c| c as f64 / done.max(1) as f64)).collect())
 }
 
 /// Real early exit with `th` over every batch of `loader`: accuracy, average
@@ -238,6 +288,7 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
         methods: None,
         plots: None,
         full_ms_per_image: None,
+        patch_hits: None,
         measured: None,
     };
     if let Some((file, th)) = &request.calibration {

@@ -169,6 +169,11 @@ pub struct EvalReport {
     /// saving ratios; present with `calibrated` or `budgeted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_ms_per_image: Option<f64>,
+    /// GFNet on cluttered canvases: per exit, the share of images whose
+    /// patch holds the whole item (`null` at the glance, which looks at the
+    /// whole canvas); see [`crate::measure::patch_hits`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_hits: Option<Vec<Option<f64>>>,
     /// When and where it was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured: Option<Provenance>,
@@ -261,6 +266,7 @@ mod tests {
             }]),
             plots: Some("p".into()),
             full_ms_per_image: Some(2.0),
+            patch_hits: Some(vec![None, Some(0.5)]),
             measured: None,
         }
     }

@@ -9,7 +9,6 @@ use anytime_calibrate::{
 };
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
 use anytime_eval::collect_logits;
-use anytime_flops::Mode;
 use anytime_models::registry::lookup;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -138,7 +137,8 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_registry_model(entry, &a.weights)?;
     let ds = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
     let (_, h, w) = ds.image_shape();
-    let costs = model.exit_costs(h, w)?.mflops(Mode::Reference);
+    let costs = model.exit_costs(h, w)?;
+    let costs = costs.mflops(costs.headline);
     let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
     let n = ds.len();
     let (logits, labels) = collect_logits(model.as_ref(), Arc::new(ds))?;

@@ -10,7 +10,6 @@ use anytime_data::fmnist::{CLASSES, DEFAULT_FASHION_MNIST_DIR};
 use anytime_data::idx;
 use anytime_data::image::{load_image, load_image_preprocessed};
 use anytime_eval::collect_logits;
-use anytime_flops::Mode;
 use anytime_models::registry::lookup;
 use anytime_models::{classify_anytime, classify_budgeted};
 use candle_core::{Device, Tensor};
@@ -117,7 +116,8 @@ pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
     let model = load_registry_model(entry, &a.weights)?;
     let (c, h, w) = entry.data.input;
-    let costs = model.exit_costs(h, w)?.mflops(Mode::Reference);
+    let costs = model.exit_costs(h, w)?;
+    let costs = costs.mflops(costs.headline);
     let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
     // Images come at the dataset's size and are padded to the model's.
     let pad = entry.data.pad;

@@ -91,6 +91,28 @@ pub fn load_split(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> 
     })
 }
 
+/// Where the items of a cluttered split lie on their canvases (as
+/// [`load_split`] makes them), and the items' side.
+fn item_positions(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> Result<(Vec<(usize, usize)>, usize)> {
+    let data = &lookup(model)?.data;
+    let c = data.clutter.with_context(|| format!("{model} has no cluttered data"))?;
+    let (plain, seed) = match split {
+        EvalSplit::Test => (
+            anytime_data::fmnist::fashion_mnist(data_dir, anytime_data::fmnist::Split::Test)?.pad(data.pad)?,
+            c.test_seed,
+        ),
+        EvalSplit::Val => {
+            let r = recipe(model)?;
+            let full =
+                anytime_data::fmnist::fashion_mnist(data_dir, anytime_data::fmnist::Split::Train)?.pad(data.pad)?;
+            (anytime_data::dataset::holdout_split(&full, r.holdout, r.split_seed)?.1, c.holdout_seed)
+        }
+    };
+    let side = plain.image_shape().1;
+    let (_, items) = anytime_data::cluttered::cluttered_with_items(&plain, &super::train::clutter_spec(c), seed)?;
+    Ok((items, side))
+}
+
 /// Runs the measurements and returns the report (writing the plots of
 /// `--budgeted`).
 pub fn report(a: &Args) -> Result<EvalReport> {
@@ -133,7 +155,21 @@ pub fn report(a: &Args) -> Result<EvalReport> {
         sweep_holdout,
         methods_holdout,
     };
-    let mut report = evaluate_model(model.as_ref(), Arc::new(ds), &request)?;
+    let ds = Arc::new(ds);
+    let mut report = evaluate_model(model.as_ref(), ds.clone(), &request)?;
+    // GFNet on cluttered canvases: how often each step's patch holds the
+    // whole item.
+    let gfnet = model.as_any().and_then(|m| m.downcast_ref::<anytime_models::gfnet::Gfnet>());
+    if let (Some(g), Some(_)) = (gfnet, entry.data.clutter) {
+        let (items, side) = item_positions(&a.model, &a.data_dir, a.split)?;
+        report.patch_hits = Some(anytime_eval::measure::patch_hits(
+            model.as_ref(),
+            ds.clone(),
+            &items[..ds.len()],
+            side,
+            g.config().patch_size,
+        )?);
+    }
     if a.budgeted {
         let dir = a.plots.clone().unwrap_or_else(|| PathBuf::from("results").join(&a.model));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -154,6 +190,11 @@ pub fn run(a: Args) -> Result<()> {
     outln!("{:>4}  {:>9}  {:>8}  {:>11}", "exit", "accuracy", "MFLOPs", "ms/image");
     for e in &r.exits {
         outln!("{}  {:>8.2}%  {:>8.2}  {:>11.3}", e.exit, 100.0 * e.accuracy, e.mflops, e.ms_per_image);
+    }
+    if let Some(hits) = &r.patch_hits {
+        let steps: Vec<String> =
+            hits.iter().enumerate().filter_map(|(k, h)| h.map(|h| format!("exit {k} {:.1}%", 100.0 * h))).collect();
+        outln!("patches holding the whole item: {}", steps.join(", "));
     }
     let full_ms = r.full_ms_per_image.unwrap_or(r.full()?.ms_per_image);
     if let Some(c) = &r.calibrated {
