@@ -20,6 +20,7 @@ mod util;
 
 mod adaptive;
 mod bad_input;
+mod data;
 mod download;
 mod flops;
 mod gfnet;

@@ -1,6 +1,6 @@
 //! `anytime calibrate`: exit thresholds for a budget, from the held-out split.
 
-use super::eval::{EvalSplit, load_split};
+use super::eval::{EvalSplit, load_split_from};
 use super::{WeightsArgs, load_registry_model, resolve_weights};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{
@@ -87,6 +87,10 @@ pub struct Args {
     /// Directory with the Fashion-MNIST IDX files.
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     data_dir: PathBuf,
+    /// Another dataset, `KIND:DIR` (`fashion-mnist`, `cifar10`, `cifar100`),
+    /// as `anytime eval --data`: its held-out split.
+    #[arg(long, conflicts_with = "data_dir")]
+    data: Option<super::eval::DataSource>,
     /// Output calibration JSON.
     #[arg(long)]
     output: PathBuf,
@@ -135,7 +139,7 @@ pub fn run(a: Args) -> Result<()> {
     let path = resolve_weights(entry, &a.weights)?;
     super::ensure_not_input("--output", &a.output, &[path.as_path()])?;
     let model = load_registry_model(entry, &a.weights)?;
-    let ds = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
+    let ds = load_split_from(&a.model, a.data.as_ref(), &a.data_dir, EvalSplit::Val)?;
     let (_, h, w) = ds.image_shape();
     let costs = model.exit_costs(h, w)?;
     let costs = costs.mflops(costs.headline);

@@ -19,6 +19,77 @@ pub enum EvalSplit {
     Val,
 }
 
+/// A dataset named on the command line (`--data KIND:DIR`) in place of the
+/// registry entry's Fashion-MNIST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// `fashion-mnist:DIR`: the IDX files (plain or gzip) in DIR.
+    FashionMnist(PathBuf),
+    /// `cifar10:DIR`: CIFAR-10's binary version (`data_batch_{1..5}.bin`,
+    /// `test_batch.bin`).
+    Cifar10(PathBuf),
+    /// `cifar100:DIR`: CIFAR-100's binary version (`train.bin`, `test.bin`).
+    Cifar100(PathBuf),
+}
+
+impl std::str::FromStr for DataSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (kind, dir) = s.split_once(':').ok_or_else(|| {
+            format!("'{s}' is not KIND:DIR (kinds: fashion-mnist, cifar10, cifar100), e.g. cifar10:/data/cifar-10-batches-bin")
+        })?;
+        if dir.is_empty() {
+            return Err(format!("'{s}': no directory after '{kind}:'"));
+        }
+        let dir = PathBuf::from(dir);
+        match kind {
+            "fashion-mnist" => Ok(Self::FashionMnist(dir)),
+            "cifar10" => Ok(Self::Cifar10(dir)),
+            "cifar100" => Ok(Self::Cifar100(dir)),
+            _ => Err(format!("unknown data kind '{kind}' (kinds: fashion-mnist, cifar10, cifar100)")),
+        }
+    }
+}
+
+/// The held-out part of a CIFAR training set for models without a recipe:
+/// 5,000 images (as MSDNet's and RANet's `dataloader.py`), drawn with the
+/// project's split seed.
+const CIFAR_HOLDOUT: (usize, u64) = (5000, 2024);
+
+/// The split `source` names (or the registry entry's Fashion-MNIST from
+/// `data_dir` when `None`), checked against the model's input.
+pub fn load_split_from(
+    model: &str,
+    source: Option<&DataSource>,
+    data_dir: &std::path::Path,
+    split: EvalSplit,
+) -> Result<anytime_data::dataset::Dataset> {
+    use anytime_data::cifar::{Cifar, cifar};
+    let (kind, dir, name) = match source {
+        None => return load_split(model, data_dir, split),
+        Some(DataSource::FashionMnist(dir)) => return load_split(model, dir, split),
+        Some(DataSource::Cifar10(dir)) => (Cifar::Ten, dir, "cifar10"),
+        Some(DataSource::Cifar100(dir)) => (Cifar::Hundred, dir, "cifar100"),
+    };
+    let entry = lookup(model)?;
+    if entry.data.input != (3, 32, 32) || entry.data.clutter.is_some() {
+        let (c, h, w) = entry.data.input;
+        anyhow::bail!(
+            "--data {name}:…: {model} takes {c}x{h}x{w} {} images, not 3x32x32 CIFAR images",
+            entry.data.dataset
+        );
+    }
+    let ds = match split {
+        EvalSplit::Test => cifar(dir, kind, false)?,
+        EvalSplit::Val => {
+            let (holdout, seed) = recipe(model).map(|r| (r.holdout, r.split_seed)).unwrap_or(CIFAR_HOLDOUT);
+            anytime_data::dataset::holdout_split(&cifar(dir, kind, true)?, holdout, seed)?.1
+        }
+    };
+    Ok(ds)
+}
+
 /// Arguments of `anytime eval`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,6 +101,11 @@ pub struct Args {
     /// Directory with the Fashion-MNIST IDX files.
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     pub data_dir: PathBuf,
+    /// Another dataset, `KIND:DIR`: `fashion-mnist:DIR`, `cifar10:DIR` or
+    /// `cifar100:DIR` (the binary versions; the held-out split is 5,000
+    /// training images). The model must take its images (CIFAR: 3x32x32).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub data: Option<DataSource>,
     /// Split to evaluate.
     #[arg(long, value_enum, default_value = "test")]
     pub split: EvalSplit,
@@ -126,7 +202,7 @@ pub fn report(a: &Args) -> Result<EvalReport> {
         model = Box::new(g.clone().with_patch_policy(p));
         name = format!("{} ({p} patches)", a.model);
     }
-    let mut ds = load_split(&a.model, &a.data_dir, a.split)?;
+    let mut ds = load_split_from(&a.model, a.data.as_ref(), &a.data_dir, a.split)?;
     if let Some(n) = a.limit {
         anyhow::ensure!(n > 0, "--limit must be at least 1");
         if n < ds.len() {
@@ -140,11 +216,11 @@ pub fn report(a: &Args) -> Result<EvalReport> {
         }
         None => None,
     };
-    let sweep_holdout =
-        if a.budgeted { Some(Arc::new(load_split(&a.model, &a.data_dir, EvalSplit::Val)?)) } else { None };
+    let val = || load_split_from(&a.model, a.data.as_ref(), &a.data_dir, EvalSplit::Val);
+    let sweep_holdout = if a.budgeted { Some(Arc::new(val()?)) } else { None };
     let methods_holdout = match (&sweep_holdout, a.methods) {
         (Some(h), true) => Some(h.clone()),
-        (None, true) => Some(Arc::new(load_split(&a.model, &a.data_dir, EvalSplit::Val)?)),
+        (None, true) => Some(Arc::new(val()?)),
         _ => None,
     };
     let request = Request {
@@ -161,7 +237,11 @@ pub fn report(a: &Args) -> Result<EvalReport> {
     // whole item.
     let gfnet = model.as_any().and_then(|m| m.downcast_ref::<anytime_models::gfnet::Gfnet>());
     if let (Some(g), Some(_)) = (gfnet, entry.data.clutter) {
-        let (items, side) = item_positions(&a.model, &a.data_dir, a.split)?;
+        let dir = match &a.data {
+            Some(DataSource::FashionMnist(dir)) => dir,
+            _ => &a.data_dir,
+        };
+        let (items, side) = item_positions(&a.model, dir, a.split)?;
         report.patch_hits = Some(anytime_eval::measure::patch_hits(
             model.as_ref(),
             ds.clone(),

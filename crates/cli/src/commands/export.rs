@@ -77,6 +77,7 @@ pub fn run(a: Args) -> Result<()> {
         model: a.model.clone(),
         weights: WeightsArgs { weights: Some(best.display().to_string()), ..Default::default() },
         data_dir: a.data_dir.clone(),
+        data: None,
         split: EvalSplit::Test,
         batch_size: 256,
         limit: None,
