@@ -98,3 +98,38 @@ fn r26_device_option() {
     let e = String::from_utf8_lossy(&run("tpu").stderr).to_string();
     assert!(e.contains("cpu, cuda, cuda:N or metal"), "{e}");
 }
+
+/// `--device` on the commands that read datasets: `cpu` runs, a GPU without
+/// its feature and an unknown device are one clear error, before any work.
+#[test]
+fn r26_device_option_on_every_data_command() {
+    let sample = crate::util::root().join("data/fashion-mnist-sample");
+    let images = sample.join("t10k-images-idx3-ubyte.gz");
+    let (sample, images) = (sample.to_str().expect("utf-8 path"), images.to_str().expect("utf-8 path"));
+    let cal = temp_dir("device-cal").join("cal.json");
+    let cal = cal.to_str().expect("utf-8 path");
+    // (command, whether it runs on the sample: calibration needs the full
+    // training set's 5,000 held-out images, so it is only checked for the
+    // device errors, which come before any data is read).
+    let commands: [(Vec<&str>, bool); 4] = [
+        (vec!["eval", "--model", "msdnet-fmnist", "--data-dir", sample, "--limit", "64"], true),
+        (vec!["calibrate", "--model", "msdnet-fmnist", "--budget-fraction", "0.5", "--output", cal], false),
+        (vec!["classify", "--model", "msdnet-fmnist", "--deadline", "100", images], true),
+        (vec!["demo"], true),
+    ];
+    for (args, runs) in &commands {
+        let with = |device: &str| crate::util::run(&[&args[..], &["--device", device]].concat());
+        if *runs {
+            let out = with("cpu");
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for (device, feature) in [("cuda", "cuda"), ("metal", "metal")] {
+            if !cfg!(feature = "cuda") && !cfg!(feature = "metal") {
+                let e = String::from_utf8_lossy(&with(device).stderr).to_string();
+                assert!(e.contains(&format!("--features {feature}")), "{args:?} {device}: {e}");
+            }
+        }
+        let e = String::from_utf8_lossy(&with("tpu").stderr).to_string();
+        assert!(e.contains("cpu, cuda, cuda:N or metal"), "{args:?}: {e}");
+    }
+}

@@ -60,6 +60,7 @@ pub struct Loader {
     ds: Arc<Dataset>,
     cfg: BatchConfig,
     clutter: Option<ClutterSpec>,
+    device: Device,
 }
 
 impl Loader {
@@ -71,7 +72,14 @@ impl Loader {
         if ds.is_empty() {
             return Err(Error::Invalid(format!("{}: no samples", ds.name)));
         }
-        Ok(Self { ds, cfg, clutter: None })
+        Ok(Self { ds, cfg, clutter: None, device: Device::Cpu })
+    }
+
+    /// The same loader, its epochs' batches moved to `device` (they are
+    /// built on the CPU).
+    pub fn on_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
     }
 
     /// The same loader, each sample placed on a fresh cluttered canvas
@@ -233,20 +241,25 @@ impl Loader {
                 }
             }
         });
-        Batches { rx }
+        Batches { rx, device: self.device.clone() }
     }
 }
 
 /// The batches of one epoch (see [`Loader::epoch`]).
 pub struct Batches {
     rx: Receiver<Result<(Tensor, Tensor)>>,
+    device: Device,
 }
 
 impl Iterator for Batches {
     type Item = Result<(Tensor, Tensor)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        let batch = self.rx.recv().ok()?;
+        if self.device.is_cpu() {
+            return Some(batch);
+        }
+        Some(batch.and_then(|(xs, ys)| Ok((xs.to_device(&self.device)?, ys.to_device(&self.device)?))))
     }
 }
 

@@ -31,6 +31,7 @@
 //!     calibration: None,
 //!     sweep_holdout: None,
 //!     methods_holdout: None,
+//!     device: candle_core::Device::Cpu,
 //! };
 //! let report = evaluate_model(model.as_ref(), Arc::new(images), &request)?;
 //! assert_eq!((report.images, report.exits.len()), (4, 6));
@@ -54,8 +55,8 @@ pub mod report;
 pub use error::{Error, Result};
 pub use exits::{exit_logits, timed_exit_logits};
 pub use measure::{
-    ExitLogits, METHOD_BUDGET_STEPS, Request, anytime_exits, collect_logits, early_exit, evaluate_model, exit_mflops,
-    method_budgets, method_comparison, q_sweep, sweep_qs,
+    ExitLogits, METHOD_BUDGET_STEPS, Request, anytime_exits, collect_logits, collect_logits_on, early_exit,
+    evaluate_model, exit_mflops, method_budgets, method_comparison, q_sweep, sweep_qs,
 };
 pub use metrics::{AnytimeEval, ExitAccuracy, evaluate, evaluate_anytime};
 pub use report::{

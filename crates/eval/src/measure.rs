@@ -26,10 +26,20 @@ pub fn sweep_qs() -> Vec<f64> {
 /// Every exit's logits and the labels of `ds` (in order, batches of 256,
 /// no augmentation): what threshold calibration works on.
 pub fn collect_logits(model: &dyn MultiExit, ds: Arc<Dataset>) -> Result<(ExitLogits, Vec<u32>)> {
+    collect_logits_on(model, ds, &candle_core::Device::Cpu)
+}
+
+/// [`collect_logits`] for a model on `device`.
+pub fn collect_logits_on(
+    model: &dyn MultiExit,
+    ds: Arc<Dataset>,
+    device: &candle_core::Device,
+) -> Result<(ExitLogits, Vec<u32>)> {
     let loader = Loader::new(
         ds,
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
-    )?;
+    )?
+    .on_device(device.clone());
     let mut logits = vec![Vec::new(); model.num_exits()];
     let mut labels = Vec::new();
     for b in loader.epoch(0, 0) {
@@ -85,6 +95,7 @@ pub fn patch_hits(
     items: &[(usize, usize)],
     side: usize,
     patch: usize,
+    device: &candle_core::Device,
 ) -> Result<Vec<Option<f64>>> {
     if items.len() != ds.len() {
         return Err(Error::Invalid(format!("{} item positions for {} images", items.len(), ds.len())));
@@ -95,7 +106,8 @@ pub fn patch_hits(
     let loader = Loader::new(
         ds,
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
-    )?;
+    )?
+    .on_device(device.clone());
     let mode = anytime_blocks::Mode::eval();
     let mut hits: Vec<Option<usize>> = vec![None; model.num_exits()];
     let mut done = 0usize;
@@ -258,6 +270,8 @@ pub struct Request {
     /// The threshold methods compared at the [`method_budgets`],
     /// thresholds from this held-out split.
     pub methods_holdout: Option<Arc<Dataset>>,
+    /// Where the model is: batches go there.
+    pub device: candle_core::Device,
 }
 
 /// The whole evaluation of `anytime eval` on `images` (in order, no
@@ -274,7 +288,8 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
             augment: Augment::default(),
             drop_last: false,
         },
-    )?;
+    )?
+    .on_device(request.device.clone());
     let mflops = exit_mflops(model, &loader)?;
     let exits = anytime_exits(model, &loader, &mflops)?;
     let mut report = EvalReport {
@@ -303,11 +318,11 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
         report.calibrated = Some(CalibratedRun { file: file.clone(), run: early_exit(model, &loader, th, &mflops)? });
     }
     if let Some(holdout) = &request.sweep_holdout {
-        let (logits, labels) = collect_logits(model, holdout.clone())?;
+        let (logits, labels) = collect_logits_on(model, holdout.clone(), &request.device)?;
         report.budgeted = Some(q_sweep(model, &loader, (&logits, &labels), &mflops, &sweep_qs())?);
     }
     if let Some(holdout) = &request.methods_holdout {
-        let (logits, labels) = collect_logits(model, holdout.clone())?;
+        let (logits, labels) = collect_logits_on(model, holdout.clone(), &request.device)?;
         report.methods = Some(method_comparison(
             model,
             &loader,
@@ -368,6 +383,7 @@ mod tests {
             calibration: Some(("c.json".into(), stop_at_0)),
             sweep_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
             methods_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
+            device: Device::Cpu,
         };
         let r = evaluate_model(model.as_ref(), blank(vec![0, 0, 0, 1]), &request).unwrap();
         assert_eq!((r.images, r.batch_size, r.exits.len()), (4, 3, 6));

@@ -1,14 +1,14 @@
 //! `anytime calibrate`: exit thresholds for a budget, from the held-out split.
 
 use super::eval::{EvalSplit, load_split_from};
-use super::{WeightsArgs, load_registry_model, resolve_weights};
+use super::{WeightsArgs, load_registry_model_on, resolve_weights};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{
     Calibration, Confidence, ExitScores, Fallback, GaParams, Method, default_qs, dynamic_eval, genetic_search,
     solve_budget, sweep_q,
 };
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
-use anytime_eval::collect_logits;
+use anytime_eval::collect_logits_on;
 use anytime_models::registry::lookup;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +94,11 @@ pub struct Args {
     /// Output calibration JSON.
     #[arg(long)]
     output: PathBuf,
+    /// Where the model runs: `cpu` (default), `cuda`, `cuda:N` or `metal`
+    /// (a binary built with the `cuda`, `cudnn` or `metal` feature); batches
+    /// are built on the CPU and moved there.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Resolves `--budget` / `--budget-fraction` against the exit costs of
@@ -138,14 +143,15 @@ pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
     let path = resolve_weights(entry, &a.weights)?;
     super::ensure_not_input("--output", &a.output, &[path.as_path()])?;
-    let model = load_registry_model(entry, &a.weights)?;
+    let device = super::parse_device(&a.device)?;
+    let model = load_registry_model_on(entry, &a.weights, &device)?;
     let ds = load_split_from(&a.model, a.data.as_ref(), &a.data_dir, EvalSplit::Val)?;
     let (_, h, w) = ds.image_shape();
     let costs = model.exit_costs(h, w)?;
     let costs = costs.mflops(costs.headline);
     let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
     let n = ds.len();
-    let (logits, labels) = collect_logits(model.as_ref(), Arc::new(ds))?;
+    let (logits, labels) = collect_logits_on(model.as_ref(), Arc::new(ds), &device)?;
     let scores = ExitScores::from_logits(&logits, &labels, a.confidence.into())?;
     let (method, (th, out)) = match (a.method, budget) {
         (MethodArg::Q, None) => {

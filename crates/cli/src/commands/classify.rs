@@ -3,16 +3,16 @@
 
 use super::calibrate::budget_mflops;
 use super::eval::{EvalSplit, load_split};
-use super::{WeightsArgs, load_registry_model, resolve_weights};
+use super::{WeightsArgs, load_registry_model_on, resolve_weights};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{Calibration, Confidence, ExitScores, Thresholds, solve_budget};
 use anytime_data::fmnist::{CLASSES, DEFAULT_FASHION_MNIST_DIR};
 use anytime_data::idx;
 use anytime_data::image::{load_image, load_image_preprocessed};
-use anytime_eval::collect_logits;
+use anytime_eval::collect_logits_on;
 use anytime_models::registry::lookup;
 use anytime_models::{classify_anytime, classify_budgeted};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,11 @@ pub struct Args {
     /// otherwise).
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Where the model runs: `cpu` (default), `cuda`, `cuda:N` or `metal`
+    /// (a binary built with the `cuda`, `cudnn` or `metal` feature); batches
+    /// are built on the CPU and moved there.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// The class names of `--labels` (one per non-empty line), checked against
@@ -114,7 +119,8 @@ fn read_inputs(paths: &[PathBuf], (c, h, w): (usize, usize, usize), dataset: &st
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
-    let model = load_registry_model(entry, &a.weights)?;
+    let device = super::parse_device(&a.device)?;
+    let model = load_registry_model_on(entry, &a.weights, &device)?;
     let (c, h, w) = entry.data.input;
     let costs = model.exit_costs(h, w)?;
     let costs = costs.mflops(costs.headline);
@@ -142,7 +148,7 @@ pub fn run(a: Args) -> Result<()> {
             bail!("--deadline must be a positive number of milliseconds, got {ms}");
         }
         for inp in &inputs {
-            let xs = Tensor::from_vec(norm(&inp.pixels), (1, c, h, w), &Device::Cpu)?;
+            let xs = Tensor::from_vec(norm(&inp.pixels), (1, c, h, w), &device)?;
             let r = classify_anytime(model.as_ref(), &xs, Duration::from_secs_f64(ms / 1e3))?;
             let row = r.logits.to_vec2::<f32>()?.remove(0);
             let pred = anytime_models::exit::argmax(&row);
@@ -165,7 +171,7 @@ pub fn run(a: Args) -> Result<()> {
         Calibration::load(path, &sha)?.thresholds
     } else if let Some(b) = budget {
         let val = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
-        let (logits, labels) = collect_logits(model.as_ref(), Arc::new(val))?;
+        let (logits, labels) = collect_logits_on(model.as_ref(), Arc::new(val), &device)?;
         let scores = ExitScores::from_logits(&logits, &labels, Confidence::MaxSoftmax)?;
         solve_budget(&scores, &costs, b)?.0
     } else {
@@ -173,7 +179,7 @@ pub fn run(a: Args) -> Result<()> {
         Thresholds::new(Confidence::MaxSoftmax, vec![f32::MAX; costs.len()])
     };
     for inp in &inputs {
-        let xs = Tensor::from_vec(norm(&inp.pixels), (1, c, h, w), &Device::Cpu)?;
+        let xs = Tensor::from_vec(norm(&inp.pixels), (1, c, h, w), &device)?;
         let start = Instant::now();
         let d = classify_budgeted(model.as_ref(), &xs, &thresholds, &costs)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;

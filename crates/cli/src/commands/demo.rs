@@ -1,7 +1,7 @@
 //! `anytime demo`: the shipped MSDNet on the Fashion-MNIST sample built into
 //! the program (or `--data-dir`), exit by exit, then with real early exit.
 
-use super::{WeightsArgs, load_registry_model};
+use super::{WeightsArgs, load_registry_model_on};
 use anyhow::Result;
 use anytime_data::fmnist::{CLASSES, Split, fashion_mnist, fashion_mnist_sample_test};
 use anytime_data::loader::{Augment, BatchConfig, Loader};
@@ -28,6 +28,11 @@ pub struct Args {
     /// 1,000 sample images built into the program.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where the model runs: `cpu` (default), `cuda`, `cuda:N` or `metal`
+    /// (a binary built with the `cuda`, `cudnn` or `metal` feature); batches
+    /// are built on the CPU and moved there.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn softmax_max(row: &[f32]) -> f32 {
@@ -42,7 +47,8 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("--threshold must be in (0, 1], got 0");
     }
     let entry = lookup(&a.model)?;
-    let model = load_registry_model(entry, &a.weights)?;
+    let device = super::parse_device(&a.device)?;
+    let model = load_registry_model_on(entry, &a.weights, &device)?;
     let (ds, source) = match &a.data_dir {
         Some(dir) => (fashion_mnist(dir, Split::Test)?, format!("the Fashion-MNIST test split in {}", dir.display())),
         None => (fashion_mnist_sample_test()?, "the bundled Fashion-MNIST sample".to_string()),
@@ -53,7 +59,8 @@ pub fn run(a: Args) -> Result<()> {
     let loader = Loader::new(
         ds,
         BatchConfig { batch_size: 64, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
-    )?;
+    )?
+    .on_device(device);
     let batches = || loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string())));
     let mflops = model.exit_costs(h, w)?.mflops(Mode::Reference);
     outln!("{} on {source} ({n} test images, batch 64)", a.model);

@@ -1,6 +1,6 @@
 //! `anytime eval`: per-exit accuracy, MFLOPs and latency on Fashion-MNIST.
 
-use super::{WeightsArgs, load_registry_model};
+use super::{WeightsArgs, load_registry_model_on};
 use anyhow::{Context, Result};
 use anytime_calibrate::Calibration;
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
@@ -142,6 +142,11 @@ pub struct Args {
     /// Where `--budgeted` writes its plots (default `results/<model>`).
     #[arg(long)]
     pub plots: Option<PathBuf>,
+    /// Where the model runs: `cpu` (default), `cuda`, `cuda:N` or `metal`
+    /// (a binary built with the `cuda`, `cudnn` or `metal` feature); batches
+    /// are built on the CPU and moved there.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl From<EvalSplit> for anytime_eval::Split {
@@ -193,7 +198,8 @@ fn item_positions(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> 
 /// `--budgeted`).
 pub fn report(a: &Args) -> Result<EvalReport> {
     let entry = lookup(&a.model)?;
-    let mut model = load_registry_model(entry, &a.weights)?;
+    let device = super::parse_device(&a.device)?;
+    let mut model = load_registry_model_on(entry, &a.weights, &device)?;
     let mut name = a.model.clone();
     if let Some(p) = a.patch_policy {
         let Some(g) = model.as_any().and_then(|m| m.downcast_ref::<anytime_models::gfnet::Gfnet>()) else {
@@ -230,6 +236,7 @@ pub fn report(a: &Args) -> Result<EvalReport> {
         calibration,
         sweep_holdout,
         methods_holdout,
+        device: device.clone(),
     };
     let ds = Arc::new(ds);
     let mut report = evaluate_model(model.as_ref(), ds.clone(), &request)?;
@@ -248,6 +255,7 @@ pub fn report(a: &Args) -> Result<EvalReport> {
             &items[..ds.len()],
             side,
             g.config().patch_size,
+            &device,
         )?);
     }
     if a.budgeted {

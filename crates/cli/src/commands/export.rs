@@ -87,6 +87,7 @@ pub fn run(a: Args) -> Result<()> {
         methods: false,
         patch_policy: None,
         plots: None,
+        device: "cpu".into(),
     })?;
     let file = anytime_io::load_tensors(&best)?;
     let cfg = (entry.config)();

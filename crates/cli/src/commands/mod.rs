@@ -146,10 +146,12 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     Ok((h, w))
 }
 
-/// Loads a registry model with its weights (strict key checking).
-pub fn load_registry_model(
+/// Loads a registry model with its weights (strict key checking) onto
+/// `device`.
+pub fn load_registry_model_on(
     entry: &anytime_models::registry::ModelEntry,
     w: &WeightsArgs,
+    device: &candle_core::Device,
 ) -> Result<Box<dyn anytime_models::MultiExit>> {
     let path = resolve_weights(entry, w)?;
     let cfg = (entry.config)();
@@ -176,5 +178,5 @@ pub fn load_registry_model(
             );
         }
     }
-    Ok(anytime_models::registry::load_model(&cfg, &path)?)
+    Ok(anytime_models::registry::load_model_on(&cfg, &path, device)?)
 }
