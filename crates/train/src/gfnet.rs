@@ -4,9 +4,11 @@
 //! - [`PatchObjective`] (stages 1 and 3): every step's classification loss
 //!   plus the encoders' own classifiers (`dsn`), `(Σ_t CE(logits_t) +
 //!   dsn_ratio · Σ_t CE(dsn_t)) / T` (`train.py:355`), with the patches at
-//!   uniform random positions (stage 1, `torch.rand`, line 318) or sampled
+//!   uniform random positions (stage 1, `torch.rand`, line 318), sampled
 //!   from the learned policy (stage 3: `select_action` with its default
-//!   `training=True`, `network.py:85-94`).
+//!   `training=True`, `network.py:85-94`), or, for our stage 0 (the
+//!   reference starts from ImageNet weights, we from scratch), at uniform
+//!   positions among those holding the item ([`brightest_blobs`]).
 //! - [`PpoObjective`] (stage 2): the policy alone. Actions are sampled from
 //!   N(mean, std²) and clamped to [0, 1] (`network.py:85-90`); the reward of
 //!   step t is `p_t(y) − p_{t−1}(y)` (`train.py:338-341`); returns are
