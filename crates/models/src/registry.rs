@@ -463,7 +463,11 @@ pub static REGISTRY: &[ModelEntry] = &[
         description: "GFNet, MobileNetV3-Large x0.5 encoders, 48-pixel glance and patches, 4 steps, cluttered Fashion-MNIST 96x96",
         config: || ArchConfig::new(gfnet_mnv3_cluttered_fmnist()),
         data: FMNIST_CLUTTERED96,
-        weights: None,
+        weights: Some(Pretrained {
+            file: "gfnet-mnv3-cluttered-fmnist.safetensors",
+            hub_repo: "anytime-rs/gfnet-mnv3-cluttered-fmnist",
+            sha256: "4e6817b876f03b976ba6fee7012642c24f0ade343d0c78d32afca9fb1b6be209",
+        }),
     },
     ModelEntry {
         name: "mnv3-full-cluttered-fmnist",
