@@ -774,7 +774,7 @@ mod tests {
             have == want,
             "docs/results.md is not what docs/data/ gives: run `cargo xtask results --reuse` and commit"
         );
-        assert!(want.lines().count() < 300, "docs/results.md has {} lines (at most 299)", want.lines().count());
+        assert!(want.lines().count() < 340, "docs/results.md has {} lines (at most 339)", want.lines().count());
         for (name, page) in render_details(&root, &models).unwrap() {
             let path = root.join("docs/results").join(format!("{name}.md"));
             let have = std::fs::read_to_string(&path).unwrap_or_default();
