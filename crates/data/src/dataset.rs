@@ -132,6 +132,24 @@ impl Dataset {
         )
     }
 
+    /// The same images with another normalisation (`--mean` / `--std`).
+    pub fn with_normalization(mut self, norm: Normalization) -> Result<Self> {
+        let c = self.shape.0;
+        if norm.mean.len() != c || norm.std.len() != c {
+            return Err(Error::Invalid(format!(
+                "{}: {} means and {} standard deviations for {c} channels",
+                self.name,
+                norm.mean.len(),
+                norm.std.len()
+            )));
+        }
+        if let Some(s) = norm.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::Invalid(format!("{}: standard deviations must be > 0, got {s}", self.name)));
+        }
+        self.norm = norm;
+        Ok(self)
+    }
+
     /// The first `n` samples.
     pub fn take(&self, n: usize) -> Result<Self> {
         let idx: Vec<usize> = (0..n.min(self.len())).collect();

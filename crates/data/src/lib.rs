@@ -12,7 +12,12 @@
 //! - [`cifar`]: CIFAR-10/100 binary batches;
 //! - [`cluttered`]: seeded cluttered canvases (GFNet's cluttered Fashion-MNIST),
 //!   fixed for evaluation or fresh every epoch for training;
-//! - [`folder`] and [`image`]: image folders and single PNG/JPEG images;
+//! - [`folder`] and [`image`]: image folders (indexed, then streamed in
+//!   parallel with bounded memory, unreadable files skipped and reported)
+//!   and single PNG/JPEG images;
+//! - [`source`]: what evaluation reads ([`source::EvalSource`]): ordered,
+//!   un-augmented batches from a [`loader::Loader`] or a
+//!   [`folder::FolderStream`];
 //! - [`preprocess`]: the references' evaluation transforms (torchvision's
 //!   `Resize` + `CenterCrop` on PIL images, pixel for pixel, and the
 //!   normalisation constants).
@@ -40,5 +45,6 @@ pub mod idx;
 pub mod image;
 pub mod loader;
 pub mod preprocess;
+pub mod source;
 
 pub use error::{Error, Result};

@@ -106,6 +106,15 @@ impl Loader {
         &self.ds
     }
 
+    /// A loader of `ds` in its order, without augmentation: what evaluation
+    /// reads (see [`crate::source::EvalSource`]).
+    pub fn in_order(ds: Arc<Dataset>, batch_size: usize) -> Result<Self> {
+        Self::new(
+            ds,
+            BatchConfig { batch_size, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
+        )
+    }
+
     /// Batches per epoch.
     pub fn num_batches(&self) -> usize {
         let n = self.ds.len();

@@ -46,6 +46,10 @@ pub struct Preprocess {
     pub resize_shorter: Option<usize>,
     /// Then crop this square from the centre.
     pub centre_crop: Option<usize>,
+    /// Then, when the image is not already this `(height, width)`, resize it
+    /// to exactly that (bilinear, as torchvision's `Resize((h, w))`): images
+    /// of any size reach a model of a fixed input size.
+    pub resize_to: Option<(usize, usize)>,
     /// Per-channel mean of `ToTensor`'s [0, 1] values.
     pub mean: Vec<f32>,
     /// Per-channel standard deviation.
@@ -58,6 +62,7 @@ impl Preprocess {
         Self {
             resize_shorter: Some(256),
             centre_crop: Some(224),
+            resize_to: None,
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
         }
@@ -68,6 +73,7 @@ impl Preprocess {
         Self {
             resize_shorter: None,
             centre_crop: None,
+            resize_to: None,
             mean: vec![0.4914, 0.4824, 0.4467],
             std: vec![0.2471, 0.2435, 0.2616],
         }
@@ -78,6 +84,7 @@ impl Preprocess {
         Self {
             resize_shorter: None,
             centre_crop: None,
+            resize_to: None,
             mean: vec![0.5071, 0.4867, 0.4408],
             std: vec![0.2675, 0.2565, 0.2761],
         }
@@ -102,6 +109,15 @@ impl Preprocess {
         if let Some(c) = self.centre_crop {
             img = centre_crop(&img, channels, (w, h), c)?;
             (w, h) = (c, c);
+        }
+        if let Some((th, tw)) = self.resize_to {
+            if (th, tw) != (h, w) {
+                if th == 0 || tw == 0 {
+                    return Err(Error::Invalid(format!("preprocessing: cannot resize to {th}x{tw}")));
+                }
+                img = resize_bilinear(&img, channels, (w, h), (tw, th))?;
+                (w, h) = (tw, th);
+            }
         }
         let mut planar = vec![0u8; img.len()];
         for (i, px) in img.chunks_exact(channels).enumerate() {
