@@ -9,7 +9,9 @@
 //!   [`SweepPoint`], [`EarlyExitRun`]), serialised as the JSON that
 //!   `anytime eval --json` prints and `docs/data/<model>/` keeps;
 //! - [`metrics`]: per-exit top-1 accuracy and the timed lazy pass;
-//! - [`plot`]: SVG curves of reports and of training runs.
+//! - [`plot`]: SVG curves of reports and of training runs;
+//! - [`shards`]: per-image results as JSON Lines, in shards (`--shard K/N`)
+//!   that merge into the file of one run.
 //!
 //! ```
 //! use anytime_data::dataset::{Dataset, Normalization};
@@ -51,15 +53,16 @@ pub mod measure;
 pub mod metrics;
 pub mod plot;
 pub mod report;
+pub mod shards;
 
 pub use error::{Error, Result};
 pub use exits::{exit_logits, timed_exit_logits};
 pub use measure::{
-    ExitLogits, METHOD_BUDGET_STEPS, Request, anytime_exits, collect_logits, collect_logits_on, early_exit,
-    evaluate_model, exit_mflops, method_budgets, method_comparison, q_sweep, sweep_qs,
+    ExitLogits, METHOD_BUDGET_STEPS, Request, anytime_exits, collect_logits, collect_logits_from, collect_logits_on,
+    early_exit, evaluate_model, evaluate_source, exit_mflops, method_budgets, method_comparison, q_sweep, sweep_qs,
 };
 pub use metrics::{AnytimeEval, ExitAccuracy, evaluate, evaluate_anytime};
 pub use report::{
-    CalibratedRun, EarlyExitRun, EvalReport, ExitReport, MethodPoint, Provenance, Split, SweepPoint, ThresholdMethod,
-    saving_ratio,
+    CalibratedRun, EarlyExitRun, EvalReport, ExitReport, MethodPoint, Provenance, SkippedImage, Split, SweepPoint,
+    ThresholdMethod, saving_ratio,
 };

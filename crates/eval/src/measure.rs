@@ -11,6 +11,7 @@ use crate::report::{
 use anytime_calibrate::{Confidence, ExitScores, Thresholds, sweep_q};
 use anytime_data::dataset::Dataset;
 use anytime_data::loader::{Augment, BatchConfig, Loader};
+use anytime_data::source::EvalSource;
 use anytime_models::{MultiExit, classify_budgeted};
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,52 +36,69 @@ pub fn collect_logits_on(
     ds: Arc<Dataset>,
     device: &candle_core::Device,
 ) -> Result<(ExitLogits, Vec<u32>)> {
-    let loader = Loader::new(
-        ds,
-        BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
-    )?
-    .on_device(device.clone());
+    let loader = Loader::in_order(ds, 256)?.on_device(device.clone());
+    collect_logits_from(model, &loader)
+}
+
+/// Every exit's logits and the labels of the images `source` reads, in order
+/// (unreadable ones left out).
+pub fn collect_logits_from(model: &dyn MultiExit, source: &dyn EvalSource) -> Result<(ExitLogits, Vec<u32>)> {
     let mut logits = vec![Vec::new(); model.num_exits()];
     let mut labels = Vec::new();
-    for b in loader.epoch(0, 0) {
-        let (xs, ys) = b?;
-        for (k, l) in exit_logits(model, &xs)?.iter().enumerate() {
+    for b in source.batches() {
+        let b = b?;
+        for (k, l) in exit_logits(model, &b.images)?.iter().enumerate() {
             logits[k].extend(l.to_vec2::<f32>()?);
         }
-        labels.extend(ys.to_vec1::<u32>()?);
+        labels.extend(b.labels.to_vec1::<u32>()?);
+    }
+    if labels.is_empty() {
+        return Err(Error::Invalid("no readable images to collect logits from".into()));
     }
     Ok((logits, labels))
 }
 
-/// Cumulative MFLOPs per image at each exit for the loader's image size,
+/// Cumulative MFLOPs per image at each exit for the source's image size,
 /// by the model's own rule (the MSDNet/RANet reference counter; GFNet's
 /// multiply-accumulates).
-pub fn exit_mflops(model: &dyn MultiExit, loader: &Loader) -> Result<Vec<f64>> {
-    let (_, h, w) = loader.sample_shape();
+pub fn exit_mflops(model: &dyn MultiExit, source: &dyn EvalSource) -> Result<Vec<f64>> {
+    let (_, h, w) = source.sample_shape();
     let costs = model.exit_costs(h, w)?;
     Ok(costs.mflops(costs.headline))
 }
 
-/// The anytime pass over every batch of `loader` (after one untimed batch, so
-/// that no timing includes a cold start): accuracy, cumulative MFLOPs and
-/// cumulative ms per image at each exit.
-pub fn anytime_exits(model: &dyn MultiExit, loader: &Loader, mflops: &[f64]) -> Result<Vec<ExitReport>> {
+/// The anytime pass over every batch of `source` (after one untimed batch, so
+/// that no timing includes a cold start): accuracy (top-1, and top-5 for
+/// more than five classes), cumulative MFLOPs and cumulative ms per image at
+/// each exit. An error when no image could be read.
+pub fn anytime_exits(model: &dyn MultiExit, source: &dyn EvalSource, mflops: &[f64]) -> Result<Vec<ExitReport>> {
     if mflops.len() != model.num_exits() {
         return Err(Error::Invalid(format!("{} exit costs for {} exits", mflops.len(), model.num_exits())));
     }
-    if let Some(b) = loader.epoch(0, 0).next() {
-        exit_logits(model, &b?.0)?;
+    if let Some(b) = source.batches().next() {
+        exit_logits(model, &b?.images)?;
     }
-    let ev =
-        evaluate_anytime(model, loader.epoch(0, 0).map(|b| b.map_err(|e| candle_core::Error::Msg(e.to_string()))))?;
+    let batches =
+        source.batches().map(|b| b.map(|b| (b.images, b.labels)).map_err(|e| candle_core::Error::Msg(e.to_string())));
+    let ev = evaluate_anytime(model, batches)?;
+    if ev.accuracy.total == 0 {
+        return Err(Error::Invalid(format!("none of the {} images could be read", source.len())));
+    }
     Ok(ev
         .accuracy
         .fractions()
         .iter()
+        .zip(ev.accuracy.top5_fractions())
         .zip(mflops)
         .zip(ev.ms_per_image())
         .enumerate()
-        .map(|(exit, ((&accuracy, &mflops), ms_per_image))| ExitReport { exit, accuracy, mflops, ms_per_image })
+        .map(|(exit, (((&accuracy, top5), &mflops), ms_per_image))| ExitReport {
+            exit,
+            accuracy,
+            top5,
+            mflops,
+            ms_per_image,
+        })
         .collect())
 }
 
@@ -134,17 +152,22 @@ pub fn patch_hits(
     Ok(hits.into_iter().map(|h| h.map(|c| c as f64 / done.max(1) as f64)).collect())
 }
 
-/// Real early exit with `th` over every batch of `loader`: accuracy, average
+/// Real early exit with `th` over every batch of `source`: accuracy, average
 /// MFLOPs, wall-clock ms per image and the images per exit (no saving ratio:
 /// that needs the full model's time, see [`EvalReport::fill_saving_ratios`]).
-pub fn early_exit(model: &dyn MultiExit, loader: &Loader, th: &Thresholds, mflops: &[f64]) -> Result<EarlyExitRun> {
+pub fn early_exit(
+    model: &dyn MultiExit,
+    source: &dyn EvalSource,
+    th: &Thresholds,
+    mflops: &[f64],
+) -> Result<EarlyExitRun> {
     let (mut correct, mut spent, mut n) = (0usize, 0f64, 0usize);
     let mut counts = vec![0usize; mflops.len()];
     let start = Instant::now();
-    for b in loader.epoch(0, 0) {
-        let (xs, ys) = b?;
-        let ys = ys.to_vec1::<u32>()?;
-        for (d, y) in classify_budgeted(model, &xs, th, mflops)?.iter().zip(&ys) {
+    for b in source.batches() {
+        let b = b?;
+        let ys = b.labels.to_vec1::<u32>()?;
+        for (d, y) in classify_budgeted(model, &b.images, th, mflops)?.iter().zip(&ys) {
             correct += usize::from(d.prediction == *y);
             spent += d.mflops;
             counts[d.exit] += 1;
@@ -163,10 +186,10 @@ pub fn early_exit(model: &dyn MultiExit, loader: &Loader, th: &Thresholds, mflop
 
 /// Budgeted classification over the q sweep `qs`: MSDNet's thresholds from
 /// the held-out `holdout` logits and labels (max-softmax confidence), each
-/// measured on `loader` with real early exit.
+/// measured on `source` with real early exit.
 pub fn q_sweep(
     model: &dyn MultiExit,
-    loader: &Loader,
+    source: &dyn EvalSource,
     holdout: (&ExitLogits, &[u32]),
     mflops: &[f64],
     qs: &[f64],
@@ -178,7 +201,7 @@ pub fn q_sweep(
             q,
             holdout_accuracy: val.accuracy,
             holdout_mflops: val.avg_cost,
-            run: early_exit(model, loader, &th, mflops)?,
+            run: early_exit(model, source, &th, mflops)?,
         });
     }
     Ok(points)
@@ -206,12 +229,12 @@ pub fn method_budgets(mflops: &[f64]) -> Vec<f64> {
 
 /// Thresholds for each budget of `budgets` (MFLOPs per image) by each of
 /// `methods`, searched on the held-out logits and labels (max-softmax
-/// confidence), each measured with real early exit on `loader`. A budget
+/// confidence), each measured with real early exit on `source`. A budget
 /// below the first exit's cost is skipped; a method that finds nothing within
 /// the budget is left out.
 pub fn method_comparison(
     model: &dyn MultiExit,
-    loader: &Loader,
+    source: &dyn EvalSource,
     holdout: (&ExitLogits, &[u32]),
     mflops: &[f64],
     budgets: &[f64],
@@ -246,7 +269,7 @@ pub fn method_comparison(
                 budget_mflops: budget,
                 holdout_accuracy: val.accuracy,
                 holdout_mflops: val.avg_cost,
-                run: early_exit(model, loader, &th, mflops)?,
+                run: early_exit(model, source, &th, mflops)?,
             });
         }
     }
@@ -266,10 +289,10 @@ pub struct Request {
     /// Real early exit with these thresholds; the string names their file.
     pub calibration: Option<(String, Thresholds)>,
     /// The q sweep ([`sweep_qs`]), thresholds from this held-out split.
-    pub sweep_holdout: Option<Arc<Dataset>>,
+    pub sweep_holdout: Option<Arc<dyn EvalSource>>,
     /// The threshold methods compared at the [`method_budgets`],
     /// thresholds from this held-out split.
-    pub methods_holdout: Option<Arc<Dataset>>,
+    pub methods_holdout: Option<Arc<dyn EvalSource>>,
     /// Where the model is: batches go there.
     pub device: candle_core::Device,
 }
@@ -278,7 +301,6 @@ pub struct Request {
 /// augmentation): the anytime pass, then what `request` asks for, with the
 /// saving ratios filled in.
 pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Request) -> Result<EvalReport> {
-    let n = images.len();
     let loader = Loader::new(
         images,
         BatchConfig {
@@ -290,12 +312,20 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
         },
     )?
     .on_device(request.device.clone());
-    let mflops = exit_mflops(model, &loader)?;
-    let exits = anytime_exits(model, &loader, &mflops)?;
+    evaluate_source(model, &loader, request)
+}
+
+/// [`evaluate_model`] on any [`EvalSource`] (an image folder streamed from
+/// disk): its batch size is the source's; unreadable images are left out
+/// and listed in the report.
+pub fn evaluate_source(model: &dyn MultiExit, source: &dyn EvalSource, request: &Request) -> Result<EvalReport> {
+    let mflops = exit_mflops(model, source)?;
+    let exits = anytime_exits(model, source, &mflops)?;
+    let skipped: Vec<crate::report::SkippedImage> = source.skipped().into_iter().map(Into::into).collect();
     let mut report = EvalReport {
         model: request.model.clone(),
         split: request.split,
-        images: n,
+        images: source.len() - skipped.len(),
         batch_size: request.batch_size,
         exits,
         calibrated: None,
@@ -304,6 +334,7 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
         plots: None,
         full_ms_per_image: None,
         patch_hits: None,
+        skipped,
         measured: None,
     };
     if let Some((file, th)) = &request.calibration {
@@ -315,18 +346,25 @@ pub fn evaluate_model(model: &dyn MultiExit, images: Arc<Dataset>, request: &Req
                 mflops.len()
             )));
         }
-        report.calibrated = Some(CalibratedRun { file: file.clone(), run: early_exit(model, &loader, th, &mflops)? });
+        report.calibrated = Some(CalibratedRun { file: file.clone(), run: early_exit(model, source, th, &mflops)? });
     }
-    if let Some(holdout) = &request.sweep_holdout {
-        let (logits, labels) = collect_logits_on(model, holdout.clone(), &request.device)?;
-        report.budgeted = Some(q_sweep(model, &loader, (&logits, &labels), &mflops, &sweep_qs())?);
+    let collect =
+        |h: &Option<Arc<dyn EvalSource>>| h.as_ref().map(|h| collect_logits_from(model, h.as_ref())).transpose();
+    let sweep_logits = collect(&request.sweep_holdout)?;
+    // The sweep and the comparison usually share one held-out split: run it
+    // once.
+    let methods_logits = match (&request.sweep_holdout, &request.methods_holdout) {
+        (Some(s), Some(m)) if Arc::ptr_eq(s, m) => sweep_logits.clone(),
+        _ => collect(&request.methods_holdout)?,
+    };
+    if let Some((logits, labels)) = &sweep_logits {
+        report.budgeted = Some(q_sweep(model, source, (logits, labels), &mflops, &sweep_qs())?);
     }
-    if let Some(holdout) = &request.methods_holdout {
-        let (logits, labels) = collect_logits_on(model, holdout.clone(), &request.device)?;
+    if let Some((logits, labels)) = &methods_logits {
         report.methods = Some(method_comparison(
             model,
-            &loader,
-            (&logits, &labels),
+            source,
+            (logits, labels),
             &mflops,
             &method_budgets(&mflops),
             &ThresholdMethod::ALL,
@@ -381,8 +419,8 @@ mod tests {
             split: Split::Test,
             batch_size: 3,
             calibration: Some(("c.json".into(), stop_at_0)),
-            sweep_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
-            methods_holdout: Some(blank(vec![0, 1, 2, 0, 0])),
+            sweep_holdout: Some(Arc::new(Loader::in_order(blank(vec![0, 1, 2, 0, 0]), 2).unwrap())),
+            methods_holdout: Some(Arc::new(Loader::in_order(blank(vec![0, 1, 2, 0, 0]), 3).unwrap())),
             device: Device::Cpu,
         };
         let r = evaluate_model(model.as_ref(), blank(vec![0, 0, 0, 1]), &request).unwrap();

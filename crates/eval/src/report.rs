@@ -32,6 +32,9 @@ pub struct ExitReport {
     pub exit: usize,
     /// Top-1 accuracy in [0, 1].
     pub accuracy: f64,
+    /// Top-5 accuracy in [0, 1] (models of more than five classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top5: Option<f64>,
     /// Cumulative MFLOPs per image to reach this exit.
     pub mflops: f64,
     /// Cumulative wall-clock milliseconds per image to reach this exit.
@@ -174,9 +177,28 @@ pub struct EvalReport {
     /// whole canvas); see [`crate::measure::patch_hits`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_hits: Option<Vec<Option<f64>>>,
+    /// Files that could not be read (an image folder's corrupt images),
+    /// left out of every measurement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedImage>,
     /// When and where it was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured: Option<Provenance>,
+}
+
+/// An image left out because it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedImage {
+    /// Its path.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<anytime_data::source::Skipped> for SkippedImage {
+    fn from(s: anytime_data::source::Skipped) -> Self {
+        Self { path: s.path.display().to_string(), reason: s.reason }
+    }
 }
 
 /// Wall-clock saving over FLOP saving of an early-exit run, both against
@@ -247,8 +269,8 @@ mod tests {
             images: 4,
             batch_size: 2,
             exits: vec![
-                ExitReport { exit: 0, accuracy: 0.5, mflops: 1.0, ms_per_image: 0.5 },
-                ExitReport { exit: 1, accuracy: 0.75, mflops: 4.0, ms_per_image: 2.0 },
+                ExitReport { exit: 0, accuracy: 0.5, top5: None, mflops: 1.0, ms_per_image: 0.5 },
+                ExitReport { exit: 1, accuracy: 0.75, top5: None, mflops: 4.0, ms_per_image: 2.0 },
             ],
             calibrated: Some(CalibratedRun { file: "c.json".into(), run: run(0.75, 1.75, 1.0) }),
             methods: Some(vec![MethodPoint {
@@ -267,6 +289,7 @@ mod tests {
             plots: Some("p".into()),
             full_ms_per_image: Some(2.0),
             patch_hits: Some(vec![None, Some(0.5)]),
+            skipped: Vec::new(),
             measured: None,
         }
     }
