@@ -754,6 +754,12 @@ impl crate::registry::Architecture for GfnetConfig {
     fn default_size(&self) -> (usize, usize) {
         (self.image_size, self.image_size)
     }
+
+    fn dataset(&self) -> Option<&'static str> {
+        // The references' GFNet models are ImageNet models; ours on
+        // cluttered Fashion-MNIST are registry entries.
+        (self.in_channels == 3 && self.num_classes == 1000).then_some("imagenet")
+    }
 }
 
 #[cfg(test)]

@@ -572,6 +572,14 @@ impl crate::registry::Architecture for MsdNetConfig {
             StemKind::Cifar => (32, 32),
         }
     }
+
+    fn dataset(&self) -> Option<&'static str> {
+        Some(match (self.stem, self.num_classes) {
+            (StemKind::ImageNet, _) => "imagenet",
+            (StemKind::Cifar, 100) => "cifar100",
+            (StemKind::Cifar, _) => "cifar10",
+        })
+    }
 }
 
 #[cfg(test)]

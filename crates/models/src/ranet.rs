@@ -589,6 +589,14 @@ impl crate::registry::Architecture for RaNetConfig {
             StemKind::Cifar => (32, 32),
         }
     }
+
+    fn dataset(&self) -> Option<&'static str> {
+        Some(match (self.stem, self.num_classes) {
+            (StemKind::ImageNet, _) => "imagenet",
+            (StemKind::Cifar, 100) => "cifar100",
+            (StemKind::Cifar, _) => "cifar10",
+        })
+    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,12 @@ pub trait Architecture: Serialize + Clone + PartialEq + std::fmt::Debug + Send +
     fn default_size(&self) -> (usize, usize) {
         (32, 32)
     }
+    /// The dataset the configuration is for, when it says (`imagenet`,
+    /// `cifar10`, `cifar100`): it chooses the evaluation preprocessing of a
+    /// checkpoint loaded without a registry entry.
+    fn dataset(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// An entry of the architecture table.
@@ -97,6 +103,7 @@ trait DynConfig: std::fmt::Debug + Send + Sync {
     fn validate(&self) -> std::result::Result<(), ConfigError>;
     fn build(&self, vb: VarBuilder) -> Result<Box<dyn MultiExit>>;
     fn default_size(&self) -> (usize, usize);
+    fn dataset(&self) -> Option<&'static str>;
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
@@ -119,6 +126,10 @@ impl<C: Architecture> DynConfig for C {
 
     fn default_size(&self) -> (usize, usize) {
         Architecture::default_size(self)
+    }
+
+    fn dataset(&self) -> Option<&'static str> {
+        Architecture::dataset(self)
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -177,6 +188,12 @@ impl ArchConfig {
     /// The input size to count the model at when none is given.
     pub fn default_size(&self) -> (usize, usize) {
         self.0.default_size()
+    }
+
+    /// The dataset the configuration is for, when it says
+    /// ([`Architecture::dataset`]).
+    pub fn dataset(&self) -> Option<&'static str> {
+        self.0.dataset()
     }
 }
 

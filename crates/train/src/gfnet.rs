@@ -339,11 +339,11 @@ mod tests {
             let (ty, tx) = truth[i];
             let img = ds.image(i);
             let (mut inside, mut total) = (0f64, 0f64);
-            for k in 0..28 * 28 {
+            for (k, &v) in img.iter().enumerate().take(28 * 28) {
                 let (y, x) = (ty + k / 28, tx + k % 28);
-                total += img[k] as f64;
+                total += v as f64;
                 if (r..r + 48).contains(&y) && (c..c + 48).contains(&x) {
-                    inside += img[k] as f64;
+                    inside += v as f64;
                 }
             }
             shares.push(inside / total.max(1.0));

@@ -277,7 +277,9 @@ impl Optimizer {
             };
             match shapes.get(name.as_str()) {
                 Some(p) if p.shape() == t.shape() => {
-                    slot.insert(name, t);
+                    // Checkpoints are read on the CPU; the buffers live with
+                    // their parameters.
+                    slot.insert(name, t.to_device(p.device())?);
                 }
                 Some(p) => candle_core::bail!("optimizer state {k}: shape {:?}, parameter {:?}", t.shape(), p.shape()),
                 None => candle_core::bail!("optimizer state {k}: no parameter named {name}"),

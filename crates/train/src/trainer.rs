@@ -228,8 +228,22 @@ impl Trainer {
         dir: &Path,
         start: Start,
     ) -> Result<Self> {
+        Self::new_on(spec, build, dir, start, &Device::Cpu)
+    }
+
+    /// [`Trainer::new`] with the model and its optimiser on `device` (the
+    /// loaders' batches must be moved there, `Loader::on_device`). The seeded
+    /// initialisation is the same on every device; checkpoints are written
+    /// and read through the CPU.
+    pub fn new_on(
+        spec: TrainSpec,
+        build: impl FnOnce(VarBuilder) -> anytime_models::Result<Box<dyn MultiExit>>,
+        dir: &Path,
+        start: Start,
+        device: &Device,
+    ) -> Result<Self> {
         let varmap = VarMap::new();
-        let model = build(seeded_var_builder(&varmap, spec.seed, &Device::Cpu))?;
+        let model = build(seeded_var_builder(&varmap, spec.seed, device))?;
         spec.validate(model.num_exits())?;
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), msg: e.to_string() })?;
         clean_temporaries(dir)?;
@@ -365,7 +379,8 @@ impl Trainer {
             }
         }
         for (k, v) in data.iter().filter(|(k, _)| wanted(k)) {
-            v.set(&tensors[k].to_dtype(v.dtype()).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let t = tensors[k].to_dtype(v.dtype()).and_then(|t| t.to_device(v.device())).map_err(|e| e.to_string())?;
+            v.set(&t).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -453,7 +468,7 @@ impl Trainer {
             let mut images = 0usize;
             let p = std::mem::take(&mut self.state.partial);
             let (mut loss_sum, mut seen_batches, mut logged_sums) = (p.loss_sum, p.batches, p.logged);
-            let mut acc = ExitAccuracy { correct: p.correct, total: p.total };
+            let mut acc = ExitAccuracy { correct: p.correct, top5: Vec::new(), total: p.total };
             let lr0 = self.spec.schedule.lr_at(epoch as f64, epochs);
             let first = self.state.batch;
             for (i, batch) in train.epoch(epoch, first).enumerate() {
