@@ -13,6 +13,9 @@
 //! - `gfnet`: GFNet's step loop (logits, actions, patch coordinates) against
 //!   the reference, its per-step costs and configuration errors;
 //! - `swa`: the weight-averaging stage;
+//! - `folders`: an official checkpoint classifying a folder of photographs
+//!   (checked against torchvision's preprocessing), image folders streamed by
+//!   `eval` and `calibrate`, shards merged into the unsharded run;
 //! - `install`: the binary copied into a temporary root, run from an empty
 //!   directory; `download`: weights from a local stand-in for the hub.
 
@@ -23,6 +26,7 @@ mod bad_input;
 mod data;
 mod download;
 mod flops;
+mod folders;
 mod gfnet;
 mod hub;
 mod infer;

@@ -61,6 +61,18 @@ enum Task {
     /// on or off) trained with one short schedule and evaluated into
     /// docs/data/scan-ablation/ (resumable).
     ScanAblation(train::AblationArgs),
+    /// Merges the JSON Lines shards of `anytime eval --per-image FILE --shard
+    /// K/N` or `anytime classify --jsonl FILE --shard K/N` (in any order)
+    /// into the file one unsharded run writes, checking that they belong to
+    /// one run and cover every image once, and prints its summary.
+    Merge {
+        /// Where the merged file goes (written atomically).
+        #[arg(long)]
+        output: PathBuf,
+        /// The shard files.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
     /// Retrains every shipped Fashion-MNIST model, re-exports its weights and
     /// rewrites the results tables (`results`).
     Reproduce {
@@ -87,5 +99,28 @@ fn main() -> Result<()> {
         Task::Eval { model } => train::anytime(&["eval", "--model", &model, "--json"]),
         Task::Results(a) => results::run(&a),
         Task::Reproduce { what } => train::reproduce(&what),
+        Task::Merge { output, shards } => merge(&output, &shards),
     }
+}
+
+/// `cargo xtask merge`.
+fn merge(output: &std::path::Path, shards: &[PathBuf]) -> Result<()> {
+    use anytime_eval::shards::{Shard, merge};
+    if shards.iter().any(|s| s == output) {
+        anyhow::bail!("--output {} is one of the shards; write the merged file somewhere else", output.display());
+    }
+    let parts = shards.iter().map(|p| Shard::load(p)).collect::<Result<Vec<_>, _>>()?;
+    let merged = merge(parts)?;
+    merged.save(output)?;
+    for s in &merged.header.skipped {
+        eprintln!("skipped (unreadable): {}: {}", s.path, s.reason);
+    }
+    println!(
+        "{} shards, {} images: {}",
+        shards.len(),
+        merged.header.total,
+        serde_json::to_string(&anytime_eval::shards::summarize(&merged.header, &merged.records)?)?
+    );
+    println!("wrote {}", output.display());
+    Ok(())
 }

@@ -1,17 +1,15 @@
 //! `anytime calibrate`: exit thresholds for a budget, from the held-out split.
 
-use super::eval::{EvalSplit, load_split_from};
-use super::{WeightsArgs, load_registry_model_on, resolve_weights};
+use super::eval::EvalSplit;
+use super::input::{ModelSel, PreArgs, split_images};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{
     Calibration, Confidence, ExitScores, Fallback, GaParams, Method, default_qs, dynamic_eval, genetic_search,
     solve_budget, sweep_q,
 };
 use anytime_data::fmnist::DEFAULT_FASHION_MNIST_DIR;
-use anytime_eval::collect_logits_on;
-use anytime_models::registry::lookup;
+use anytime_eval::collect_logits_from;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Threshold search methods.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +56,10 @@ impl From<ConfidenceArg> for Confidence {
 /// Arguments of `anytime calibrate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Registry model.
-    #[arg(long)]
-    model: String,
     #[command(flatten)]
-    weights: WeightsArgs,
+    sel: ModelSel,
+    #[command(flatten)]
+    pre: PreArgs,
     /// Target average MFLOPs per image.
     #[arg(long, conflicts_with = "budget_fraction", allow_negative_numbers = true, value_parser = super::num::BUDGET)]
     budget: Option<f64>,
@@ -87,8 +84,8 @@ pub struct Args {
     /// Directory with the Fashion-MNIST IDX files.
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     data_dir: PathBuf,
-    /// Another dataset, `KIND:DIR` (`fashion-mnist`, `cifar10`, `cifar100`),
-    /// as `anytime eval --data`: its held-out split.
+    /// Another dataset, `KIND:DIR` (`fashion-mnist`, `cifar10`, `cifar100`,
+    /// `imagefolder`), as `anytime eval --data`: its held-out split.
     #[arg(long, conflicts_with = "data_dir")]
     data: Option<super::eval::DataSource>,
     /// Output calibration JSON.
@@ -140,18 +137,20 @@ pub fn run(a: Args) -> Result<()> {
     }
     anytime_io::check_replaceable(&a.output)
         .with_context(|| format!("cannot write --output {}", a.output.display()))?;
-    let entry = lookup(&a.model)?;
-    let path = resolve_weights(entry, &a.weights)?;
+    let path = a.sel.weights_path()?;
     super::ensure_not_input("--output", &a.output, &[path.as_path()])?;
     let device = super::parse_device(&a.device)?;
-    let model = load_registry_model_on(entry, &a.weights, &device)?;
-    let ds = load_split_from(&a.model, a.data.as_ref(), &a.data_dir, EvalSplit::Val)?;
-    let (_, h, w) = ds.image_shape();
-    let costs = model.exit_costs(h, w)?;
+    let sel = a.sel.load(&a.pre, &device)?;
+    let (_, h, w) = sel.input.shape;
+    let costs = sel.model.exit_costs(h, w)?;
     let costs = costs.mflops(costs.headline);
-    let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
-    let n = ds.len();
-    let (logits, labels) = collect_logits_on(model.as_ref(), Arc::new(ds), &device)?;
+    let budget = budget_mflops(&sel.name, a.budget, a.budget_fraction, &costs)?;
+    let source = split_images(&sel, a.data.as_ref(), &a.data_dir, EvalSplit::Val)?.source(&sel, 256, &device)?;
+    let (logits, labels) = collect_logits_from(sel.model.as_ref(), source.as_ref())?;
+    let n = labels.len();
+    for s in source.skipped() {
+        eprintln!("skipped unreadable image {}: {}", s.path.display(), s.reason);
+    }
     let scores = ExitScores::from_logits(&logits, &labels, a.confidence.into())?;
     let (method, (th, out)) = match (a.method, budget) {
         (MethodArg::Q, None) => {
@@ -174,7 +173,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let cal = Calibration {
-        model: a.model.clone(),
+        model: sel.name.clone(),
         weights_sha256: anytime_io::sha256_file(&path)?,
         method,
         thresholds: th,

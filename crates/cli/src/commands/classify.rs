@@ -1,31 +1,34 @@
 //! `anytime classify`: classifies images with real early exit under a FLOP
-//! budget, or with anytime prediction under a wall-clock deadline.
+//! budget, or with anytime prediction under a wall-clock deadline; a
+//! registry model or any checkpoint (`--arch --config --weights`); image
+//! files, folders of them (streamed) or IDX files; text lines, or JSON Lines
+//! in shards for a job array.
 
 use super::calibrate::budget_mflops;
-use super::eval::{EvalSplit, load_split};
-use super::{WeightsArgs, load_registry_model_on, resolve_weights};
+use super::eval::{DataSource, EvalSplit};
+use super::input::{ModelSel, PreArgs, Selected, read_labels, split_images};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{Calibration, Confidence, ExitScores, Thresholds, solve_budget};
 use anytime_data::fmnist::{CLASSES, DEFAULT_FASHION_MNIST_DIR};
 use anytime_data::idx;
-use anytime_data::image::{load_image, load_image_preprocessed};
-use anytime_eval::collect_logits_on;
-use anytime_models::registry::lookup;
+use anytime_eval::collect_logits_from;
+use anytime_eval::shards::{Shard, ShardHeader, parse_shard, shard_range};
 use anytime_models::{classify_anytime, classify_budgeted};
 use candle_core::Tensor;
-use std::path::PathBuf;
-use std::sync::Arc;
+use rayon::prelude::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Arguments of `anytime classify`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Registry model.
-    #[arg(long)]
-    model: String,
     #[command(flatten)]
-    weights: WeightsArgs,
-    /// Images: PNG / JPEG files, or IDX image files (every image in them).
+    sel: ModelSel,
+    #[command(flatten)]
+    pre: PreArgs,
+    /// Images: PNG / JPEG files, folders of them (searched recursively, in
+    /// sorted order), or IDX image files (every image in them).
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Average MFLOPs per image to spend (thresholds calibrated on the held-out split).
@@ -40,14 +43,36 @@ pub struct Args {
     /// Wall-clock deadline per image in milliseconds (anytime prediction).
     #[arg(long, allow_negative_numbers = true, value_parser = super::num::DEADLINE_MS)]
     deadline: Option<f64>,
-    /// Directory with the Fashion-MNIST IDX files (for `--budget`).
+    /// Directory with the Fashion-MNIST IDX files (the held-out split of
+    /// `--budget` for Fashion-MNIST models).
     #[arg(long, default_value = DEFAULT_FASHION_MNIST_DIR)]
     data_dir: PathBuf,
-    /// Class names, one per line, in the model's class order (default:
-    /// Fashion-MNIST's names for Fashion-MNIST models, class numbers
-    /// otherwise).
+    /// The held-out split of `--budget` from another dataset, `KIND:DIR`
+    /// as `anytime eval --data` (a checkpoint without a registry entry needs
+    /// it, or `--calibration`).
+    #[arg(long, conflicts_with = "data_dir")]
+    data: Option<DataSource>,
+    /// Class names: a file with one per line, or an image folder (its class
+    /// folder names), in the model's class order (default: the folder names
+    /// of `--data imagefolder:DIR`, Fashion-MNIST's names for Fashion-MNIST
+    /// models, class numbers otherwise).
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Images per forward pass: 1 (the default) times each image alone;
+    /// larger batches are faster per image.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = super::num::BATCH)]
+    batch_size: usize,
+    /// Write JSON Lines to FILE instead of text: a header line (the run,
+    /// its thresholds, a summary), then one line per image (`index`,
+    /// `image`, `prediction`, `label`, `confidence`, `exit`, `mflops`, `ms`;
+    /// `error` for an unreadable image).
+    #[arg(long, value_name = "FILE")]
+    jsonl: Option<PathBuf>,
+    /// Classify only part K of N of the images (contiguous in sorted order,
+    /// 1 ≤ K ≤ N), for a job array; `cargo xtask merge` combines the N files
+    /// into the file of one run.
+    #[arg(long, value_name = "K/N", requires = "jsonl")]
+    shard: Option<String>,
     /// Where the model runs: `cpu` (default), `cuda`, `cuda:N` or `metal`
     /// (a binary built with the `cuda`, `cudnn` or `metal` feature); batches
     /// are built on the CPU and moved there.
@@ -55,146 +80,286 @@ pub struct Args {
     device: String,
 }
 
-/// The class names of `--labels` (one per non-empty line), checked against
-/// the model's class count.
-fn read_labels(path: &std::path::Path, classes: usize) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read the labels file {}", path.display()))?;
-    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-    if names.len() != classes {
-        bail!("{}: {} class names for a model of {classes} classes", path.display(), names.len());
+/// One image to classify.
+enum Item {
+    /// A PNG or JPEG file.
+    File(PathBuf),
+    /// Image `i` of an IDX file, its pixels read.
+    Pixels(String, Vec<u8>),
+}
+
+impl Item {
+    fn name(&self) -> String {
+        match self {
+            Item::File(p) => p.display().to_string(),
+            Item::Pixels(n, _) => n.clone(),
+        }
     }
-    Ok(names)
 }
 
-struct Input {
-    name: String,
-    pixels: Vec<u8>,
-    note: String,
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
-fn read_inputs(paths: &[PathBuf], (c, h, w): (usize, usize, usize), dataset: &str) -> Result<Vec<Input>> {
+/// Every PNG/JPEG under `dir`, recursively, sorted by path.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if is_image(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The images the arguments name, in order: folders expanded, IDX files
+/// read (their images must be the model's size, grey).
+fn items(paths: &[PathBuf], (c, h, w): (usize, usize, usize)) -> Result<Vec<Item>> {
     let mut out = Vec::new();
     for p in paths {
-        let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        let raw = idx::maybe_gunzip(bytes, p)?;
-        if raw.len() >= 4 && raw[..3] == [0, 0, 8] {
-            let a = idx::parse(&raw, p)?;
-            let &[n, ih, iw] = a.dims.as_slice() else {
-                bail!("{}: an IDX image file must be [N, H, W], got {:?}", p.display(), a.dims);
-            };
-            if c != 1 || (ih, iw) != (h, w) {
-                bail!("{}: IDX images are {ih}x{iw} grey, the model takes {c}x{h}x{w}", p.display());
+        if p.is_dir() {
+            let mut files = Vec::new();
+            walk(p, &mut files)?;
+            if files.is_empty() {
+                bail!("{}: no PNG or JPEG files in this folder", p.display());
             }
-            for i in 0..n {
-                out.push(Input {
-                    name: format!("{}#{i}", p.display()),
-                    pixels: a.data[i * h * w..(i + 1) * h * w].to_vec(),
-                    note: String::new(),
-                });
-            }
-        } else if dataset == "imagenet" {
-            // The references' evaluation transform: shorter side to 256,
-            // centre 224 crop.
-            let pre = anytime_data::preprocess::Preprocess::imagenet();
-            let (img, shape) = load_image_preprocessed(p, c, &pre)?;
-            if shape != (c, h, w) {
-                bail!("{}: preprocessing gave {shape:?}, the model takes {c}x{h}x{w}", p.display());
-            }
-            let note = format!(" (resized and centre-cropped from {}x{})", img.original.0, img.original.1);
-            out.push(Input { name: p.display().to_string(), pixels: img.pixels, note });
-        } else {
-            let img = load_image(p, c, (h, w))?;
-            let note = if img.resized {
-                format!(" (resized from {}x{} to {w}x{h})", img.original.0, img.original.1)
-            } else {
-                String::new()
-            };
-            out.push(Input { name: p.display().to_string(), pixels: img.pixels, note });
+            out.extend(files.into_iter().map(Item::File));
+            continue;
         }
+        if !p.exists() {
+            bail!("cannot read {}: no such file or folder", p.display());
+        }
+        if !is_image(p) {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let raw = idx::maybe_gunzip(bytes, p)?;
+            if raw.len() >= 4 && raw[..3] == [0, 0, 8] {
+                let a = idx::parse(&raw, p)?;
+                let &[n, ih, iw] = a.dims.as_slice() else {
+                    bail!("{}: an IDX image file must be [N, H, W], got {:?}", p.display(), a.dims);
+                };
+                if c != 1 || (ih, iw) != (h, w) {
+                    bail!("{}: IDX images are {ih}x{iw} grey, the model takes {c}x{h}x{w}", p.display());
+                }
+                for i in 0..n {
+                    out.push(Item::Pixels(format!("{}#{i}", p.display()), a.data[i * h * w..(i + 1) * h * w].to_vec()));
+                }
+                continue;
+            }
+        }
+        out.push(Item::File(p.clone()));
     }
     Ok(out)
 }
 
+/// The normalised input of one item, and a note on its size.
+fn prepare(item: &Item, sel: &Selected) -> Result<(Vec<f32>, String)> {
+    let input = &sel.input;
+    let (c, h, w) = input.shape;
+    let pad = input.pad;
+    match item {
+        Item::Pixels(_, px) => {
+            let px = anytime_data::dataset::pad_image(px, (c, h - 2 * pad, w - 2 * pad), pad);
+            Ok((input.pre.normalize(&px, c)?, String::new()))
+        }
+        Item::File(p) => {
+            let (img, (ic, ih, iw)) = anytime_data::image::load_image_preprocessed(p, c, &input.pre)?;
+            let px = anytime_data::dataset::pad_image(&img.pixels, (ic, ih, iw), pad);
+            let note = if img.resized {
+                let how = if input.pre.resize_shorter.is_some() || input.pre.centre_crop.is_some() {
+                    "resized and centre-cropped"
+                } else {
+                    "resized"
+                };
+                format!(" ({how} from {}x{})", img.original.0, img.original.1)
+            } else {
+                String::new()
+            };
+            Ok((input.pre.normalize(&px, c)?, note))
+        }
+    }
+}
+
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
-    let entry = lookup(&a.model)?;
+    if let Some(out) = &a.jsonl {
+        anytime_io::check_replaceable(out).with_context(|| format!("cannot write --jsonl {}", out.display()))?;
+    }
     let device = super::parse_device(&a.device)?;
-    let model = load_registry_model_on(entry, &a.weights, &device)?;
-    let (c, h, w) = entry.data.input;
-    let costs = model.exit_costs(h, w)?;
+    let sel = a.sel.load(&a.pre, &device)?;
+    if let Some(out) = &a.jsonl {
+        let mut inputs: Vec<&Path> = a.images.iter().map(PathBuf::as_path).collect();
+        inputs.push(sel.weights.as_path());
+        super::ensure_not_input("--jsonl", out, &inputs)?;
+    }
+    let (c, h, w) = sel.input.shape;
+    let costs = sel.model.exit_costs(h, w)?;
     let costs = costs.mflops(costs.headline);
-    let budget = budget_mflops(&a.model, a.budget, a.budget_fraction, &costs)?;
-    // Images come at the dataset's size and are padded to the model's.
-    let pad = entry.data.pad;
-    let labels = match &a.labels {
-        Some(path) => read_labels(path, model.num_classes())?,
-        None if entry.data.dataset == "fashion-mnist" => CLASSES.iter().map(|s| s.to_string()).collect(),
-        None => (0..model.num_classes()).map(|k| k.to_string()).collect(),
+    let budget = budget_mflops(&sel.name, a.budget, a.budget_fraction, &costs)?;
+    let labels = match (&a.labels, &a.data) {
+        (Some(path), _) => read_labels(path, sel.model.num_classes())?,
+        (None, Some(DataSource::ImageFolder(dir))) => read_labels(dir, sel.model.num_classes())?,
+        (None, _) if sel.input.dataset == "fashion-mnist" && sel.model.num_classes() == CLASSES.len() => {
+            CLASSES.iter().map(|s| s.to_string()).collect()
+        }
+        (None, _) => (0..sel.model.num_classes()).map(|k| k.to_string()).collect(),
     };
-    let mut inputs = read_inputs(&a.images, (c, h - 2 * pad, w - 2 * pad), entry.data.dataset)?;
-    for inp in &mut inputs {
-        inp.pixels = anytime_data::dataset::pad_image(&inp.pixels, (c, h - 2 * pad, w - 2 * pad), pad);
-    }
-    let norm = |px: &[u8]| -> Vec<f32> {
-        px.iter()
-            .enumerate()
-            .map(|(i, &v)| (v as f32 / 255.0 - entry.data.mean[i / (h * w)]) / entry.data.std[i / (h * w)])
-            .collect()
-    };
+    let pad = sel.input.pad;
+    let all = items(&a.images, (c, h - 2 * pad, w - 2 * pad))?;
+    let total = all.len();
+    let shard = a.shard.as_deref().map(parse_shard).transpose()?.unwrap_or((1, 1));
+    let range = shard_range(total, shard.0, shard.1)?;
     let name = |k: u32| labels.get(k as usize).map_or("?", String::as_str);
-    if let Some(ms) = a.deadline {
-        if !(ms > 0.0 && ms.is_finite()) {
-            bail!("--deadline must be a positive number of milliseconds, got {ms}");
-        }
-        for inp in &inputs {
-            let xs = Tensor::from_vec(norm(&inp.pixels), (1, c, h, w), &device)?;
-            let r = classify_anytime(model.as_ref(), &xs, Duration::from_secs_f64(ms / 1e3))?;
-            let row = r.logits.to_vec2::<f32>()?.remove(0);
-            let pred = anytime_models::exit::argmax(&row);
-            outln!(
-                "{}: {} (confidence {:.3}), exit {}, {:.2} MFLOPs, {:.3} ms{}{}",
-                inp.name,
-                name(pred),
-                Confidence::MaxSoftmax.score(&row),
-                r.exit,
-                costs[r.exit],
-                r.elapsed.as_secs_f64() * 1e3,
-                if r.late { " (deadline missed: even the first exit took longer)" } else { "" },
-                inp.note
-            );
-        }
-        return Ok(());
-    }
-    let thresholds = if let Some(path) = &a.calibration {
-        let sha = anytime_io::sha256_file(resolve_weights(entry, &a.weights)?)?;
-        Calibration::load(path, &sha)?.thresholds
+    let thresholds = if a.deadline.is_some() {
+        None
+    } else if let Some(path) = &a.calibration {
+        let sha = anytime_io::sha256_file(&sel.weights)?;
+        Some(Calibration::load(path, &sha)?.thresholds)
     } else if let Some(b) = budget {
-        let val = load_split(&a.model, &a.data_dir, EvalSplit::Val)?;
-        let (logits, labels) = collect_logits_on(model.as_ref(), Arc::new(val), &device)?;
+        let val = split_images(&sel, a.data.as_ref(), &a.data_dir, EvalSplit::Val)
+            .context("--budget needs the held-out split")?
+            .source(&sel, 256, &device)?;
+        let (logits, labels) = collect_logits_from(sel.model.as_ref(), val.as_ref())?;
         let scores = ExitScores::from_logits(&logits, &labels, Confidence::MaxSoftmax)?;
-        solve_budget(&scores, &costs, b)?.0
+        Some(solve_budget(&scores, &costs, b)?.0)
     } else {
         // No budget: every image goes to the last exit.
-        Thresholds::new(Confidence::MaxSoftmax, vec![f32::MAX; costs.len()])
+        Some(Thresholds::new(Confidence::MaxSoftmax, vec![f32::MAX; costs.len()]))
     };
-    for inp in &inputs {
-        let xs = Tensor::from_vec(norm(&inp.pixels), (1, c, h, w), &device)?;
-        let start = Instant::now();
-        let d = classify_budgeted(model.as_ref(), &xs, &thresholds, &costs)?;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        let d = d.first().context("no decision")?;
-        outln!(
-            "{}: {} (confidence {:.3}), exit {}{}, {:.2} MFLOPs, {:.3} ms{}",
-            inp.name,
-            name(d.prediction),
-            d.confidence,
-            d.exit,
-            if d.fallback { " (no exit confident: the mean of every exit's logits)" } else { "" },
-            d.mflops,
-            ms,
-            inp.note
+    let mut records: Vec<Value> = Vec::with_capacity(range.len());
+    let mut failures: Vec<String> = Vec::new();
+    let batch = if a.deadline.is_some() { 1 } else { a.batch_size };
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + batch).min(range.end);
+        let prepared: Vec<Result<(Vec<f32>, String)>> =
+            all[start..end].par_iter().map(|it| prepare(it, &sel)).collect();
+        let mut ok: Vec<(usize, String)> = Vec::new();
+        let mut pixels = Vec::new();
+        for (k, p) in prepared.into_iter().enumerate() {
+            let i = start + k;
+            match p {
+                Ok((px, note)) => {
+                    pixels.extend(px);
+                    ok.push((i, note));
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    // The data crate's errors begin with the path.
+                    let msg = msg.strip_prefix(&format!("{}: ", all[i].name())).map_or(msg.clone(), String::from);
+                    failures.push(format!("{}: {msg}", all[i].name()));
+                    records.push(json!({"index": i, "image": all[i].name(), "error": msg}));
+                }
+            }
+        }
+        start = end;
+        if ok.is_empty() {
+            continue;
+        }
+        let n = ok.len();
+        let xs = Tensor::from_vec(pixels, (n, c, h, w), &device)?;
+        if let Some(ms) = a.deadline {
+            let (i, note) = &ok[0];
+            let r = classify_anytime(sel.model.as_ref(), &xs, Duration::from_secs_f64(ms / 1e3))?;
+            let row = r.logits.to_vec2::<f32>()?.remove(0);
+            let pred = anytime_models::exit::argmax(&row);
+            records.push(json!({
+                "index": i, "image": all[*i].name(), "prediction": pred, "label": name(pred),
+                "confidence": Confidence::MaxSoftmax.score(&row), "exit": r.exit, "mflops": costs[r.exit],
+                "ms": r.elapsed.as_secs_f64() * 1e3, "late": r.late, "note": note,
+            }));
+            continue;
+        }
+        let th = thresholds.as_ref().context("thresholds")?;
+        let t0 = Instant::now();
+        let decisions = classify_budgeted(sel.model.as_ref(), &xs, th, &costs)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
+        for ((i, note), d) in ok.iter().zip(&decisions) {
+            records.push(json!({
+                "index": i, "image": all[*i].name(), "prediction": d.prediction, "label": name(d.prediction),
+                "confidence": d.confidence, "exit": d.exit, "mflops": d.mflops, "ms": ms,
+                "fallback": d.fallback, "note": note,
+            }));
+        }
+    }
+    records.sort_by_key(|r| r["index"].as_u64());
+    let classified = records.iter().filter(|r| r.get("error").is_none()).count();
+    if classified == 0 && !records.is_empty() {
+        bail!("no image could be read: {}", failures.join("; "));
+    }
+    if let Some(out) = &a.jsonl {
+        let run = json!({
+            "model": sel.name,
+            "weights_sha256": anytime_io::sha256_file(&sel.weights)?,
+            "images": a.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "exit_mflops": costs,
+            "thresholds": thresholds,
+            "deadline_ms": a.deadline,
+            "labels": labels,
+            "input": {"shape": sel.input.shape, "pad": pad, "resize": sel.input.pre.resize_shorter,
+                      "crop": sel.input.pre.centre_crop, "mean": sel.input.pre.mean, "std": sel.input.pre.std},
+        });
+        let mut header = ShardHeader::new("classify", run, shard, total, range.clone());
+        header.skipped = failures
+            .iter()
+            .filter_map(|f| f.split_once(": "))
+            .map(|(p, r)| anytime_eval::SkippedImage { path: p.into(), reason: r.into() })
+            .collect();
+        let file = Shard { header, records: records.iter().map(strip_note).collect() };
+        file.save(out)?;
+        let summary = anytime_eval::shards::summarize(&file.header, &file.records)?;
+        eprintln!(
+            "{classified} images classified (images {}..{} of {total}), {} unreadable, {:.2} MFLOPs/image: {}",
+            range.start,
+            range.end,
+            failures.len(),
+            summary["mflops_per_image"].as_f64().unwrap_or(0.0),
+            out.display()
         );
+    } else {
+        for r in &records {
+            if let Some(e) = r.get("error").and_then(Value::as_str) {
+                eprintln!("skipped {}: {e}", r["image"].as_str().unwrap_or(""));
+                continue;
+            }
+            let tail = if a.deadline.is_some() {
+                if r["late"] == true { " (deadline missed: even the first exit took longer)" } else { "" }
+            } else if r["fallback"] == true {
+                " (no exit confident: the mean of every exit's logits)"
+            } else {
+                ""
+            };
+            let (after_ms, after_exit) = if a.deadline.is_some() { (tail, "") } else { ("", tail) };
+            outln!(
+                "{}: {} (confidence {:.3}), exit {}{}, {:.2} MFLOPs, {:.3} ms{}{}",
+                r["image"].as_str().unwrap_or(""),
+                r["label"].as_str().unwrap_or("?"),
+                r["confidence"].as_f64().unwrap_or(f64::NAN),
+                r["exit"],
+                after_exit,
+                r["mflops"].as_f64().unwrap_or(f64::NAN),
+                r["ms"].as_f64().unwrap_or(f64::NAN),
+                after_ms,
+                r["note"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(())
+}
+
+/// A record without its display note (the JSON keeps only data).
+fn strip_note(r: &Value) -> Value {
+    let mut r = r.clone();
+    if let Some(o) = r.as_object_mut() {
+        o.remove("note");
+    }
+    r
 }

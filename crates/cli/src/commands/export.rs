@@ -74,8 +74,11 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let eval = report(&super::eval::Args {
-        model: a.model.clone(),
-        weights: WeightsArgs { weights: Some(best.display().to_string()), ..Default::default() },
+        sel: super::input::ModelSel {
+            model: super::ModelArgs { model: Some(a.model.clone()), arch: None, config: None },
+            weights: WeightsArgs { weights: Some(best.display().to_string()), ..Default::default() },
+        },
+        pre: Default::default(),
         data_dir: a.data_dir.clone(),
         data: None,
         split: EvalSplit::Test,
@@ -87,6 +90,8 @@ pub fn run(a: Args) -> Result<()> {
         methods: false,
         patch_policy: None,
         plots: None,
+        per_image: None,
+        shard: None,
         device: "cpu".into(),
     })?;
     let file = anytime_io::load_tensors(&best)?;

@@ -28,6 +28,7 @@ pub mod eval;
 pub mod export;
 pub mod flops;
 pub mod infer;
+pub mod input;
 pub mod models;
 pub mod num;
 pub mod train;

@@ -54,6 +54,12 @@ pub struct Args {
     /// No progress bars; one line per epoch.
     #[arg(long)]
     quiet: bool,
+    /// Where the model trains: `cpu` (default), `cuda`, `cuda:N` or `metal`
+    /// (a binary built with the `cuda`, `cudnn` or `metal` feature; our CPU
+    /// kernels are replaced by Candle's stock ops there). Batches are built
+    /// on the CPU and moved; checkpoints are the same files on every device.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// The stage `--stage` names (default: the recipe's first) and its run
@@ -160,6 +166,7 @@ pub fn fmnist_test(data_dir: &Path, data: &DataSpec) -> Result<anytime_data::dat
 pub fn run(a: Args) -> Result<()> {
     let entry = lookup(&a.model)?;
     let r = recipe(&a.model)?;
+    let device = super::parse_device(&a.device)?;
     let (stage, dir) = stage_dir(&r, a.stage.as_deref(), a.run_dir.as_deref())?;
     let mut spec = r.stage(stage)?.1.spec.clone();
     if let Some(e) = a.epochs {
@@ -173,11 +180,13 @@ pub fn run(a: Args) -> Result<()> {
     let train = match entry.data.clutter {
         Some(c) => train.with_clutter(clutter_spec(c))?,
         None => train,
-    };
+    }
+    .on_device(device.clone());
     let val = Loader::new(
         val,
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
-    )?;
+    )?
+    .on_device(device.clone());
     let cfg = (entry.config)();
     let epochs = spec.epochs;
     let start = match (a.resume, a.resume_or_start, a.force) {
@@ -186,7 +195,7 @@ pub fn run(a: Args) -> Result<()> {
         (_, _, true) => Start::Overwrite,
         _ => Start::New,
     };
-    let mut trainer = Trainer::new(spec, |vb| cfg.build(vb), &dir, start)
+    let mut trainer = Trainer::new_on(spec, |vb| cfg.build(vb), &dir, start, &device)
         .with_context(|| format!("cannot start the run in {}", dir.display()))?;
     let init = match (&a.init, r.previous(stage)?) {
         (Some(p), _) => Some(p.clone()),

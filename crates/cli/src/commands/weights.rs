@@ -153,7 +153,7 @@ pub fn resolve_weights(entry: &ModelEntry, w: &WeightsArgs) -> Result<PathBuf> {
     let env = Env::from_process(w.offline);
     match &w.weights {
         Some(spec) => match spec.strip_prefix("hf:") {
-            Some(rest) => resolve_hub_spec(&env, entry, spec, rest),
+            Some(rest) => resolve_hub_spec(&env, Some(entry), spec, rest),
             None => {
                 let p = PathBuf::from(spec);
                 if !p.exists() {
@@ -171,9 +171,28 @@ pub fn resolve_weights(entry: &ModelEntry, w: &WeightsArgs) -> Result<PathBuf> {
     }
 }
 
+/// The weights of a checkpoint without a registry entry (`--arch --config
+/// --weights`): a file, or `hf:<owner>/<repo>/<file>` (cache, else a
+/// download).
+pub fn resolve_checkpoint(w: &WeightsArgs) -> Result<PathBuf> {
+    let Some(spec) = &w.weights else {
+        bail!("--arch and --config need --weights FILE (the checkpoint to load)");
+    };
+    match spec.strip_prefix("hf:") {
+        Some(rest) => resolve_hub_spec(&Env::from_process(w.offline), None, spec, rest),
+        None => {
+            let p = PathBuf::from(spec);
+            if !p.exists() {
+                bail!("weights file {} does not exist", p.display());
+            }
+            Ok(p)
+        }
+    }
+}
+
 /// `--weights hf:<owner>/<repo>/<file>`: the cache, else a download when
 /// online (checked when it names the registry's own file).
-fn resolve_hub_spec(env: &Env, entry: &ModelEntry, spec: &str, rest: &str) -> Result<PathBuf> {
+fn resolve_hub_spec(env: &Env, entry: Option<&ModelEntry>, spec: &str, rest: &str) -> Result<PathBuf> {
     let mut parts = rest.splitn(3, '/');
     let (Some(owner), Some(name), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
         bail!("bad hub weights '{spec}': expected hf:<owner>/<repo>/<file>");
@@ -193,7 +212,7 @@ fn resolve_hub_spec(env: &Env, entry: &ModelEntry, spec: &str, rest: &str) -> Re
             cache.display()
         );
     }
-    let sha = entry.weights.filter(|p| p.hub_repo == repo && p.file == file).map(|p| p.sha256);
+    let sha = entry.and_then(|e| e.weights).filter(|p| p.hub_repo == repo && p.file == file).map(|p| p.sha256);
     download(env, cache, &repo, file, sha).map_err(|why| {
         anyhow!(
             "{file} of {repo} is not in the Hugging Face cache at {}, and the download from {} {why}",
