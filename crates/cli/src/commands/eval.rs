@@ -209,9 +209,13 @@ pub fn load_split(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> 
     })
 }
 
-/// Where the items of a cluttered split lie on their canvases (as
-/// [`load_split`] makes them), and the items' side.
-fn item_positions(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> Result<(Vec<(usize, usize)>, usize)> {
+/// A cluttered split as [`load_split`] makes it, with where its items lie
+/// on their canvases and the items' side.
+fn split_with_items(
+    model: &str,
+    data_dir: &std::path::Path,
+    split: EvalSplit,
+) -> Result<(anytime_data::dataset::Dataset, Vec<(usize, usize)>, usize)> {
     let data = &lookup(model)?.data;
     let c = data.clutter.with_context(|| format!("{model} has no cluttered data"))?;
     let (plain, seed) = match split {
@@ -227,8 +231,8 @@ fn item_positions(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> 
         }
     };
     let side = plain.image_shape().1;
-    let (_, items) = anytime_data::cluttered::cluttered_with_items(&plain, &super::train::clutter_spec(c), seed)?;
-    Ok((items, side))
+    let (ds, items) = anytime_data::cluttered::cluttered_with_items(&plain, &super::train::clutter_spec(c), seed)?;
+    Ok((ds, items, side))
 }
 
 /// Runs the measurements and returns the report (writing the plots of
@@ -282,8 +286,8 @@ pub fn report(a: &Args) -> Result<EvalReport> {
                 Some(DataSource::FashionMnist(dir)) => dir,
                 _ => &a.data_dir,
             };
-            let (items, side) = item_positions(entry.name, dir, a.split)?;
-            let ds = Arc::new(load_split(entry.name, dir, a.split)?.take(n)?);
+            let (ds, items, side) = split_with_items(entry.name, dir, a.split)?;
+            let ds = Arc::new(ds.take(n)?);
             report.patch_hits = Some(anytime_eval::measure::patch_hits(
                 sel.model.as_ref(),
                 ds,
