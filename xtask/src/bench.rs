@@ -685,6 +685,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let spec_path = std::env::temp_dir().join(format!("anytime-bench-{}.json", std::process::id()));
     std::fs::write(&spec_path, serde_json::to_string(&cases.iter().map(|c| c.spec.clone()).collect::<Vec<_>>())?)?;
     let mut server = TorchServer::start(&py, &spec_path, a.threads)?;
+    // Wait until the server has imported torch and answers (a name that is
+    // no case gets `null`): otherwise the first round times our side while
+    // Python starts on the same cores, which made our first-round times up
+    // to 1.7x slower (docs/log/2026-12-02-engine-redesign-bench-ab.md).
+    server.time("(ready)")?;
     let n = cases.len();
     let (mut ours, mut torch) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     let mut stock = vec![None; n];
