@@ -8,6 +8,7 @@
 mod arch_doc;
 mod bench;
 mod ci;
+mod cuda;
 mod fuzz;
 mod page;
 mod results;
@@ -61,6 +62,10 @@ enum Task {
     /// on or off) trained with one short schedule and evaluated into
     /// docs/data/scan-ablation/ (resumable).
     ScanAblation(train::AblationArgs),
+    /// Builds the `anytime` binary with `--features cuda` without a GPU:
+    /// nvcc from PyPI in a scratch venv, stand-in libraries for the link
+    /// (not part of CI).
+    CheckCuda(cuda::CheckCudaArgs),
     /// Merges the JSON Lines shards of `anytime eval --per-image FILE --shard
     /// K/N` or `anytime classify --jsonl FILE --shard K/N` (in any order)
     /// into the file one unsharded run writes, checking that they belong to
@@ -100,6 +105,7 @@ fn main() -> Result<()> {
         Task::Results(a) => results::run(&a),
         Task::Reproduce { what } => train::reproduce(&what),
         Task::Merge { output, shards } => merge(&output, &shards),
+        Task::CheckCuda(a) => cuda::run(&a),
     }
 }
 
