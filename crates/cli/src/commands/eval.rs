@@ -209,13 +209,12 @@ pub fn load_split(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> 
     })
 }
 
+/// A cluttered split, its items' top-left corners and the items' side.
+type SplitWithItems = (anytime_data::dataset::Dataset, Vec<(usize, usize)>, usize);
+
 /// A cluttered split as [`load_split`] makes it, with where its items lie
 /// on their canvases and the items' side.
-fn split_with_items(
-    model: &str,
-    data_dir: &std::path::Path,
-    split: EvalSplit,
-) -> Result<(anytime_data::dataset::Dataset, Vec<(usize, usize)>, usize)> {
+fn split_with_items(model: &str, data_dir: &std::path::Path, split: EvalSplit) -> Result<SplitWithItems> {
     let data = &lookup(model)?.data;
     let c = data.clutter.with_context(|| format!("{model} has no cluttered data"))?;
     let (plain, seed) = match split {

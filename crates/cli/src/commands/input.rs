@@ -367,7 +367,7 @@ pub fn split_images(sel: &Selected, source: Option<&DataSource>, data_dir: &Path
                 EvalSplit::Val => holdout(cifar(dir, kind, true)?)?,
             }
         }
-        Some(DataSource::ImageFolder(_)) => unreachable!("handled above"),
+        Some(DataSource::ImageFolder(dir)) => bail!("imagefolder:{} is read as a stream", dir.display()),
     };
     if ds.classes().len() != sel.model.num_classes() {
         bail!("{} has {} classes, {} has {}", ds.name, ds.classes().len(), sel.name, sel.model.num_classes());
