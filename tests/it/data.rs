@@ -74,6 +74,30 @@ fn r26_eval_and_calibrate_read_cifar() {
     let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cal).expect("read")).expect("json");
     assert_eq!(c["holdout_images"], 5000, "{c}");
 
+    // The reference RANet checkpoint through --arch/--config/--weights on the
+    // same data (its configuration says CIFAR-10: MSDNet's normalisation).
+    let (config, fixture_weights) = (
+        crate::util::fixture("ranet_cifar10_lg", "config.json"),
+        crate::util::fixture("ranet_cifar10_lg", "state_dict.safetensors"),
+    );
+    let model = ["--arch", "ranet", "--config", s(&config), "--weights", s(&fixture_weights)];
+    let out = ok(&[&["eval"][..], &model, &["--data", &data, "--json"]].concat());
+    let r: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((r["images"].as_u64(), r["model"].as_str()), (Some(12), Some("ranet:state_dict.safetensors")), "{out}");
+    assert!(r["exits"][0]["top5"].is_number(), "{out}");
+    // A checkpoint has no registry data: the images must be named.
+    let e = fails(&[&["eval"][..], &model].concat());
+    assert!(e.contains("--data KIND:DIR"), "{e}");
+    // Options that do not go together, and bad preprocessing flags.
+    let e = fails(&[&["eval"][..], &model, &["--data", &data, "--per-image", "x.jsonl", "--budgeted"]].concat());
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = fails(&[&["eval"][..], &model, &["--data", &data, "--crop", "0"]].concat());
+    assert!(e.contains("--crop must be a positive number"), "{e}");
+    let e = fails(&[&["eval"][..], &model, &["--data", &data, "--std", "0.2,0,0.2"]].concat());
+    assert!(e.contains("--std values must be positive"), "{e}");
+    let e = fails(&[&["eval"][..], &model, &["--data", "imagefolder:/no/such/folder"]].concat());
+    assert!(e.contains("/no/such/folder"), "{e}");
+
     // A model of other images, a missing file, an unknown kind, a bad form.
     let e = fails(&["eval", "--model", "msdnet-fmnist", "--data", &data]);
     assert!(e.contains("takes 1x28x28") && e.contains("not 3x32x32"), "{e}");
