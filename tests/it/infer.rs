@@ -111,9 +111,12 @@ fn r26_device_option_on_every_data_command() {
     // (command, whether it runs on the sample: calibration needs the full
     // training set's 5,000 held-out images, so it is only checked for the
     // device errors, which come before any data is read).
-    let commands: [(Vec<&str>, bool); 4] = [
+    let run_dir = temp_dir("device-train");
+    let run_dir = run_dir.to_str().expect("utf-8 path");
+    let commands: [(Vec<&str>, bool); 5] = [
         (vec!["eval", "--model", "msdnet-fmnist", "--data-dir", sample, "--limit", "64"], true),
         (vec!["calibrate", "--model", "msdnet-fmnist", "--budget-fraction", "0.5", "--output", cal], false),
+        (vec!["train", "--model", "msdnet-tiny", "--run-dir", run_dir, "--data-dir", sample, "--epochs", "1"], false),
         (vec!["classify", "--model", "msdnet-fmnist", "--deadline", "100", images], true),
         (vec!["demo"], true),
     ];
