@@ -235,13 +235,15 @@ pub fn run(a: Args) -> Result<()> {
         Some(Thresholds::new(Confidence::MaxSoftmax, vec![f32::MAX; costs.len()]))
     };
     let mut records: Vec<Value> = Vec::with_capacity(range.len());
-    let mut failures: Vec<String> = Vec::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
     let batch = if a.deadline.is_some() { 1 } else { a.batch_size };
+    let (mut any_read, mut unread) = (false, Vec::new());
     let mut start = range.start;
     while start < range.end {
         let end = (start + batch).min(range.end);
         let prepared: Vec<Result<(Vec<f32>, String)>> =
             all[start..end].par_iter().map(|it| prepare(it, &sel)).collect();
+        let mut batch_records: Vec<Value> = Vec::new();
         let mut ok: Vec<(usize, String)> = Vec::new();
         let mut pixels = Vec::new();
         for (k, p) in prepared.into_iter().enumerate() {
@@ -255,45 +257,65 @@ pub fn run(a: Args) -> Result<()> {
                     let msg = format!("{e:#}");
                     // The data crate's errors begin with the path.
                     let msg = msg.strip_prefix(&format!("{}: ", all[i].name())).map_or(msg.clone(), String::from);
-                    failures.push(format!("{}: {msg}", all[i].name()));
-                    records.push(json!({"index": i, "image": all[i].name(), "error": msg}));
+                    failures.push((all[i].name(), msg.clone()));
+                    batch_records.push(json!({"index": i, "image": all[i].name(), "error": msg}));
                 }
             }
         }
         start = end;
-        if ok.is_empty() {
-            continue;
+        if !ok.is_empty() {
+            let n = ok.len();
+            let xs = Tensor::from_vec(pixels, (n, c, h, w), &device)?;
+            if let Some(ms) = a.deadline {
+                for (i, note) in &ok {
+                    let r = classify_anytime(sel.model.as_ref(), &xs, Duration::from_secs_f64(ms / 1e3))?;
+                    let row = r.logits.to_vec2::<f32>()?.remove(0);
+                    let pred = anytime_models::exit::argmax(&row);
+                    batch_records.push(json!({
+                        "index": i, "image": all[*i].name(), "prediction": pred, "label": name(pred),
+                        "confidence": Confidence::MaxSoftmax.score(&row), "exit": r.exit, "mflops": costs[r.exit],
+                        "ms": r.elapsed.as_secs_f64() * 1e3, "late": r.late, "note": note,
+                    }));
+                }
+            } else {
+                let th = thresholds.as_ref().context("thresholds")?;
+                let t0 = Instant::now();
+                let decisions = classify_budgeted(sel.model.as_ref(), &xs, th, &costs)?;
+                let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
+                for ((i, note), d) in ok.iter().zip(&decisions) {
+                    batch_records.push(json!({
+                        "index": i, "image": all[*i].name(), "prediction": d.prediction, "label": name(d.prediction),
+                        "confidence": d.confidence, "exit": d.exit, "mflops": d.mflops, "ms": ms,
+                        "fallback": d.fallback, "note": note,
+                    }));
+                }
+            }
         }
-        let n = ok.len();
-        let xs = Tensor::from_vec(pixels, (n, c, h, w), &device)?;
-        if let Some(ms) = a.deadline {
-            let (i, note) = &ok[0];
-            let r = classify_anytime(sel.model.as_ref(), &xs, Duration::from_secs_f64(ms / 1e3))?;
-            let row = r.logits.to_vec2::<f32>()?.remove(0);
-            let pred = anytime_models::exit::argmax(&row);
-            records.push(json!({
-                "index": i, "image": all[*i].name(), "prediction": pred, "label": name(pred),
-                "confidence": Confidence::MaxSoftmax.score(&row), "exit": r.exit, "mflops": costs[r.exit],
-                "ms": r.elapsed.as_secs_f64() * 1e3, "late": r.late, "note": note,
-            }));
-            continue;
+        // Text lines as each batch is done; JSON Lines at the end.
+        batch_records.sort_by_key(|r| r["index"].as_u64());
+        if a.jsonl.is_none() {
+            for r in batch_records.iter() {
+                if r.get("error").is_some() && !any_read {
+                    // Until an image is read, a run of unreadable ones may
+                    // end as one error; their lines wait.
+                    unread.push(r.clone());
+                    continue;
+                }
+                if !any_read {
+                    any_read = true;
+                    for u in unread.drain(..) {
+                        print_record(&u, false)?;
+                    }
+                }
+                print_record(r, a.deadline.is_some())?;
+            }
         }
-        let th = thresholds.as_ref().context("thresholds")?;
-        let t0 = Instant::now();
-        let decisions = classify_budgeted(sel.model.as_ref(), &xs, th, &costs)?;
-        let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
-        for ((i, note), d) in ok.iter().zip(&decisions) {
-            records.push(json!({
-                "index": i, "image": all[*i].name(), "prediction": d.prediction, "label": name(d.prediction),
-                "confidence": d.confidence, "exit": d.exit, "mflops": d.mflops, "ms": ms,
-                "fallback": d.fallback, "note": note,
-            }));
-        }
+        records.extend(batch_records);
     }
-    records.sort_by_key(|r| r["index"].as_u64());
     let classified = records.iter().filter(|r| r.get("error").is_none()).count();
     if classified == 0 && !records.is_empty() {
-        bail!("no image could be read: {}", failures.join("; "));
+        let list: Vec<String> = failures.iter().map(|(p, r)| format!("{p}: {r}")).collect();
+        bail!("no image could be read: {}", list.join("; "));
     }
     if let Some(out) = &a.jsonl {
         let run = json!({
@@ -308,11 +330,8 @@ pub fn run(a: Args) -> Result<()> {
                       "crop": sel.input.pre.centre_crop, "mean": sel.input.pre.mean, "std": sel.input.pre.std},
         });
         let mut header = ShardHeader::new("classify", run, shard, total, range.clone());
-        header.skipped = failures
-            .iter()
-            .filter_map(|f| f.split_once(": "))
-            .map(|(p, r)| anytime_eval::SkippedImage { path: p.into(), reason: r.into() })
-            .collect();
+        header.skipped =
+            failures.iter().map(|(p, r)| anytime_eval::SkippedImage { path: p.clone(), reason: r.clone() }).collect();
         let file = Shard { header, records: records.iter().map(strip_note).collect() };
         file.save(out)?;
         let summary = anytime_eval::shards::summarize(&file.header, &file.records)?;
@@ -324,34 +343,36 @@ pub fn run(a: Args) -> Result<()> {
             summary["mflops_per_image"].as_f64().unwrap_or(0.0),
             out.display()
         );
-    } else {
-        for r in &records {
-            if let Some(e) = r.get("error").and_then(Value::as_str) {
-                eprintln!("skipped {}: {e}", r["image"].as_str().unwrap_or(""));
-                continue;
-            }
-            let tail = if a.deadline.is_some() {
-                if r["late"] == true { " (deadline missed: even the first exit took longer)" } else { "" }
-            } else if r["fallback"] == true {
-                " (no exit confident: the mean of every exit's logits)"
-            } else {
-                ""
-            };
-            let (after_ms, after_exit) = if a.deadline.is_some() { (tail, "") } else { ("", tail) };
-            outln!(
-                "{}: {} (confidence {:.3}), exit {}{}, {:.2} MFLOPs, {:.3} ms{}{}",
-                r["image"].as_str().unwrap_or(""),
-                r["label"].as_str().unwrap_or("?"),
-                r["confidence"].as_f64().unwrap_or(f64::NAN),
-                r["exit"],
-                after_exit,
-                r["mflops"].as_f64().unwrap_or(f64::NAN),
-                r["ms"].as_f64().unwrap_or(f64::NAN),
-                after_ms,
-                r["note"].as_str().unwrap_or("")
-            );
-        }
     }
+    Ok(())
+}
+
+/// Prints one record as a text line (an unreadable image on standard error).
+fn print_record(r: &Value, deadline: bool) -> Result<()> {
+    if let Some(e) = r.get("error").and_then(Value::as_str) {
+        eprintln!("skipped {}: {e}", r["image"].as_str().unwrap_or(""));
+        return Ok(());
+    }
+    let tail = if deadline {
+        if r["late"] == true { " (deadline missed: even the first exit took longer)" } else { "" }
+    } else if r["fallback"] == true {
+        " (no exit confident: the mean of every exit's logits)"
+    } else {
+        ""
+    };
+    let (after_ms, after_exit) = if deadline { (tail, "") } else { ("", tail) };
+    outln!(
+        "{}: {} (confidence {:.3}), exit {}{}, {:.2} MFLOPs, {:.3} ms{}{}",
+        r["image"].as_str().unwrap_or(""),
+        r["label"].as_str().unwrap_or("?"),
+        r["confidence"].as_f64().unwrap_or(f64::NAN),
+        r["exit"],
+        after_exit,
+        r["mflops"].as_f64().unwrap_or(f64::NAN),
+        r["ms"].as_f64().unwrap_or(f64::NAN),
+        after_ms,
+        r["note"].as_str().unwrap_or("")
+    );
     Ok(())
 }
 
