@@ -589,10 +589,17 @@ fn speed_section(out: &mut String, root: &Path) -> Result<()> {
     writeln!(
         out,
         "The latest full `cargo xtask bench` ({}, commit {}, {}; {} threads for ours, stock Candle and torch {}; \
-         peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). Times are medians; model \
-         cases on the torch side run the reference implementations. Single runs on a shared 2-core machine move by \
-         up to 2× on the torch side; [the log](log/README.md) has the A/B runs and repeated full runs.\n",
-        b.measured.date, b.measured.commit, b.measured.machine, b.threads, b.torch, b.peak_gflops
+         our kernels: {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). Times are \
+         medians; model cases on the torch side run the reference implementations. Single runs on a shared 2-core \
+         machine move by up to 2× on the torch side; [the log](log/README.md) has the A/B runs and repeated full \
+         runs.\n",
+        b.measured.date,
+        b.measured.commit,
+        b.measured.machine,
+        b.threads,
+        b.torch,
+        b.kernels.as_deref().unwrap_or("not recorded"),
+        b.peak_gflops
     )?;
     if let Some(note) = &b.note {
         writeln!(out, "{note}\n")?;

@@ -92,7 +92,22 @@ pub fn provenance() -> Provenance {
         .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    Provenance { date: utc_date(), commit, machine: format!("{cores} cores of {cpu}") }
+    Provenance { date: utc_date(), commit, machine: format!("{cores} cores of {cpu}{}", vector_extensions()) }
+}
+
+/// The CPU's widest vector extensions, for the machine's description (the
+/// same CPU name covers machines with and without AVX-512).
+fn vector_extensions() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return " (AVX-512, AVX2/FMA)";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return " (AVX2/FMA, no AVX-512)";
+        }
+    }
+    ""
 }
 
 /// Runs one measurement unless `reuse` and its file exists; the file then
