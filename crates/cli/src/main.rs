@@ -36,15 +36,19 @@ enum Command {
     Models(commands::models::Args),
     /// Trains a registry model with its recipe (resumable).
     Train(commands::train::Args),
-    /// Evaluates every exit of a registry model on Fashion-MNIST.
+    /// Evaluates every exit (top-1, top-5, MFLOPs, latency) of a registry model or
+    /// any checkpoint on Fashion-MNIST, CIFAR or an image folder; budgeted
+    /// classification with real early exit; per-image results in shards.
     Eval(commands::eval::Args),
     /// Writes a finished run's best weights, with metadata, for shipping.
     Export(commands::export::Args),
     /// Shows the shipped MSDNet on the bundled sample: every exit, then real early exit.
     Demo(commands::demo::Args),
-    /// Computes exit thresholds for a budget on the held-out split.
+    /// Computes exit thresholds for a budget on the held-out split (a registry
+    /// model or any checkpoint, any --data).
     Calibrate(commands::calibrate::Args),
-    /// Classifies images under a FLOP budget (real early exit) or a deadline.
+    /// Classifies image files or folders under a FLOP budget (real early exit)
+    /// or a deadline; text lines, or JSON Lines in shards.
     Classify(commands::classify::Args),
 }
 
