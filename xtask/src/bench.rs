@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Run the shifted convolutions as one GEMM per kernel tap instead of the AVX2/FMA micro-kernels (to compare the two; docs/bench.md is then left as it is).
     #[arg(long)]
     gemm_taps: bool,
+    /// Run the direct convolution kernel in its AVX2/FMA form on an AVX-512
+    /// CPU (to compare the two; docs/bench.md is then left as it is).
+    #[arg(long)]
+    no_avx512: bool,
     /// Rounds: in each, every case is timed on our side and then on the
     /// torch side (one long-lived torch process), so load that comes and goes
     /// hits both sides alike; a case's ratio is the median of its per-round
@@ -682,6 +686,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     anytime_ops::conv::set_shifted_gemm(!a.im2col);
     anytime_ops::conv::set_direct_kernel(!a.gemm_taps);
+    anytime_ops::conv::set_avx512_kernel(!a.no_avx512);
     let spec_path = std::env::temp_dir().join(format!("anytime-bench-{}.json", std::process::id()));
     std::fs::write(&spec_path, serde_json::to_string(&cases.iter().map(|c| c.spec.clone()).collect::<Vec<_>>())?)?;
     let mut server = TorchServer::start(&py, &spec_path, a.threads)?;
@@ -763,7 +768,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.rounds
     );
     println!("{header}{table}");
-    if a.only.is_none() && !a.im2col && !a.gemm_taps {
+    if a.only.is_none() && !a.im2col && !a.gemm_taps && !a.no_avx512 {
         let doc = format!("# Kernel and model benchmark\n\n{header}{table}");
         anytime_io::atomic_write(crate::root().join("docs/bench.md"), doc.as_bytes())?;
         let json = serde_json::to_string_pretty(&report)?;

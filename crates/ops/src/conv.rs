@@ -162,6 +162,15 @@ pub fn set_direct_kernel(on: bool) {
     kernels::direct::set_enabled(on);
 }
 
+/// Turns the AVX-512 form of the direct convolution kernel off (`false`: the
+/// AVX2/FMA form runs on AVX-512 CPUs too) or back on (the default where the
+/// CPU has AVX-512F). Both give the same results, bit for bit. For the
+/// benchmark and the tests.
+#[doc(hidden)]
+pub fn set_avx512_kernel(on: bool) {
+    kernels::direct::set_avx512(on);
+}
+
 /// Candle's stock convolution with the same interface (the comparison point
 /// of the tests and the benchmark).
 pub fn conv2d_stock(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {

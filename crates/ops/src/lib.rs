@@ -68,11 +68,19 @@ pub fn set_stock_ops(on: bool) {
     STOCK.store(on, Ordering::Relaxed);
 }
 
-/// The convolution micro-kernels this CPU runs: `"AVX2/FMA"` (x86-64 with
-/// AVX2 and FMA, chosen at run time) or `"generic"` (GEMM paths only). For
-/// benchmark reports.
+/// The convolution micro-kernels this CPU runs, chosen at run time:
+/// `"AVX-512 (direct forward), AVX2/FMA"` (x86-64 with AVX-512F: the direct
+/// convolution's forward and input-gradient block in 512-bit registers, the
+/// rest AVX2), `"AVX2/FMA"` (AVX2 and FMA) or `"generic"` (GEMM paths only).
+/// For benchmark reports.
 pub fn kernel_set() -> &'static str {
-    if kernels::direct::available() { "AVX2/FMA" } else { "generic" }
+    if kernels::direct::use_avx512() {
+        "AVX-512 (direct forward), AVX2/FMA"
+    } else if kernels::direct::available() {
+        "AVX2/FMA"
+    } else {
+        "generic"
+    }
 }
 
 /// Whether [`set_stock_ops`] is on.
