@@ -36,7 +36,10 @@ impl Conv2d {
         params: Conv2dParams,
         bias: bool,
     ) -> Result<Self> {
-        if params.groups == 0 || in_channels % params.groups != 0 || out_channels % params.groups != 0 {
+        if params.groups == 0
+            || !in_channels.is_multiple_of(params.groups)
+            || !out_channels.is_multiple_of(params.groups)
+        {
             candle_core::bail!(
                 "conv {}: {in_channels} -> {out_channels} channels do not divide into {} groups",
                 vb.prefix(),

@@ -24,7 +24,7 @@ pub fn parse(bytes: &[u8], kind: Cifar, path: &Path) -> Result<(Vec<u8>, Vec<u32
         Cifar::Hundred => (2, 100),
     };
     let rec = label_bytes + PIXELS;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(Error::Format {
             path: path.to_path_buf(),
             msg: format!("{} bytes is not a whole number of {rec}-byte CIFAR records", bytes.len()),

@@ -392,10 +392,10 @@ impl EvalSource for FolderStream {
                     f(end, n);
                 }
                 let stop = b.is_err();
-                if let Some(b) = b.transpose() {
-                    if tx.send(b).is_err() {
-                        break;
-                    }
+                if let Some(b) = b.transpose()
+                    && tx.send(b).is_err()
+                {
+                    break;
                 }
                 if stop {
                     break;

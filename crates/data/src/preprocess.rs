@@ -110,14 +110,14 @@ impl Preprocess {
             img = centre_crop(&img, channels, (w, h), c)?;
             (w, h) = (c, c);
         }
-        if let Some((th, tw)) = self.resize_to {
-            if (th, tw) != (h, w) {
-                if th == 0 || tw == 0 {
-                    return Err(Error::Invalid(format!("preprocessing: cannot resize to {th}x{tw}")));
-                }
-                img = resize_bilinear(&img, channels, (w, h), (tw, th))?;
-                (w, h) = (tw, th);
+        if let Some((th, tw)) = self.resize_to
+            && (th, tw) != (h, w)
+        {
+            if th == 0 || tw == 0 {
+                return Err(Error::Invalid(format!("preprocessing: cannot resize to {th}x{tw}")));
             }
+            img = resize_bilinear(&img, channels, (w, h), (tw, th))?;
+            (w, h) = (tw, th);
         }
         let mut planar = vec![0u8; img.len()];
         for (i, px) in img.chunks_exact(channels).enumerate() {
@@ -141,7 +141,7 @@ impl Preprocess {
         if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(Error::Invalid(format!("preprocessing: standard deviations must be > 0, got {s}")));
         }
-        if channels == 0 || planar.len() % channels != 0 {
+        if channels == 0 || !planar.len().is_multiple_of(channels) {
             return Err(Error::Invalid(format!("preprocessing: {} bytes are not {channels} planes", planar.len())));
         }
         let plane = planar.len() / channels;

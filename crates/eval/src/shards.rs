@@ -325,10 +325,10 @@ pub fn per_image_pass(model: &dyn MultiExit, source: &dyn EvalSource, offset: us
         source.skipped().into_iter().map(|s| (s.path.display().to_string(), s.reason)).collect();
     let mut seen = vec![false; source.len()];
     for r in &records {
-        if let Some(i) = index_of(r).and_then(|i| i.checked_sub(offset)) {
-            if let Some(s) = seen.get_mut(i) {
-                *s = true;
-            }
+        if let Some(i) = index_of(r).and_then(|i| i.checked_sub(offset))
+            && let Some(s) = seen.get_mut(i)
+        {
+            *s = true;
         }
     }
     for (i, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {

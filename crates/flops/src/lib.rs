@@ -614,7 +614,7 @@ impl Counter {
         bias: bool,
     ) -> Result<Shape4> {
         check_nonzero(&[(stride, "stride"), (dilation, "dilation"), (groups, "groups"), (k, "kernel")])?;
-        if x.c % groups != 0 || c_out % groups != 0 {
+        if !x.c.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
             return Err(Error::Groups { c_in: x.c, c_out, groups });
         }
         let too_large = || Error::KernelTooLarge { layer: "conv", kernel: k, padding, h: x.h, w: x.w };
@@ -670,7 +670,7 @@ impl Counter {
         bias: bool,
     ) -> Result<Shape4> {
         check_nonzero(&[(stride, "stride"), (dilation, "dilation"), (groups, "groups"), (k, "kernel")])?;
-        if x.c % groups != 0 || c_out % groups != 0 {
+        if !x.c.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
             return Err(Error::Groups { c_in: x.c, c_out, groups });
         }
         if output_padding >= stride && output_padding >= dilation {

@@ -330,7 +330,7 @@ impl<'a> Machine<'a> {
 
     /// `[k0, v0, k1, v1, ...]` as key-value pairs.
     fn pairs(&self, items: Vec<Obj>) -> Result<Vec<(Obj, Obj)>, PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.malformed("odd number of items for a dict"));
         }
         let mut items = items.into_iter();

@@ -303,7 +303,7 @@ impl MsdNetConfig {
             return bad("the network has no layers (base and step are both 0)".into());
         }
         for (s, g) in self.gr_factor.iter().enumerate().skip(1) {
-            if self.growth_rate * g % 2 != 0 {
+            if !(self.growth_rate * g).is_multiple_of(2) {
                 return bad(format!(
                     "growthRate {} x grFactor[{s}] {g} is odd: scale {s} splits its new channels between two convs",
                     self.growth_rate

@@ -198,10 +198,10 @@ pub fn conv_transpose2d(
     p: ConvTranspose2dParams,
 ) -> Result<Tensor> {
     let g = geometry(xs.dims(), weight.dims(), p)?;
-    if let Some(b) = bias {
-        if b.dims() != [g.c_in] {
-            bail!("conv_transpose2d: expected a bias of shape [{}], got {:?}", g.c_in, b.dims())
-        }
+    if let Some(b) = bias
+        && b.dims() != [g.c_in]
+    {
+        bail!("conv_transpose2d: expected a bias of shape [{}], got {:?}", g.c_in, b.dims())
     }
     let ys = if xs.device().is_cpu() && xs.dtype() == DType::F32 && !crate::stock_ops() {
         xs.contiguous()?.apply_op2(&weight.contiguous()?, ConvTFwd(p))?

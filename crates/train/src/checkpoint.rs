@@ -98,10 +98,10 @@ impl TrainState {
                 self.epoch
             ));
         }
-        if let Some((acc, e)) = self.best {
-            if e >= self.history.len() || !(0.0..=1.0).contains(&acc) {
-                return Err(format!("best result {acc} at epoch {e} does not fit the history"));
-            }
+        if let Some((acc, e)) = self.best
+            && (e >= self.history.len() || !(0.0..=1.0).contains(&acc))
+        {
+            return Err(format!("best result {acc} at epoch {e} does not fit the history"));
         }
         if !(self.seconds.is_finite() && self.seconds >= 0.0) {
             return Err(format!("training time {} s is not a duration", self.seconds));

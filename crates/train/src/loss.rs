@@ -89,15 +89,15 @@ impl LossConfig {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(format!("label smoothing must be in [0, 1), got {}", self.label_smoothing));
         }
-        if let Some(d) = &self.distill {
-            if !(d.temperature > 0.0 && d.weight >= 0.0) {
-                return Err(format!("distillation needs T > 0 and weight >= 0, got {d:?}"));
-            }
+        if let Some(d) = &self.distill
+            && !(d.temperature > 0.0 && d.weight >= 0.0)
+        {
+            return Err(format!("distillation needs T > 0 and weight >= 0, got {d:?}"));
         }
-        if let Some(h) = &self.feature_hint {
-            if !(h.coef >= 0.0 && h.coef.is_finite()) {
-                return Err(format!("the feature hint's coefficient must be finite and >= 0, got {}", h.coef));
-            }
+        if let Some(h) = &self.feature_hint
+            && !(h.coef >= 0.0 && h.coef.is_finite())
+        {
+            return Err(format!("the feature hint's coefficient must be finite and >= 0, got {}", h.coef));
         }
         Ok(())
     }

@@ -57,10 +57,10 @@ impl Schedule {
                 return Err(format!("gamma must be in (0, 1], got {gamma}"));
             }
         }
-        if let ScheduleKind::CosineCycles { cycle_epochs } = self.kind {
-            if !(cycle_epochs > 0.0 && cycle_epochs.is_finite()) {
-                return Err(format!("a cosine cycle must last > 0 epochs, got {cycle_epochs}"));
-            }
+        if let ScheduleKind::CosineCycles { cycle_epochs } = self.kind
+            && !(cycle_epochs > 0.0 && cycle_epochs.is_finite())
+        {
+            return Err(format!("a cosine cycle must last > 0 epochs, got {cycle_epochs}"));
         }
         Ok(())
     }

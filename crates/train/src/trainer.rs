@@ -105,10 +105,10 @@ impl TrainSpec {
         self.schedule.validate().map_err(e)?;
         self.loss.validate(exits).map_err(e)?;
         self.objective.validate().map_err(e)?;
-        if let Some(c) = self.clip_grad_norm {
-            if c.is_nan() || c <= 0.0 {
-                return Err(e(format!("gradient clipping needs a norm > 0, got {c}")));
-            }
+        if let Some(c) = self.clip_grad_norm
+            && (c.is_nan() || c <= 0.0)
+        {
+            return Err(e(format!("gradient clipping needs a norm > 0, got {c}")));
         }
         if self.checkpoint_minutes.is_nan() || self.checkpoint_minutes <= 0.0 {
             return Err(e(format!("checkpoint interval must be > 0 minutes, got {}", self.checkpoint_minutes)));

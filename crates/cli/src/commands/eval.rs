@@ -279,23 +279,23 @@ pub fn report(a: &Args) -> Result<EvalReport> {
     // GFNet on cluttered canvases: how often each step's patch holds the
     // whole item.
     let gfnet = sel.model.as_any().and_then(|m| m.downcast_ref::<anytime_models::gfnet::Gfnet>());
-    if let (Some(g), Some(entry)) = (gfnet, sel.entry) {
-        if let (Some(_), None | Some(DataSource::FashionMnist(_))) = (entry.data.clutter, &a.data) {
-            let dir = match &a.data {
-                Some(DataSource::FashionMnist(dir)) => dir,
-                _ => &a.data_dir,
-            };
-            let (ds, items, side) = split_with_items(entry.name, dir, a.split)?;
-            let ds = Arc::new(ds.take(n)?);
-            report.patch_hits = Some(anytime_eval::measure::patch_hits(
-                sel.model.as_ref(),
-                ds,
-                &items[..n],
-                side,
-                g.config().patch_size,
-                &device,
-            )?);
-        }
+    if let (Some(g), Some(entry)) = (gfnet, sel.entry)
+        && let (Some(_), None | Some(DataSource::FashionMnist(_))) = (entry.data.clutter, &a.data)
+    {
+        let dir = match &a.data {
+            Some(DataSource::FashionMnist(dir)) => dir,
+            _ => &a.data_dir,
+        };
+        let (ds, items, side) = split_with_items(entry.name, dir, a.split)?;
+        let ds = Arc::new(ds.take(n)?);
+        report.patch_hits = Some(anytime_eval::measure::patch_hits(
+            sel.model.as_ref(),
+            ds,
+            &items[..n],
+            side,
+            g.config().patch_size,
+            &device,
+        )?);
     }
     if a.budgeted {
         let dir = a.plots.clone().unwrap_or_else(|| PathBuf::from("results").join(sanitize(&sel.name)));

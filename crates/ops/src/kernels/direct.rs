@@ -694,7 +694,7 @@ mod tests {
         // multiples of 5, which hold NaN in channel 1.
         let (m, cols, nc, period) = (7, 150, 3, 5);
         let offs = [0usize, 1, 2, 13];
-        let valid = |id: usize, q: usize| (q + offs[id]) % 5 != 0;
+        let valid = |id: usize, q: usize| !(q + offs[id]).is_multiple_of(5);
         let masks = ColMasks::new(period, offs.len(), valid);
         let in_rs = padded_cols(cols) + 20;
         let inp: Vec<f32> = (0..nc * in_rs)
