@@ -6,7 +6,8 @@
 //!
 //! - [`conv`]: 2-D convolution (custom ops on CPU: shifted sums on padded
 //!   planes, run by AVX2/FMA register-blocked kernels where the CPU has them
-//!   and by one GEMM per kernel tap elsewhere, direct depthwise kernels,
+//!   (the forward block in 512-bit registers where it has AVX-512F, with the
+//!   same bits) and by one GEMM per kernel tap elsewhere, direct depthwise kernels,
 //!   im2col + GEMM kept for comparison);
 //! - [`conv_transpose`]: 2-D transposed convolution (`nn.ConvTranspose2d`:
 //!   stride, padding, output padding) on the same kernels, the roles of
