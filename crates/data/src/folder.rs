@@ -54,8 +54,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
-/// Whether `p` names an image this module reads (by extension).
-fn is_image(p: &Path) -> bool {
+/// Whether `p` names an image this crate reads: `.png`, `.jpg` or `.jpeg`,
+/// in any case.
+pub fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|x| x.to_str())
         .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))

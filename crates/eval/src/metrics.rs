@@ -26,6 +26,17 @@ pub fn in_top5(row: &[f32], y: u32) -> bool {
 impl ExitAccuracy {
     /// Adds one batch: `logits` per exit `[N, classes]`, `targets` `[N]` u32.
     pub fn update(&mut self, logits: &[Tensor], targets: &Tensor) -> candle_core::Result<()> {
+        self.add(logits, targets, true)
+    }
+
+    /// [`ExitAccuracy::update`] without top-5 (no copy of the logits to the
+    /// host beyond the argmax): what a training step's running accuracy
+    /// needs.
+    pub fn update_top1(&mut self, logits: &[Tensor], targets: &Tensor) -> candle_core::Result<()> {
+        self.add(logits, targets, false)
+    }
+
+    fn add(&mut self, logits: &[Tensor], targets: &Tensor, top5: bool) -> candle_core::Result<()> {
         let t = targets.to_vec1::<u32>()?;
         if self.correct.len() < logits.len() {
             self.correct.resize(logits.len(), 0);
@@ -33,7 +44,7 @@ impl ExitAccuracy {
         for (k, l) in logits.iter().enumerate() {
             let pred = l.argmax(1)?.to_vec1::<u32>()?;
             self.correct[k] += pred.iter().zip(&t).filter(|(p, y)| p == y).count() as u64;
-            if l.dim(1)? > 5 {
+            if top5 && l.dim(1)? > 5 {
                 if self.top5.len() < logits.len() {
                     self.top5.resize(logits.len(), 0);
                 }

@@ -494,7 +494,7 @@ impl Trainer {
                         "the loss diverged ({l}) at epoch {epoch}, batch {b}; lower the learning rate"
                     )));
                 }
-                acc.update(&out.logits.iter().map(|t| t.detach()).collect::<Vec<_>>(), &ys)?;
+                acc.update_top1(&out.logits.iter().map(|t| t.detach()).collect::<Vec<_>>(), &ys)?;
                 for (name, v) in out.logged {
                     *logged_sums.entry(name).or_insert(0.0) += v;
                 }

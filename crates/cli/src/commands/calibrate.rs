@@ -137,10 +137,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     anytime_io::check_replaceable(&a.output)
         .with_context(|| format!("cannot write --output {}", a.output.display()))?;
-    let path = a.sel.weights_path()?;
-    super::ensure_not_input("--output", &a.output, &[path.as_path()])?;
     let device = super::parse_device(&a.device)?;
     let sel = a.sel.load(&a.pre, &device)?;
+    let path = sel.weights.clone();
+    super::ensure_not_input("--output", &a.output, &[path.as_path()])?;
     let (_, h, w) = sel.input.shape;
     let costs = sel.model.exit_costs(h, w)?;
     let costs = costs.mflops(costs.headline);

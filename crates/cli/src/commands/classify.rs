@@ -10,6 +10,7 @@ use super::input::{ModelSel, PreArgs, Selected, read_labels, split_images};
 use anyhow::{Context, Result, bail};
 use anytime_calibrate::{Calibration, Confidence, ExitScores, Thresholds, solve_budget};
 use anytime_data::fmnist::{CLASSES, DEFAULT_FASHION_MNIST_DIR};
+use anytime_data::folder::is_image;
 use anytime_data::idx;
 use anytime_eval::collect_logits_from;
 use anytime_eval::shards::{Shard, ShardHeader, parse_shard, shard_range};
@@ -95,12 +96,6 @@ impl Item {
             Item::Pixels(n, _) => n.clone(),
         }
     }
-}
-
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|x| x.to_str())
-        .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
 /// Every PNG/JPEG under `dir`, recursively, sorted by path.

@@ -73,11 +73,6 @@ impl std::str::FromStr for DataSource {
     }
 }
 
-/// The held-out part of a CIFAR training set for models without a recipe:
-/// 5,000 images (as MSDNet's and RANet's `dataloader.py`), drawn with the
-/// project's split seed.
-const CIFAR_HOLDOUT: (usize, u64) = (5000, 2024);
-
 /// The split `source` names (or the registry entry's Fashion-MNIST from
 /// `data_dir` when `None`), checked against the model's input.
 pub fn load_split_from(
@@ -107,7 +102,8 @@ pub fn load_split_from(
     let ds = match split {
         EvalSplit::Test => cifar(dir, kind, false)?,
         EvalSplit::Val => {
-            let (holdout, seed) = recipe(model).map(|r| (r.holdout, r.split_seed)).unwrap_or(CIFAR_HOLDOUT);
+            let (holdout, seed) =
+                recipe(model).map(|r| (r.holdout, r.split_seed)).unwrap_or(super::input::DEFAULT_HOLDOUT);
             anytime_data::dataset::holdout_split(&cifar(dir, kind, true)?, holdout, seed)?.1
         }
     };

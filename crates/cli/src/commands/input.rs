@@ -4,7 +4,7 @@
 //! flag) and the images (the registry's data, or `--data KIND:DIR`).
 
 use super::eval::{DataSource, EvalSplit};
-use super::{ModelArgs, WeightsArgs, load_registry_model_on, resolve_weights};
+use super::{ModelArgs, WeightsArgs, load_registry_model_from, resolve_weights};
 use anyhow::{Context, Result, bail};
 use anytime_data::dataset::{Dataset, Normalization};
 use anytime_data::folder::{FolderStream, ImageFolder};
@@ -103,25 +103,18 @@ pub struct Selected {
 }
 
 impl ModelSel {
-    /// The weights file (resolving a registry entry's), before loading.
-    pub fn weights_path(&self) -> Result<PathBuf> {
-        match &self.model.model {
-            Some(name) => resolve_weights(lookup(name)?, &self.weights),
-            None => super::weights::resolve_checkpoint(&self.weights),
-        }
-    }
-
     /// Loads the model onto `device` and derives its input.
     pub fn load(&self, pre: &PreArgs, device: &candle_core::Device) -> Result<Selected> {
         let (name, entry, model, weights, cfg) = match &self.model.model {
             Some(name) => {
                 let entry = lookup(name)?;
-                let model = load_registry_model_on(entry, &self.weights, device)?;
-                (name.clone(), Some(entry), model, resolve_weights(entry, &self.weights)?, (entry.config)())
+                let path = resolve_weights(entry, &self.weights)?;
+                let model = load_registry_model_from(entry, &path, device)?;
+                (name.clone(), Some(entry), model, path, (entry.config)())
             }
             None => {
                 let cfg = self.model.resolve()?;
-                let path = self.weights_path()?;
+                let path = super::weights::resolve_checkpoint(&self.weights)?;
                 let model = anytime_models::registry::load_model_on(&cfg, &path, device)
                     .with_context(|| format!("cannot load {} weights from {}", cfg.arch(), path.display()))?;
                 let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into());

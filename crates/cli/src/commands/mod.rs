@@ -154,9 +154,17 @@ pub fn load_registry_model_on(
     w: &WeightsArgs,
     device: &candle_core::Device,
 ) -> Result<Box<dyn anytime_models::MultiExit>> {
-    let path = resolve_weights(entry, w)?;
+    load_registry_model_from(entry, &resolve_weights(entry, w)?, device)
+}
+
+/// [`load_registry_model_on`] from an already resolved weights file.
+pub fn load_registry_model_from(
+    entry: &anytime_models::registry::ModelEntry,
+    path: &Path,
+    device: &candle_core::Device,
+) -> Result<Box<dyn anytime_models::MultiExit>> {
     let cfg = (entry.config)();
-    if let Ok(meta) = anytime_io::read_meta(&path) {
+    if let Ok(meta) = anytime_io::read_meta(path) {
         if !meta.architecture.is_empty() && meta.architecture != cfg.arch() {
             bail!(
                 "{} holds {} weights, but {} is a {} model",
@@ -179,5 +187,5 @@ pub fn load_registry_model_on(
             );
         }
     }
-    Ok(anytime_models::registry::load_model_on(&cfg, &path, device)?)
+    Ok(anytime_models::registry::load_model_on(&cfg, path, device)?)
 }

@@ -377,26 +377,14 @@ unsafe fn block_avx2_rows(
 ) {
     const _: () = assert!(MR == 6, "one arm per row count");
     macro_rules! arms {
-        ($masked:literal) => {
+        ($block:ident, $masked:literal) => {
             match rows {
-                6 => block_avx2::<6, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                5 => block_avx2::<5, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                4 => block_avx2::<4, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                3 => block_avx2::<3, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                2 => block_avx2::<2, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                _ => block_avx2::<1, $masked>(taps, nc, w, inp, out, accumulate, masks),
-            }
-        };
-    }
-    macro_rules! arms512 {
-        ($masked:literal) => {
-            match rows {
-                6 => block_avx512::<6, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                5 => block_avx512::<5, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                4 => block_avx512::<4, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                3 => block_avx512::<3, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                2 => block_avx512::<2, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                _ => block_avx512::<1, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                6 => $block::<6, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                5 => $block::<5, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                4 => $block::<4, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                3 => $block::<3, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                2 => $block::<2, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                _ => $block::<1, $masked>(taps, nc, w, inp, out, accumulate, masks),
             }
         };
     }
@@ -404,10 +392,10 @@ unsafe fn block_avx2_rows(
     // CPU has AVX-512F.
     unsafe {
         match (use_avx512(), masks.is_null()) {
-            (true, true) => arms512!(false),
-            (true, false) => arms512!(true),
-            (false, true) => arms!(false),
-            (false, false) => arms!(true),
+            (true, true) => arms!(block_avx512, false),
+            (true, false) => arms!(block_avx512, true),
+            (false, true) => arms!(block_avx2, false),
+            (false, false) => arms!(block_avx2, true),
         }
     }
 }
