@@ -13,6 +13,8 @@
 //! - `gfnet`: GFNet's step loop (logits, actions, patch coordinates) against
 //!   the reference, its per-step costs and configuration errors;
 //! - `swa`: the weight-averaging stage;
+//! - `fold`: the fused inference path (batch norms folded into the
+//!   convolutions) against the layer-by-layer one on every shipped model;
 //! - `folders`: an official checkpoint classifying a folder of photographs
 //!   (checked against torchvision's preprocessing), image folders streamed by
 //!   `eval` and `calibrate`, shards merged into the unsharded run;
@@ -26,6 +28,7 @@ mod bad_input;
 mod data;
 mod download;
 mod flops;
+mod fold;
 mod folders;
 mod gfnet;
 mod hub;

@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// CPU (to compare the two; docs/bench.md is then left as it is).
     #[arg(long)]
     no_avx512: bool,
+    /// Run inference with every batch norm as a layer of its own instead of
+    /// folded into its convolution (to compare the two; docs/bench.md is
+    /// then left as it is).
+    #[arg(long)]
+    no_fold: bool,
     /// Rounds: in each, every case is timed on our side and then on the
     /// torch side (one long-lived torch process), so load that comes and goes
     /// hits both sides alike; a case's ratio is the median of its per-round
@@ -67,6 +72,9 @@ pub struct MemoryArgs {
     /// Threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Runs of the case (more: a longer profile, e.g. under `perf record`).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 /// Peak resident memory of this process so far, MiB (`VmHWM` of
@@ -78,7 +86,7 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Runs case `a.case` three times in this process and prints its peak
+/// Runs case `a.case` `a.repeat` times (three by default) in this process and prints its peak
 /// resident memory in MiB.
 pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
     // SAFETY: set before any thread of ours starts; read by rayon and candle.
@@ -93,10 +101,79 @@ pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
     // Every other case was built and dropped: restart the high-water mark
     // from the current resident size (Linux ≥ 4.0, `clear_refs` value 5).
     std::fs::write("/proc/self/clear_refs", "5").context("cannot reset the peak resident size")?;
-    for _ in 0..3 {
+    for _ in 0..a.repeat.max(1) {
         (case.run)()?;
     }
     println!("{}", peak_rss_mib().context("no /proc/self/status")?);
+    Ok(())
+}
+
+/// Arguments of the hidden `bench-ab` task.
+#[derive(clap::Args)]
+pub struct AbArgs {
+    /// The case's name.
+    #[arg(long)]
+    case: String,
+    /// What to switch: `fold` (batch norms folded into convolutions at
+    /// inference), `avx512` (the AVX-512 form of the direct kernel) or
+    /// `direct` (the direct kernel against one GEMM per tap).
+    #[arg(long)]
+    toggle: String,
+    /// Pairs of runs.
+    #[arg(long, default_value_t = 20)]
+    pairs: usize,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// Times case `a.case` with `a.toggle` on and off, alternating (on, off, on,
+/// off …, after two warm-up runs each), and prints both medians and the
+/// median and range of the per-pair ratios on / off.
+pub fn ab(a: &AbArgs) -> Result<()> {
+    // SAFETY: set before any thread of ours starts; read by rayon and candle.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+        anytime_ops::no_barrier_spin_unless_set();
+    }
+    let set: fn(bool) = match a.toggle.as_str() {
+        "fold" => anytime_blocks::mode::set_fold_batch_norm,
+        "avx512" => anytime_ops::conv::set_avx512_kernel,
+        "direct" => anytime_ops::conv::set_direct_kernel,
+        other => bail!("unknown toggle '{other}' (fold, avx512 or direct)"),
+    };
+    let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
+        Some(c) => c,
+        None => bail!("no benchmark case named '{}'", a.case),
+    };
+    let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..a.pairs.max(1) + 2 {
+        let mut time = |flag: bool| -> Result<f64> {
+            set(flag);
+            let t = Instant::now();
+            (case.run)()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        let (t_on, t_off) = (time(true)?, time(false)?);
+        if i >= 2 {
+            on.push(t_on);
+            off.push(t_off);
+            ratios.push(t_on / t_off);
+        }
+    }
+    set(true);
+    let r = RatioSpread::of(&ratios).context("no runs")?;
+    println!(
+        "{}: {} on {:.2} ms, off {:.2} ms (medians of {}); on / off {:.3} (range {:.3}–{:.3})",
+        a.case,
+        a.toggle,
+        median(&on).unwrap_or(f64::NAN),
+        median(&off).unwrap_or(f64::NAN),
+        on.len(),
+        r.median,
+        r.lo,
+        r.hi
+    );
     Ok(())
 }
 
@@ -358,7 +435,7 @@ fn inverted_residual(
         if hard_swish { " hswish" } else { " relu" },
         if train { "train fwd+bwd" } else { "fwd" }
     );
-    let mode = anytime_blocks::Mode::from_train(train);
+    let mode = if train { anytime_blocks::Mode::train() } else { anytime_blocks::Mode::inference() };
     Ok(Case {
         spec: json!({"kind": "inverted_residual", "name": name, "n": n, "c": c, "hw": hw, "k": k, "mid": mid, "reduce": red, "se": se, "hard_swish": hard_swish, "train": train}),
         flops: Some(2.0 * macs * if train { 3.0 } else { 1.0 }),
@@ -453,9 +530,10 @@ fn model_with_channels(
             spec: json!({"kind": "model", "name": format!("{label} to exit {k} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": "exit", "exit": k}),
             flops: Some(2.0 * macs * n as f64),
             run: Box::new(move || {
-                let mut state = m.begin(&x, &anytime_blocks::Mode::eval())?;
+                let mode = anytime_blocks::Mode::inference();
+                let mut state = m.begin(&x, &mode)?;
                 for _ in 0..=k {
-                    m.advance(&mut state, &anytime_blocks::Mode::eval())?;
+                    m.advance(&mut state, &mode)?;
                 }
                 Ok(())
             }),
@@ -465,8 +543,8 @@ fn model_with_channels(
         spec: json!({"kind": "model", "name": format!("{label} {mode} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": mode}),
         flops: Some(2.0 * macs * n as f64 * if train { 3.0 } else { 1.0 }),
         run: Box::new(move || {
-            let logits: Vec<_> =
-                m.forward_exits(&x, &anytime_blocks::Mode::from_train(train))?.into_iter().map(|o| o.logits).collect();
+            let mode = if train { anytime_blocks::Mode::train() } else { anytime_blocks::Mode::inference() };
+            let logits: Vec<_> = m.forward_exits(&x, &mode)?.into_iter().map(|o| o.logits).collect();
             if train {
                 let mut loss = anytime_ops::loss::cross_entropy(&logits[0], &y, 0.0)?;
                 for l in &logits[1..] {
@@ -687,6 +765,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     anytime_ops::conv::set_shifted_gemm(!a.im2col);
     anytime_ops::conv::set_direct_kernel(!a.gemm_taps);
     anytime_ops::conv::set_avx512_kernel(!a.no_avx512);
+    anytime_blocks::mode::set_fold_batch_norm(!a.no_fold);
     let spec_path = std::env::temp_dir().join(format!("anytime-bench-{}.json", std::process::id()));
     std::fs::write(&spec_path, serde_json::to_string(&cases.iter().map(|c| c.spec.clone()).collect::<Vec<_>>())?)?;
     let mut server = TorchServer::start(&py, &spec_path, a.threads)?;
@@ -759,16 +838,21 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     let table = report.table();
     let header = format!(
-        "Measured by `cargo xtask bench` on {} ({} threads for ours, stock Candle and torch {}; our kernels: {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). {} rounds, each timing every case on our side then on the torch side (one long-lived torch process); times are medians over the rounds and ours / torch is the median of the per-round ratios, with their range; stock Candle is timed in the first round only. Model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET / ANYTIME_REF_SCAN / ANYTIME_REF_GFNET) and show — without them.\n\n",
+        "Measured by `cargo xtask bench` on {} ({} threads for ours, stock Candle and torch {}; our kernels: {}; inference {}; peak = {:.1} GFLOP/s, a 2048³ f32 matmul with the gemm crate in the same run). {} rounds, each timing every case on our side then on the torch side (one long-lived torch process); times are medians over the rounds and ours / torch is the median of the per-round ratios, with their range; stock Candle is timed in the first round only. Model cases on the torch side use the reference implementations (ANYTIME_REF_MSDNET / ANYTIME_REF_RANET / ANYTIME_REF_SCAN / ANYTIME_REF_GFNET) and show — without them.\n\n",
         report.measured.machine,
         a.threads,
         report.torch,
         anytime_ops::kernel_set(),
+        if a.no_fold {
+            "with batch norms as layers of their own"
+        } else {
+            "with batch norms folded into the convolutions"
+        },
         peak,
         a.rounds
     );
     println!("{header}{table}");
-    if a.only.is_none() && !a.im2col && !a.gemm_taps && !a.no_avx512 {
+    if a.only.is_none() && !a.im2col && !a.gemm_taps && !a.no_avx512 && !a.no_fold {
         let doc = format!("# Kernel and model benchmark\n\n{header}{table}");
         anytime_io::atomic_write(crate::root().join("docs/bench.md"), doc.as_bytes())?;
         let json = serde_json::to_string_pretty(&report)?;

@@ -58,6 +58,11 @@ enum Task {
     /// resident memory (the child process `bench --memory` runs).
     #[command(hide = true)]
     BenchMemory(bench::MemoryArgs),
+    /// A/B of one benchmark case in one process: a kernel choice on and off,
+    /// alternated run by run; prints the median times and the median of the
+    /// per-pair ratios.
+    #[command(hide = true)]
+    BenchAb(bench::AbArgs),
     /// SCAN's ablation: the four variants (attention, self-distillation, each
     /// on or off) trained with one short schedule and evaluated into
     /// docs/data/scan-ablation/ (resumable).
@@ -100,6 +105,7 @@ fn main() -> Result<()> {
         Task::FuzzWorker(a) => fuzz::worker(&a),
         Task::Bench(a) => bench::run(&a),
         Task::BenchMemory(a) => bench::memory_worker(&a),
+        Task::BenchAb(a) => bench::ab(&a),
         Task::Train(a) => train::run(&a),
         Task::Eval { model } => train::anytime(&["eval", "--model", &model, "--json"]),
         Task::Results(a) => results::run(&a),

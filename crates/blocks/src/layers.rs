@@ -7,11 +7,12 @@
 
 use crate::Mode;
 use anytime_flops::{CountFlops, Counter, Shape4};
-use anytime_ops::conv::{Conv2dParams, conv2d};
+use anytime_ops::conv::{Conv2dParams, conv2d, conv2d_bias_act};
 use anytime_ops::conv_transpose::{ConvTranspose2dParams, conv_transpose2d};
-use anytime_ops::norm::{batch_norm_eval, batch_norm_train};
+use anytime_ops::norm::{batch_norm_eval, batch_norm_train, fold_bn_into_conv};
 use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+use std::sync::{Arc, Mutex};
 
 /// A 2-D convolution with a square kernel, as `torch.nn.Conv2d`.
 #[derive(Debug, Clone)]
@@ -22,6 +23,10 @@ pub struct Conv2d {
     kernel: usize,
     in_channels: usize,
     out_channels: usize,
+    /// Weight and bias with the following batch norm folded in, kept from
+    /// the first [`Mode::inference`] pass until a training pass
+    /// ([`Conv2d::forward_bn`]).
+    folded: Arc<Mutex<Option<(Tensor, Tensor)>>>,
 }
 
 impl Conv2d {
@@ -53,7 +58,7 @@ impl Conv2d {
             Init::Randn { mean: 0.0, stdev },
         )?;
         let bias = if bias { Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias, params, kernel, in_channels, out_channels })
+        Ok(Self { weight, bias, params, kernel, in_channels, out_channels, folded: Arc::default() })
     }
 
     /// Output channels.
@@ -64,6 +69,51 @@ impl Conv2d {
     /// The weight tensor `[out, in / groups, k, k]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// This convolution, then `bn`, then a ReLU when `relu`: the unit every
+    /// conv → batch norm pair of the models runs through. With
+    /// [`Mode::folds_batch_norm`] (a [`Mode::inference`] pass) it is one
+    /// fused convolution, `bn` folded into the weights and bias (computed
+    /// once and kept) and the ReLU applied as the output is stored; in
+    /// every other mode the two layers run as they are, and a pass that
+    /// trains `bn` drops the kept folded weights (the training step changes
+    /// them).
+    ///
+    /// # Shapes
+    /// `[N, in, H, W]` → `[N, out, H', W']`.
+    pub fn forward_bn(&self, bn: &BatchNorm2d, xs: &Tensor, mode: &Mode, relu: bool) -> Result<Tensor> {
+        if bn.num_features != self.out_channels {
+            candle_core::bail!(
+                "conv -> batch norm {}: {} conv outputs for {} batch norm channels",
+                bn.prefix,
+                self.out_channels,
+                bn.num_features
+            )
+        }
+        let mut kept =
+            self.folded.lock().map_err(|_| candle_core::Error::Msg(format!("{}: poisoned fold", bn.prefix)))?;
+        if mode.folds_batch_norm() {
+            let c = xs.dim(1)?;
+            if c != self.in_channels {
+                candle_core::bail!("conv: expected {} input channels, got {c}", self.in_channels)
+            }
+            let (w, b) = match kept.as_ref() {
+                Some(f) => f.clone(),
+                None => {
+                    let f = bn.fold_into(&self.weight, self.bias.as_ref())?;
+                    *kept = Some(f.clone());
+                    f
+                }
+            };
+            drop(kept);
+            return conv2d_bias_act(xs, &w, &b, self.params, relu);
+        }
+        if mode.trains(&bn.prefix) {
+            *kept = None;
+        }
+        drop(kept);
+        bn.forward_act(&self.forward(xs)?, mode, relu)
     }
 }
 
@@ -294,6 +344,22 @@ impl BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    /// Folds this batch norm, in eval mode, into the convolution before it:
+    /// `(w', b')` with `conv(x, w') + b' = bn(conv(x, w) + b)`, detached
+    /// from the variables.
+    pub fn fold_into(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (w, b) = fold_bn_into_conv(
+            &weight.detach(),
+            bias.map(|b| b.detach()).as_ref(),
+            &self.weight.detach(),
+            &self.bias.detach(),
+            &self.running_mean.as_tensor().detach(),
+            &self.running_var.as_tensor().detach(),
+            self.eps,
+        )?;
+        Ok((w.contiguous()?, b.contiguous()?))
+    }
+
     /// [`BatchNorm2d::forward_act`] without the ReLU.
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
         self.forward_act(xs, mode, false)
@@ -386,6 +452,44 @@ mod tests {
         // The running statistics live in the VarMap, so a checkpoint sees them.
         let stored = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?["running_mean"].clone();
         assert_eq!(stored.as_tensor().to_vec1::<f32>()?, rm);
+        Ok(())
+    }
+
+    /// The fused inference pass equals conv → eval batch norm → ReLU, and
+    /// a training pass drops the kept folded weights: after it and a weight
+    /// update, inference follows the new weights and statistics.
+    #[test]
+    fn folded_inference_follows_training() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let p = Conv2dParams { padding: 1, ..Default::default() };
+        let conv = Conv2d::new(vb.pp("conv"), 3, 5, 3, p, true)?;
+        let bn = BatchNorm2d::new(vb.pp("bn"), 5)?;
+        let xs = Tensor::randn(0f32, 1., (4, 3, 6, 6), &dev)?;
+        let close = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
+        for relu in [false, true] {
+            conv.forward_bn(&bn, &xs, &Mode::train(), relu)?; // non-trivial statistics
+            let fused = conv.forward_bn(&bn, &xs, &Mode::inference(), relu)?;
+            let eval = conv.forward_bn(&bn, &xs, &Mode::eval(), relu)?;
+            assert!(Mode::inference().folds_batch_norm() && !Mode::eval().folds_batch_norm());
+            assert!(close(&fused, &eval)? < 1e-5, "relu {relu}");
+            if relu {
+                assert!(fused.min_all()?.to_scalar::<f32>()? >= 0.0);
+            }
+            // A training pass, then a weight update (an optimiser step).
+            conv.forward_bn(&bn, &xs, &Mode::train(), relu)?;
+            let data = vm.data().lock().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let w = &data["conv.weight"];
+            w.set(&(w.as_tensor() * 1.5)?)?;
+            drop(data);
+            let after = conv.forward_bn(&bn, &xs, &Mode::inference(), relu)?;
+            assert!(close(&after, &conv.forward_bn(&bn, &xs, &Mode::eval(), relu)?)? < 1e-5, "relu {relu}");
+            assert!(close(&after, &fused)? > 1e-3, "relu {relu}: the kept folded weights were not dropped");
+        }
+        let other = BatchNorm2d::new(vb.pp("other"), 4)?;
+        let err = conv.forward_bn(&other, &xs, &Mode::inference(), true).unwrap_err().to_string();
+        assert!(err.contains("5 conv outputs for 4 batch norm channels"), "{err}");
         Ok(())
     }
 

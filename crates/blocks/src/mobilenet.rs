@@ -89,11 +89,11 @@ impl Act {
     }
 }
 
-/// Batch norm then the activation.
-fn bn_act(bn: &BatchNorm2d, xs: &Tensor, act: Act, mode: &Mode) -> Result<Tensor> {
+/// A convolution, its batch norm, then the activation.
+fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, xs: &Tensor, act: Act, mode: &Mode) -> Result<Tensor> {
     match act {
-        Act::Relu => bn.forward_act(xs, mode, true),
-        Act::HardSwish => hard_swish(&bn.forward_t(xs, mode)?),
+        Act::Relu => conv.forward_bn(bn, xs, mode, true),
+        Act::HardSwish => hard_swish(&conv.forward_bn(bn, xs, mode, false)?),
     }
 }
 
@@ -240,20 +240,20 @@ impl Block {
     fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
         match self {
             Block::Ds { conv_dw, bn1, conv_pw, bn2, act, skip } => {
-                let ys = bn_act(bn1, &conv_dw.forward(xs)?, *act, mode)?;
-                let ys = bn2.forward_t(&conv_pw.forward(&ys)?, mode)?;
+                let ys = conv_bn_act(conv_dw, bn1, xs, *act, mode)?;
+                let ys = conv_pw.forward_bn(bn2, &ys, mode, false)?;
                 if *skip { ys + xs } else { Ok(ys) }
             }
             Block::Ir { conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3, act, skip } => {
-                let ys = bn_act(bn1, &conv_pw.forward(xs)?, *act, mode)?;
-                let mut ys = bn_act(bn2, &conv_dw.forward(&ys)?, *act, mode)?;
+                let ys = conv_bn_act(conv_pw, bn1, xs, *act, mode)?;
+                let mut ys = conv_bn_act(conv_dw, bn2, &ys, *act, mode)?;
                 if let Some(se) = se {
                     ys = se.forward(&ys)?;
                 }
-                let ys = bn3.forward_t(&conv_pwl.forward(&ys)?, mode)?;
+                let ys = conv_pwl.forward_bn(bn3, &ys, mode, false)?;
                 if *skip { ys + xs } else { Ok(ys) }
             }
-            Block::Cn { conv, bn1, act } => bn_act(bn1, &conv.forward(xs)?, *act, mode),
+            Block::Cn { conv, bn1, act } => conv_bn_act(conv, bn1, xs, *act, mode),
         }
     }
 }
@@ -367,7 +367,7 @@ impl MobileNetV3 {
     /// # Shapes
     /// `[N, C_in, H, W]` → feature `[N, num_features]`, map `[N, C, ⌈H/32⌉, ⌈W/32⌉]`.
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<EncoderOutput> {
-        let mut ys = hard_swish(&self.bn1.forward_t(&self.conv_stem.forward(xs)?, mode)?)?;
+        let mut ys = hard_swish(&self.conv_stem.forward_bn(&self.bn1, xs, mode, false)?)?;
         for b in &self.blocks {
             ys = b.forward_t(&ys, mode)?;
         }
@@ -441,8 +441,9 @@ mod tests {
                 v.set(t)?;
             }
         }
-        for size in [48, 96] {
-            let out = net.forward_t(&io[&format!("input.{size}")], &Mode::eval())?;
+        // Layer by layer, then the inference path (folded batch norms).
+        for (mode, size) in [(Mode::eval(), 48), (Mode::eval(), 96), (Mode::inference(), 48), (Mode::inference(), 96)] {
+            let out = net.forward_t(&io[&format!("input.{size}")], &mode)?;
             let logits = net.classify(&out.feature)?;
             for (what, a, b) in [
                 ("map", &out.map, &io[&format!("map.{size}")]),

@@ -18,23 +18,51 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Train or eval mode of a forward pass, with frozen module prefixes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mode {
     train: bool,
+    fold: bool,
     frozen: Arc<[String]>,
+}
+
+static FOLD_BATCH_NORM: AtomicBool = AtomicBool::new(true);
+
+/// Whether [`Mode::inference`] folds batch norms into convolutions (the
+/// default) or runs them as [`Mode::eval`] does (`false`: to measure the
+/// fused path against the unfused one, e.g. `anytime eval --no-fold`).
+pub fn set_fold_batch_norm(on: bool) {
+    FOLD_BATCH_NORM.store(on, Ordering::Relaxed);
 }
 
 impl Mode {
     /// Every module in eval mode.
     pub fn eval() -> Self {
-        Self { train: false, frozen: Arc::from(Vec::new()) }
+        Self { train: false, fold: false, frozen: Arc::from(Vec::new()) }
+    }
+
+    /// Eval mode for inference with fixed weights: each convolution followed
+    /// by a batch norm runs as one fused convolution with the batch norm
+    /// folded into its weights and bias, and the ReLU after it applied as
+    /// the values are stored. The folded weights are computed on a pair's
+    /// first inference pass and kept until the pair runs in training mode,
+    /// so a caller that changes weights by other means (loading new ones
+    /// into the same variables) must use [`Mode::eval`] (always unfused).
+    /// Same results as [`Mode::eval`] up to float rounding.
+    pub fn inference() -> Self {
+        Self { fold: FOLD_BATCH_NORM.load(Ordering::Relaxed), ..Self::eval() }
     }
 
     /// Every module in training mode (until frozen).
     pub fn train() -> Self {
-        Self { train: true, frozen: Arc::from(Vec::new()) }
+        Self { train: true, fold: false, frozen: Arc::from(Vec::new()) }
+    }
+
+    /// Whether convolution → batch norm pairs run fused ([`Mode::inference`]).
+    pub fn folds_batch_norm(&self) -> bool {
+        self.fold && !self.train
     }
 
     /// Training mode when `train`, else eval mode.
@@ -46,7 +74,7 @@ impl Mode {
     pub fn with_frozen(self, prefixes: impl IntoIterator<Item = String>) -> Self {
         let mut all: Vec<String> = self.frozen.iter().cloned().collect();
         all.extend(prefixes.into_iter().map(|p| p.trim_end_matches('.').to_string()));
-        Self { train: self.train, frozen: Arc::from(all) }
+        Self { train: self.train, fold: self.fold, frozen: Arc::from(all) }
     }
 
     /// Whether the pass as a whole is a training pass.

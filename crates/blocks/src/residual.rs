@@ -7,7 +7,7 @@ use crate::Mode;
 use crate::layers::{BatchNorm2d, Conv2d};
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::Conv2dParams;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))` with 3x3 convs;
@@ -59,8 +59,8 @@ impl BasicBlock {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, out, H / stride, W / stride]`.
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let ys = self.bn1.forward_act(&self.conv1.forward(xs)?, mode, true)?;
-        let ys = self.bn2.forward_act(&self.conv2.forward(&ys)?, mode, false)?;
+        let ys = self.conv1.forward_bn(&self.bn1, xs, mode, true)?;
+        let ys = self.conv2.forward_bn(&self.bn2, &ys, mode, false)?;
         (ys + shortcut_forward(&self.shortcut, xs, mode)?)?.relu()
     }
 }
@@ -77,7 +77,7 @@ fn projection(vb: &VarBuilder, cin: usize, cout: usize, stride: usize) -> Result
 
 fn shortcut_forward(s: &Option<(Conv2d, BatchNorm2d)>, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
     match s {
-        Some((conv, bn)) => bn.forward_act(&conv.forward(xs)?, mode, false),
+        Some((conv, bn)) => conv.forward_bn(bn, xs, mode, false),
         None => Ok(xs.clone()),
     }
 }
@@ -129,9 +129,9 @@ impl Bottleneck {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, 4·planes, ⌈H / stride⌉, ⌈W / stride⌉]`.
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let ys = self.bn1.forward_act(&self.conv1.forward(xs)?, mode, true)?;
-        let ys = self.bn2.forward_act(&self.conv2.forward(&ys)?, mode, true)?;
-        let ys = self.bn3.forward_act(&self.conv3.forward(&ys)?, mode, false)?;
+        let ys = self.conv1.forward_bn(&self.bn1, xs, mode, true)?;
+        let ys = self.conv2.forward_bn(&self.bn2, &ys, mode, true)?;
+        let ys = self.conv3.forward_bn(&self.bn3, &ys, mode, false)?;
         (ys + shortcut_forward(&self.shortcut, xs, mode)?)?.relu()
     }
 }

@@ -147,7 +147,7 @@ impl ResNet {
     /// `[N, C_in, H, W]` → feature `[N, 512·e]`, map `[N, 512·e, h, w]` with
     /// h, w = H, W through the stem's two halvings and three more.
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<EncoderOutput> {
-        let ys = self.bn1.forward_act(&self.conv1.forward(xs)?, mode, true)?;
+        let ys = self.conv1.forward_bn(&self.bn1, xs, mode, true)?;
         let mut ys = max_pool2d(&ys, (3, 3), (2, 2), (1, 1))?;
         for b in &self.blocks {
             ys = match b {

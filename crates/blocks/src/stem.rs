@@ -8,7 +8,7 @@ use crate::units::ConvBasic;
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::Conv2dParams;
 use anytime_ops::pool::max_pool2d;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +46,7 @@ impl ImageNetStem {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, out, H/4, W/4]` (rounded as torch does).
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let ys = self.bn.forward_act(&self.conv.forward(xs)?, mode, true)?;
+        let ys = self.conv.forward_bn(&self.bn, xs, mode, true)?;
         max_pool2d(&ys, (3, 3), (2, 2), (1, 1))
     }
 }

@@ -8,7 +8,7 @@ use crate::Mode;
 use crate::layers::{BatchNorm2d, Conv2d};
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::Conv2dParams;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `Conv2d(bias=False)` → `BatchNorm2d` → `ReLU`, keys `net.0.*`, `net.1.*`.
@@ -46,7 +46,7 @@ impl ConvBasic {
     /// # Shapes
     /// `[N, in, H, W]` → `[N, out, H', W']`.
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
-        self.bn.forward_act(&self.conv.forward(xs)?, mode, true)
+        self.conv.forward_bn(&self.bn, xs, mode, true)
     }
 }
 
@@ -121,10 +121,10 @@ impl ConvBn {
     /// `[N, in, H, W]` → `[N, out, H, W]` (`Normal`) or `[N, out, ⌈H/2⌉, ⌈W/2⌉]` (`Down`).
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
         let xs = match &self.bottleneck {
-            Some((conv, bn)) => bn.forward_act(&conv.forward(xs)?, mode, true)?,
+            Some((conv, bn)) => conv.forward_bn(bn, xs, mode, true)?,
             None => xs.clone(),
         };
-        self.bn.forward_act(&self.conv.forward(&xs)?, mode, true)
+        self.conv.forward_bn(&self.bn, &xs, mode, true)
     }
 }
 

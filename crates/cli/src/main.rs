@@ -22,6 +22,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "anytime", version = VERSION, about)]
 struct Cli {
+    /// Run inference with every batch norm as a layer of its own instead of
+    /// folded into the convolution before it (the default, which fuses
+    /// conv, batch norm and ReLU into one operation; both give the same
+    /// results up to float rounding). For comparing the two paths.
+    #[arg(long, global = true)]
+    no_fold: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    anytime_blocks::mode::set_fold_batch_norm(!cli.no_fold);
     let result = match cli.command {
         Command::Infer(a) => commands::infer::run(a),
         Command::Flops(a) => commands::flops::run(a),

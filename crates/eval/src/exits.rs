@@ -9,7 +9,7 @@ use std::time::Instant;
 
 /// Logits `[N, classes]` of every exit for `xs` `[N, C, H, W]`, in eval mode.
 pub fn exit_logits(model: &dyn MultiExit, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-    Ok(model.forward_exits(xs, &Mode::eval())?.into_iter().map(|o| o.logits).collect())
+    Ok(model.forward_exits(xs, &Mode::inference())?.into_iter().map(|o| o.logits).collect())
 }
 
 /// Logits of every exit for `xs` with the lazy anytime pass (eval mode),

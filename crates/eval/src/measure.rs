@@ -126,7 +126,7 @@ pub fn patch_hits(
         BatchConfig { batch_size: 256, shuffle: false, seed: 0, augment: Augment::default(), drop_last: false },
     )?
     .on_device(device.clone());
-    let mode = anytime_blocks::Mode::eval();
+    let mode = anytime_blocks::Mode::inference();
     let mut hits: Vec<Option<usize>> = vec![None; model.num_exits()];
     let mut done = 0usize;
     for b in loader.epoch(0, 0) {

@@ -48,8 +48,8 @@ impl AttentionMask {
                 "attention mask: the map is {h}x{w}; its sides must be even (the reference's 32x32 inputs give 32, 16 and 8)"
             )
         }
-        let ys = self.bn1.forward_act(&self.conv.forward(xs)?, mode, true)?;
-        let ys = self.bn2.forward_act(&self.deconv.forward(&ys)?, mode, false)?;
+        let ys = self.conv.forward_bn(&self.bn1, xs, mode, true)?;
+        let ys = self.bn2.forward_t(&self.deconv.forward(&ys)?, mode)?;
         candle_nn::ops::sigmoid(&ys)
     }
 
@@ -112,7 +112,7 @@ impl ScalaNet {
     pub fn forward_t(&self, xs: &Tensor, mode: &Mode) -> Result<Tensor> {
         let mut ys = xs.clone();
         for (conv, bn) in self.convs.iter().zip(&self.bns) {
-            ys = bn.forward_act(&conv.forward(&ys)?, mode, true)?;
+            ys = conv.forward_bn(bn, &ys, mode, true)?;
         }
         pool4(&ys)
     }

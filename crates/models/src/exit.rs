@@ -211,9 +211,10 @@ pub struct Anytime<'a> {
 }
 
 impl<'a> Anytime<'a> {
-    /// Starts an eval-mode pass over `xs`.
+    /// Starts an inference pass over `xs` ([`Mode::inference`]: batch norms
+    /// folded into their convolutions).
     pub fn new(model: &'a dyn MultiExit, xs: &Tensor) -> candle_core::Result<Self> {
-        let mode = Mode::eval();
+        let mode = Mode::inference();
         Ok(Self { model, state: model.begin(xs, &mode)?, mode })
     }
 
@@ -278,7 +279,7 @@ fn early_exit(
         bail!("early exit: {} exit costs for a model with {k_exits} exits", exit_mflops.len())
     }
     let n = xs.dim(0)?;
-    let eval = Mode::eval();
+    let eval = Mode::inference();
     let mut state = model.begin(xs, &eval)?;
     let mut alive: Vec<usize> = (0..n).collect();
     let mut out: Vec<Option<ExitDecision>> = vec![None; n];
@@ -385,7 +386,7 @@ pub fn classify_anytime(
         bail!("anytime: the deadline must be positive")
     }
     let start = std::time::Instant::now();
-    let eval = Mode::eval();
+    let eval = Mode::inference();
     let mut state = model.begin(xs, &eval)?;
     let mut logits = model.advance(&mut state, &eval)?.logits;
     let late = start.elapsed() > deadline;
@@ -586,7 +587,8 @@ mod tests {
         let xs = Tensor::randn(0f32, 1., (2, 1, 28, 28), &Device::Cpu)?;
         let r = classify_anytime(&m, &xs, std::time::Duration::from_secs(60))?;
         assert_eq!(r.exit, m.num_exits() - 1);
-        let full = m.forward_exits(&xs, &Mode::eval())?;
+        // The anytime pass is an inference pass (folded batch norms).
+        let full = m.forward_exits(&xs, &Mode::inference())?;
         assert_eq!(r.logits.to_vec2::<f32>()?, full[m.num_exits() - 1].logits.to_vec2::<f32>()?);
         let r = classify_anytime(&m, &xs, std::time::Duration::from_nanos(1))?;
         assert_eq!(r.exit, 0);

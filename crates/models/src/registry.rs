@@ -702,10 +702,15 @@ mod golden {
             let extra = testutil::json(name, "config.json")["extra_io_files"].as_object().cloned().unwrap_or_default();
             for file in std::iter::once("io.safetensors".to_string()).chain(extra.keys().cloned()) {
                 let (input, expected) = testutil::io(name, &file);
-                let got = model.forward_exits(&input, &anytime_blocks::Mode::eval()).expect(name);
-                assert_eq!(got.len(), expected.len(), "{name}");
-                for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                    testutil::assert_close(&format!("{name} {file} exit {i}"), &g.logits, e);
+                // Layer by layer, then with the batch norms folded into the
+                // convolutions (the inference path).
+                for mode in [anytime_blocks::Mode::eval(), anytime_blocks::Mode::inference()] {
+                    let got = model.forward_exits(&input, &mode).expect(name);
+                    assert_eq!(got.len(), expected.len(), "{name}");
+                    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                        let what = format!("{name} {file} exit {i} (fold {})", mode.folds_batch_norm());
+                        testutil::assert_close(&what, &g.logits, e);
+                    }
                 }
             }
             let flops = testutil::json(name, "flops.json");

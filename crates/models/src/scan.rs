@@ -34,7 +34,7 @@ use anytime_blocks::residual::{BasicBlock, Bottleneck};
 use anytime_flops::{CountFlops, Counter, ExitCosts, Shape4};
 use anytime_heads::scan::ScanHead;
 use anytime_ops::conv::Conv2dParams;
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -198,7 +198,7 @@ impl Step for Item {
 
     fn forward(&self, s: &mut Chain<Tensor>, mode: &Mode) -> candle_core::Result<()> {
         s.x = match self {
-            Item::Stem(conv, bn) => bn.forward_act(&conv.forward(&s.x)?, mode, true)?,
+            Item::Stem(conv, bn) => conv.forward_bn(bn, &s.x, mode, true)?,
             Item::Basic(b) => b.forward_t(&s.x, mode)?,
             Item::Bottleneck(b) => b.forward_t(&s.x, mode)?,
         };
@@ -420,28 +420,33 @@ mod tests {
             let io = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
             for file in ["state_dict.safetensors", "checkpoint.pth"] {
                 let model = crate::registry::load_model(&cfg, &testutil::fixture(name).join(file)).unwrap();
-                let got = model.forward_exits(&io["input"], &Mode::eval()).unwrap();
-                assert_eq!(got.len(), 4);
-                for (k, g) in got.iter().enumerate() {
-                    testutil::assert_close(
-                        &format!("{name} {file} logits {k}"),
-                        &g.logits,
-                        &io[&format!("logits.{k}")],
-                    );
-                    testutil::assert_close(
-                        &format!("{name} {file} features {k}"),
-                        &g.feature,
-                        &io[&format!("features.{k}")],
-                    );
+                // Layer by layer, then the inference path (folded batch norms).
+                for mode in [Mode::eval(), Mode::inference()] {
+                    let got = model.forward_exits(&io["input"], &mode).unwrap();
+                    assert_eq!(got.len(), 4);
+                    for (k, g) in got.iter().enumerate() {
+                        let fold = mode.folds_batch_norm();
+                        testutil::assert_close(
+                            &format!("{name} {file} logits {k} (fold {fold})"),
+                            &g.logits,
+                            &io[&format!("logits.{k}")],
+                        );
+                        testutil::assert_close(
+                            &format!("{name} {file} features {k} (fold {fold})"),
+                            &g.feature,
+                            &io[&format!("features.{k}")],
+                        );
+                    }
+                    // The reference's hint sum, from the features.
+                    let last = &got[3].feature;
+                    let mut hint = 0f32;
+                    for g in &got[..3] {
+                        hint +=
+                            (last - &g.feature).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                    }
+                    let want = io["feature_loss"].to_vec1::<f32>().unwrap()[0];
+                    assert!((hint - want).abs() <= 1e-4 * want.abs() + 1e-4, "{name}: hint {hint} vs {want}");
                 }
-                // The reference's hint sum, from the features.
-                let last = &got[3].feature;
-                let mut hint = 0f32;
-                for g in &got[..3] {
-                    hint += (last - &g.feature).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                }
-                let want = io["feature_loss"].to_vec1::<f32>().unwrap()[0];
-                assert!((hint - want).abs() <= 1e-4 * want.abs() + 1e-4, "{name}: hint {hint} vs {want}");
             }
         }
     }

@@ -11,7 +11,7 @@
 //! `Tensor::conv2d`, so the `cuda` and `metal` features keep working.
 
 use crate::kernels::{self, conv::ConvGeom};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
 /// Hyper-parameters of a square 2-D convolution, as in `torch.nn.Conv2d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,7 +86,7 @@ impl CustomOp2 for ConvFwd {
         let g = geometry(l1.dims(), l2.dims(), self.0)?;
         let x = kernels::f32_slice(s1, l1, "conv2d input")?;
         let w = kernels::f32_slice(s2, l2, "conv2d weight")?;
-        let y = kernels::conv::forward(&g, x, w);
+        let y = kernels::conv::forward(&g, x, w, kernels::conv::Epilogue::NONE);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 
@@ -142,6 +142,81 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dPara
     match bias {
         None => Ok(ys),
         Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+    }
+}
+
+/// The fused inference convolution: a convolution, a per-channel bias and
+/// optionally a ReLU in one pass, `relu(conv(x, w) + b)`; the bias and the
+/// ReLU are applied to each output value as the kernel stores it, so they
+/// cost no pass of their own. With a batch norm folded into `weight` and
+/// `bias` ([`crate::norm::fold_bn_into_conv`]) this is conv → eval-mode
+/// batch norm → ReLU as one operation.
+///
+/// Inference only: the result carries no gradient (it is a constant for
+/// `Tensor::backward`). On other devices, or with [`crate::set_stock_ops`],
+/// it runs the stock convolution, a broadcast add and a ReLU.
+///
+/// # Shapes
+/// `xs` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, k, k]`, `bias`
+/// `[C_out]`; output as [`conv2d`].
+///
+/// ```
+/// use anytime_ops::conv::{Conv2dParams, conv2d, conv2d_bias_act};
+/// use candle_core::{Device, Tensor};
+/// # fn main() -> candle_core::Result<()> {
+/// let x = Tensor::arange(0f32, 32., &Device::Cpu)?.reshape((1, 2, 4, 4))?;
+/// let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// let b = Tensor::new(&[-300f32, 0., 300.], &Device::Cpu)?;
+/// let p = Conv2dParams { padding: 1, ..Default::default() };
+/// let fused = conv2d_bias_act(&x, &w, &b, p, true)?;
+/// let unfused = conv2d(&x, &w, Some(&b), p)?.relu()?;
+/// assert_eq!(fused.dims(), &[1, 3, 4, 4]);
+/// let diff = (fused - unfused)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert!(diff < 1e-3);
+/// # Ok(())
+/// # }
+/// ```
+pub fn conv2d_bias_act(xs: &Tensor, weight: &Tensor, bias: &Tensor, p: Conv2dParams, relu: bool) -> Result<Tensor> {
+    let g = geometry(xs.dims(), weight.dims(), p)?;
+    if bias.dims() != [g.c_out] {
+        bail!("conv2d: expected a bias of [{}], got {:?}", g.c_out, bias.dims())
+    }
+    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && !crate::stock_ops() {
+        return xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &ConvBiasAct { p, relu });
+    }
+    let ys =
+        xs.conv2d(weight, p.padding, p.stride, p.dilation, p.groups)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+    if relu { ys.relu() } else { Ok(ys) }
+}
+
+struct ConvBiasAct {
+    p: Conv2dParams,
+    relu: bool,
+}
+
+impl CustomOp3 for ConvBiasAct {
+    fn name(&self) -> &'static str {
+        "anytime-conv2d-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = geometry(l1.dims(), l2.dims(), self.p)?;
+        let x = kernels::f32_slice(s1, l1, "conv2d input")?;
+        let w = kernels::f32_slice(s2, l2, "conv2d weight")?;
+        let b = kernels::f32_slice(s3, l3, "conv2d bias")?;
+        if b.len() != g.c_out {
+            bail!("conv2d: expected a bias of [{}], got {:?}", g.c_out, l3.dims())
+        }
+        let y = kernels::conv::forward(&g, x, w, kernels::conv::Epilogue { bias: Some(b), relu: self.relu });
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 }
 
@@ -286,6 +361,55 @@ mod tests {
             let w = span.saturating_sub(2 * padding).max(1) + rng.below(8);
             check(n, c, c, (h, w), k, Conv2dParams { stride, padding, dilation, groups: c }, 900 + case as u64)?;
         }
+        Ok(())
+    }
+
+    /// The fused inference convolution equals conv + bias + ReLU through
+    /// every kernel path: shifted (tight and wide layouts, stride 2, direct
+    /// kernel and GEMM taps), 1x1 in place and through columns, im2col,
+    /// depthwise and grouped.
+    #[test]
+    fn bias_act_matches_conv_then_bias_then_relu() -> Result<()> {
+        let dev = Device::Cpu;
+        let p1 = Conv2dParams::default();
+        type Case = (usize, usize, usize, (usize, usize), usize, Conv2dParams);
+        let cases: [Case; 8] = [
+            (3, 5, 7, (8, 8), 3, Conv2dParams { padding: 1, ..p1 }),
+            (2, 4, 13, (9, 7), 3, Conv2dParams { padding: 2, ..p1 }),
+            (2, 6, 8, (11, 10), 3, Conv2dParams { stride: 2, padding: 1, ..p1 }),
+            (3, 20, 9, (16, 16), 1, p1),
+            (4, 8, 6, (5, 5), 1, p1),
+            (2, 6, 6, (12, 12), 3, Conv2dParams { padding: 1, groups: 6, ..p1 }),
+            (2, 4, 6, (7, 9), 5, Conv2dParams { padding: 2, groups: 2, ..p1 }),
+            (1, 3, 4, (6, 6), 3, Conv2dParams { padding: 1, dilation: 2, ..p1 }),
+        ];
+        for (i, &(n, c_in, c_out, (h, w), k, p)) in cases.iter().enumerate() {
+            let seed = 900 + 10 * i as u64;
+            let x = rand_tensor(&[n, c_in, h, w], seed, &dev)?;
+            let wt = rand_tensor(&[c_out, c_in / p.groups, k, k], seed + 1, &dev)?;
+            let b = rand_tensor(&[c_out], seed + 2, &dev)?;
+            for relu in [false, true] {
+                let reference = conv2d_stock(&x, &wt, Some(&b), p)?;
+                let reference = if relu { reference.relu()? } else { reference };
+                for (shifted, direct) in [(true, true), (true, false), (false, true)] {
+                    set_shifted_gemm(shifted);
+                    set_direct_kernel(direct);
+                    let fused = conv2d_bias_act(&x, &wt, &b, p, relu);
+                    set_shifted_gemm(true);
+                    set_direct_kernel(true);
+                    assert_close(
+                        &format!("case {i} relu {relu} shifted {shifted} direct {direct}"),
+                        &fused?,
+                        &reference,
+                        1e-4,
+                    )?;
+                }
+            }
+        }
+        let x = rand_tensor(&[1, 3, 4, 4], 1, &dev)?;
+        let wt = rand_tensor(&[2, 3, 3, 3], 2, &dev)?;
+        let err = conv2d_bias_act(&x, &wt, &rand_tensor(&[3], 3, &dev)?, p1, true).unwrap_err().to_string();
+        assert!(err.contains("expected a bias of [2]"), "{err}");
         Ok(())
     }
 

@@ -150,7 +150,7 @@ impl CustomOp2 for ConvTBwdInput {
         let g = self.0;
         let dy = kernels::f32_slice(s1, l1, "conv_transpose2d output gradient")?;
         let w = kernels::f32_slice(s2, l2, "conv_transpose2d weight")?;
-        let dx = kernels::conv::forward(&g, dy, w);
+        let dx = kernels::conv::forward(&g, dy, w, kernels::conv::Epilogue::NONE);
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 }

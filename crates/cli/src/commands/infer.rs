@@ -119,7 +119,7 @@ pub fn run(a: Args) -> Result<()> {
     // Per output name, the chunks in order: `logits.<k>`, `features.<k>`
     // and each stage's extras (`<name>.<k>`, e.g. GFNet's actions).
     let mut parts: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
-    let mode = anytime_blocks::Mode::eval();
+    let mode = anytime_blocks::Mode::inference();
     for start in (0..n).step_by(CHUNK) {
         let xs = input.narrow(0, start, CHUNK.min(n - start))?;
         let mut state = model.begin(&xs, &mode)?;

@@ -176,19 +176,70 @@ pub(crate) fn per_chunk(g: &ConvGeom, out: &mut [f32], per: usize, f: impl Fn(us
     }
 }
 
-/// `y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w [c_out, cig, k, k])`.
-pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// What a convolution does to each output value on its way out, while the
+/// value is still in cache: add a per-output-channel bias, then a ReLU. The
+/// fused inference convolution (batch norm folded into the weights and
+/// bias) uses it; training convolutions run with [`Epilogue::NONE`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    /// `[c_out]`, added to every value of its channel.
+    pub bias: Option<&'a [f32]>,
+    /// `max(v, 0)` after the bias.
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Values go out as computed.
+    pub(crate) const NONE: Epilogue<'static> = Epilogue { bias: None, relu: false };
+
+    fn is_none(&self) -> bool {
+        self.bias.is_none() && !self.relu
+    }
+
+    /// Applies the epilogue to values of output channel `co`, in place.
+    #[inline]
+    pub(crate) fn apply(&self, co: usize, v: &mut [f32]) {
+        let b = self.bias.map_or(0.0, |b| b[co]);
+        match (self.bias.is_some(), self.relu) {
+            (false, false) => {}
+            (true, false) => v.iter_mut().for_each(|x| *x += b),
+            (_, true) => v.iter_mut().for_each(|x| *x = (*x + b).max(0.0)),
+        }
+    }
+
+    /// Copies values of output channel `co` from `src` to `dst`, applying
+    /// the epilogue on the way.
+    #[inline]
+    pub(crate) fn copy(&self, co: usize, dst: &mut [f32], src: &[f32]) {
+        if self.is_none() {
+            return dst.copy_from_slice(src);
+        }
+        let b = self.bias.map_or(0.0, |b| b[co]);
+        if self.relu {
+            dst.iter_mut().zip(src).for_each(|(o, &x)| *o = (x + b).max(0.0));
+        } else {
+            dst.iter_mut().zip(src).for_each(|(o, &x)| *o = x + b);
+        }
+    }
+}
+
+/// `y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w [c_out, cig, k, k])`,
+/// each value passed through `ep` as it is stored.
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
+    if let Some(b) = ep.bias {
+        assert_eq!(b.len(), g.c_out, "conv epilogue: one bias per output channel");
+    }
     if depthwise::applies(g) {
-        return depthwise::forward(g, x, w);
+        return depthwise::forward(g, x, w, ep);
     }
     if use_shift(g) {
-        return shift::forward(g, x, w);
+        return shift::forward(g, x, w, ep);
     }
-    forward_im2col(g, x, w)
+    forward_im2col(g, x, w, ep)
 }
 
 /// The im2col + GEMM forward (any geometry).
-fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     let (ohw, cog, kcol, cig, hw) = (g.ohw(), g.cog(), g.kcol(), g.cig(), g.hw());
     let mut y = vec![0f32; g.n * g.c_out * ohw];
     per_chunk(g, &mut y, g.c_out * ohw, |first, yc, par| {
@@ -202,6 +253,11 @@ fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                     let xg = &x[((first + j) * g.c_in + gi * cig) * hw..][..cig * hw];
                     let yg = &mut yc[(j * g.c_out + gi * cog) * ohw..][..cog * ohw];
                     pointwise(cog, hw, cig, wg, (cig, 1), xg, yg, par);
+                    if !ep.is_none() {
+                        for (co, plane) in yg.chunks_exact_mut(ohw).enumerate() {
+                            ep.apply(gi * cog + co, plane);
+                        }
+                    }
                 }
                 continue;
             }
@@ -215,7 +271,8 @@ fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 for j in 0..s {
                     for co in 0..cog {
                         let dst = (j * g.c_out + gi * cog + co) * ohw;
-                        yc[dst..dst + ohw].copy_from_slice(&out[co * ld + j * ohw..co * ld + (j + 1) * ohw]);
+                        let src = &out[co * ld + j * ohw..co * ld + (j + 1) * ohw];
+                        ep.copy(gi * cog + co, &mut yc[dst..dst + ohw], src);
                     }
                 }
             });
@@ -452,7 +509,7 @@ mod tests {
                 (0..c_out * c_in / groups * k * k).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
             let dy: Vec<f32> = (0..n * c_out * oh * ow).map(|i| ((i * 613) % 19) as f32 / 9.0 - 1.0).collect();
             let pairs = [
-                ("forward", shift::forward(&g, &x, &wt), forward_im2col(&g, &x, &wt)),
+                ("forward", shift::forward(&g, &x, &wt, Epilogue::NONE), forward_im2col(&g, &x, &wt, Epilogue::NONE)),
                 ("dx", shift::backward_input(&g, &dy, &wt), backward_input_im2col(&g, &dy, &wt)),
                 ("dw", shift::backward_weight(&g, &x, &dy), backward_weight_im2col(&g, &x, &dy)),
             ];
@@ -462,7 +519,7 @@ mod tests {
                     assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{g:?} {what}: {u} vs {v}");
                 }
             }
-            assert_eq!(forward(&g, &x, &wt), shift::forward(&g, &x, &wt), "dispatch");
+            assert_eq!(forward(&g, &x, &wt, Epilogue::NONE), shift::forward(&g, &x, &wt, Epilogue::NONE), "dispatch");
         }
     }
 
@@ -484,7 +541,7 @@ mod tests {
             let x: Vec<f32> = (0..n * c_in * h * w).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
             let wt: Vec<f32> =
                 (0..c_out * c_in / groups * k * k).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
-            let got = forward(&g, &x, &wt);
+            let got = forward(&g, &x, &wt, Epilogue::NONE);
             let want = naive(&g, &x, &wt);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");

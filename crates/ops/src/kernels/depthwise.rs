@@ -6,7 +6,7 @@
 //! gradient, summing samples in order), so results do not depend on the
 //! thread count.
 
-use super::conv::ConvGeom;
+use super::conv::{ConvGeom, Epilogue};
 use rayon::prelude::*;
 
 /// Whether `g` is a depthwise convolution with channel multiplier 1.
@@ -35,8 +35,9 @@ fn taps(g: &ConvGeom, mut f: impl FnMut(usize, usize, usize, usize, usize, usize
     }
 }
 
-/// `y [n, c, oh, ow]` of `x [n, c, h, w]` and `w [c, 1, k, k]`.
-pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// `y [n, c, oh, ow]` of `x [n, c, h, w]` and `w [c, 1, k, k]`, each plane
+/// passed through `ep` once it is summed.
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     let (hw, ohw, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.stride);
     let mut y = vec![0f32; g.n * g.c_out * ohw];
     y.par_chunks_mut(ohw).enumerate().for_each(|(plane, out)| {
@@ -57,6 +58,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 }
             }
         });
+        ep.apply(c, out);
     });
     y
 }

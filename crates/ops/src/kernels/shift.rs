@@ -25,7 +25,7 @@
 //! `(ki·dil div st, kj·dil div st)`, so the same GEMMs run on the phase
 //! planes, and each input pixel is still copied once.
 
-use super::conv::{ConvGeom, POINTWISE_DIRECT_HW, per_chunk, sum_chunk_partials};
+use super::conv::{ConvGeom, Epilogue, POINTWISE_DIRECT_HW, per_chunk, sum_chunk_partials};
 use super::direct::{self, ColMasks, NR, Tap, padded_cols};
 use super::{gemm, with_scratch};
 
@@ -237,7 +237,7 @@ fn unpad_grad(g: &ConvGeom, dxp: &[f32], l: &Wide, (crow, pstride): (usize, usiz
 }
 
 /// `y [n, c_out, oh, ow]` of a convolution.
-pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     let (cig, cog, ohw) = (g.cig(), g.cog(), g.ohw());
     let (k, kk, kcol) = (g.k, g.k * g.k, g.kcol());
     let fast = direct::enabled();
@@ -294,7 +294,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                         let dst = &mut yc[((j * g.c_out + gi * cog + co) * ohw)..][..ohw];
                         let src = &yw[co * ldy + j * l.plane..];
                         for (oy, row) in dst.chunks_exact_mut(g.ow).enumerate() {
-                            row.copy_from_slice(&src[oy * l.wq..][..g.ow]);
+                            ep.copy(gi * cog + co, row, &src[oy * l.wq..][..g.ow]);
                         }
                     }
                 }
