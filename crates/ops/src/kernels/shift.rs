@@ -138,43 +138,70 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
                 let src = &x[((first + j) * g.c_in + gi * cig + ci) * hw..][..hw];
                 let dst = &mut chan[l.lead + j * l.plane..][..l.plane];
                 let (rows, band) = dst.split_at_mut(g.h * l.wq);
-                for (row, srow) in rows.chunks_exact_mut(l.wq).zip(src.chunks_exact(w)) {
-                    row[..w].copy_from_slice(srow);
-                    row[w..].fill(0.0);
+                if l.wq == w {
+                    // The tight layout: the plane goes over as it is.
+                    rows.copy_from_slice(src);
+                } else {
+                    for (row, srow) in rows.chunks_exact_mut(l.wq).zip(src.chunks_exact(w)) {
+                        row[..w].copy_from_slice(srow);
+                        row[w..].fill(0.0);
+                    }
                 }
                 band.fill(0.0);
             }
         }
         return;
     }
+    // Strided: padded pixel (py, px) = (y + p, x + p) goes to phase
+    // (py mod st, px mod st) at (py div st, px div st). Each used phase
+    // plane is zeroed, then every input row is dealt out over the phases in
+    // one pass; which input columns go to which phase column is the same
+    // for every row, so it is worked out once.
+    let cols: Vec<(usize, usize, usize, usize)> = (0..st)
+        .filter_map(|b| {
+            // Input columns x ≡ b − p (mod st), from x0, at v0 = (x0 + p) div st on.
+            let x0 = (b + st - p % st) % st;
+            (x0 < w).then(|| (b, x0, (x0 + p) / st, (w - x0).div_ceil(st)))
+        })
+        .collect();
     for ci in 0..cig {
         for j in 0..l.samples {
             let src = &x[((first + j) * g.c_in + gi * cig + ci) * hw..][..hw];
+            let base = ci * l.crow() + j * l.plane;
             for (phase, _) in l.used.iter().enumerate().filter(|u| *u.1) {
-                let (a, b) = (phase / st, phase % st);
-                let dst = &mut xp[ci * l.crow() + phase * l.ld + j * l.plane..][..l.plane];
-                // Phase columns v whose input column st·v + b − p lies in [0, w).
-                let vlo = p.saturating_sub(b).div_ceil(st);
-                let vhi = (w + p).saturating_sub(b).div_ceil(st).min(l.wq).max(vlo);
-                for (u, row) in dst.chunks_exact_mut(l.wq).enumerate() {
-                    let y = st * u + a;
-                    if y < p || y >= p + g.h {
-                        row.fill(0.0);
-                        continue;
-                    }
-                    let srow = &src[(y - p) * w..][..w];
-                    row[..vlo].fill(0.0);
-                    row[vhi..].fill(0.0);
-                    let x0 = st * vlo + b - p;
-                    if vlo < vhi {
-                        // With no valid column x0 may lie past the row.
-                        for (o, &v) in row[vlo..vhi].iter_mut().zip(srow[x0..].iter().step_by(st)) {
-                            *o = v;
+                xp[base + phase * l.ld..][..l.plane].fill(0.0);
+            }
+            for (y, srow) in src.chunks_exact(w).enumerate() {
+                let (a, u) = ((y + p) % st, (y + p) / st);
+                for &(b, x0, v0, n) in &cols {
+                    let phase = a * st + b;
+                    if l.used[phase] {
+                        let dst = &mut xp[base + phase * l.ld + u * l.wq + v0..][..n];
+                        if st == 2 {
+                            deal::<2>(dst, &srow[x0..]);
+                        } else {
+                            for (o, &v) in dst.iter_mut().zip(srow[x0..].iter().step_by(st)) {
+                                *o = v;
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst[k] = src[ST·k]` for every `k < dst.len()`.
+#[inline(always)]
+fn deal<const ST: usize>(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    if n == 0 {
+        return;
+    }
+    let src = &src[..ST * (n - 1) + 1];
+    for (k, o) in dst.iter_mut().enumerate() {
+        // SAFETY: ST·k ≤ ST·(n − 1) < src.len(), checked by the slice above.
+        *o = unsafe { *src.get_unchecked(ST * k) };
     }
 }
 
@@ -293,8 +320,13 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
                     for co in 0..cog {
                         let dst = &mut yc[((j * g.c_out + gi * cog + co) * ohw)..][..ohw];
                         let src = &yw[co * ldy + j * l.plane..];
-                        for (oy, row) in dst.chunks_exact_mut(g.ow).enumerate() {
-                            ep.copy(gi * cog + co, row, &src[oy * l.wq..][..g.ow]);
+                        if l.wq == g.ow {
+                            // Output rows as wide as the grid's: one copy.
+                            ep.copy(gi * cog + co, dst, &src[..ohw]);
+                        } else {
+                            for (oy, row) in dst.chunks_exact_mut(g.ow).enumerate() {
+                                ep.copy(gi * cog + co, row, &src[oy * l.wq..][..g.ow]);
+                            }
                         }
                     }
                 }
