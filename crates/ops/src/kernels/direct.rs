@@ -162,6 +162,7 @@ pub(crate) fn run(
     }
     let (pieces, threads) = (pc / NR, super::threads());
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let wide = use_avx512();
     let job = |lo: usize, hi: usize| {
         let out_ptr = &out_ptr;
         for t0 in (lo..hi).step_by(TILE) {
@@ -170,27 +171,35 @@ pub(crate) fn run(
                 let kc = KC.min(nc - c0);
                 for r0 in (0..m).step_by(MR) {
                     let rows = MR.min(m - r0);
-                    for q in (t0..t1).step_by(NR) {
-                        let mp = masks.map_or(std::ptr::null(), |mk| mk.bits[(q % mk.period) * mk.ids * NR..].as_ptr());
+                    let mut q = t0;
+                    while q < t1 {
+                        let mp = |q: usize| {
+                            masks.map_or(std::ptr::null(), |mk| mk.bits[(q % mk.period) * mk.ids * NR..].as_ptr())
+                        };
+                        // Two blocks side by side where the AVX-512 form runs
+                        // and two fit: twice the accumulators in flight.
+                        let pair = wide && q + 2 * NR <= t1;
                         // SAFETY: the asserts above bound every read of `inp`
                         // (channel < nc, offset ≤ the largest, column < pc),
                         // of `w` (row < m, channel < nc, offset ≤ the
                         // largest) and every write of `out` (row < m,
-                        // column < pc ≤ out_rs); threads write disjoint
-                        // column ranges; AVX2 and FMA are present.
+                        // column < pc ≤ out_rs; a pair's second block ends
+                        // at q + 2·NR ≤ t1 ≤ pc); threads write disjoint
+                        // column ranges; AVX2 and FMA (and for pairs
+                        // AVX-512F) are present.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            block_avx2_rows(
-                                rows,
-                                taps,
-                                kc,
-                                (w.as_ptr().add(r0 * w_rs + c0 * w_cs), w_rs, w_cs),
-                                (inp.as_ptr().add(c0 * in_rs + q), in_rs),
-                                (out_ptr.0.add(r0 * out_rs + q), out_rs),
-                                accumulate || c0 > 0,
-                                mp,
-                            );
+                            let w = (w.as_ptr().add(r0 * w_rs + c0 * w_cs), w_rs, w_cs);
+                            let inp = (inp.as_ptr().add(c0 * in_rs + q), in_rs);
+                            let out = (out_ptr.0.add(r0 * out_rs + q), out_rs);
+                            let acc = accumulate || c0 > 0;
+                            if pair {
+                                block_avx512_pair_rows(rows, taps, kc, w, inp, out, acc, (mp(q), mp(q + NR)));
+                            } else {
+                                block_avx2_rows(rows, taps, kc, w, inp, out, acc, mp(q));
+                            }
                         }
+                        q += if pair { 2 * NR } else { NR };
                     }
                 }
             }
@@ -473,6 +482,103 @@ unsafe fn block_avx512<const R: usize, const MASKED: bool>(
             let o = out.add(r * ors);
             let a = if accumulate { _mm512_add_ps(a, _mm512_loadu_ps(o)) } else { a };
             _mm512_storeu_ps(o, a);
+        }
+    }
+}
+
+/// [`block_avx512_pair`] for `rows` (1 to [`MR`]) rows.
+///
+/// # Safety
+/// As for [`block_avx512_pair`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx512_pair_rows(
+    rows: usize,
+    taps: &[Tap],
+    nc: usize,
+    w: (*const f32, usize, usize),
+    inp: (*const f32, usize),
+    out: (*mut f32, usize),
+    accumulate: bool,
+    masks: (*const u32, *const u32),
+) {
+    const _: () = assert!(MR == 6, "one arm per row count");
+    macro_rules! arms {
+        ($masked:literal) => {
+            match rows {
+                6 => block_avx512_pair::<6, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                5 => block_avx512_pair::<5, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                4 => block_avx512_pair::<4, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                3 => block_avx512_pair::<3, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                2 => block_avx512_pair::<2, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                _ => block_avx512_pair::<1, $masked>(taps, nc, w, inp, out, accumulate, masks),
+            }
+        };
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if masks.0.is_null() { arms!(false) } else { arms!(true) }
+    }
+}
+
+/// Two [`block_avx512`] blocks side by side (columns `0..NR` and
+/// `NR..2·NR`, with their own masks): two 16-float accumulators per row, so
+/// twelve multiply-add chains are in flight instead of six (the FMA
+/// latency, not the throughput, bounded the single block). Each output is
+/// the same multiply-adds in the same order, so the same bits.
+///
+/// # Safety
+/// As for [`block_avx512`], for `2·NR` columns (inputs, outputs, and masks
+/// at both pointers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn block_avx512_pair<const R: usize, const MASKED: bool>(
+    taps: &[Tap],
+    nc: usize,
+    (w, w_rs, w_cs): (*const f32, usize, usize),
+    (inp, rs): (*const f32, usize),
+    (out, ors): (*mut f32, usize),
+    accumulate: bool,
+    (masks0, masks1): (*const u32, *const u32),
+) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(NR == 16, "one 16-float register per row and block");
+    // SAFETY (whole body): the caller guarantees the pointer ranges above.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for tap in taps {
+            let mut x = inp.add(tap.inp);
+            let mut wc = w.add(tap.w);
+            let (keep0, keep1) = if MASKED {
+                (
+                    _mm512_loadu_si512(masks0.add(tap.mask * NR) as *const __m512i),
+                    _mm512_loadu_si512(masks1.add(tap.mask * NR) as *const __m512i),
+                )
+            } else {
+                (_mm512_set1_epi32(-1), _mm512_set1_epi32(-1))
+            };
+            for _ in 0..nc {
+                let mut x0 = _mm512_loadu_ps(x);
+                let mut x1 = _mm512_loadu_ps(x.add(NR));
+                if MASKED {
+                    x0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), keep0));
+                    x1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), keep1));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*wc.add(r * w_rs));
+                    a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
+                    a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+                }
+                wc = wc.add(w_cs);
+                x = x.add(rs);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (h, &v) in a.iter().enumerate() {
+                let o = out.add(r * ors + h * NR);
+                let v = if accumulate { _mm512_add_ps(v, _mm512_loadu_ps(o)) } else { v };
+                _mm512_storeu_ps(o, v);
+            }
         }
     }
 }
