@@ -517,9 +517,7 @@ unsafe fn block_avx512_wide_rows(
         };
     }
     // SAFETY: forwarded from the caller.
-    unsafe {
-        if masks[0].is_null() { arms!(false) } else { arms!(true) }
-    }
+    unsafe { if masks[0].is_null() { arms!(false) } else { arms!(true) } }
 }
 
 /// Blocks side by side in the AVX-512 form of the kernel: 24 accumulators
