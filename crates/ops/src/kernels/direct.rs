@@ -270,6 +270,7 @@ pub(crate) fn run_weight_grad(
     assert!(b.len() >= (nc - 1) * b_rs + max_off + cols, "direct kernel: input too small");
     let dw_ptr = SendPtr(dw.as_mut_ptr());
     let threads = super::threads();
+    let wide = use_avx512();
     let job = |p_lo: usize, p_hi: usize| {
         let dw_ptr = &dw_ptr;
         let mut starts = [std::ptr::null::<f32>(); WC];
@@ -293,14 +294,19 @@ pub(crate) fn run_weight_grad(
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let (a0, d0) = (a.as_ptr().add(r0 * a_rs + q0), dw_ptr.0.add(r0 * pairs + p0));
-                        match rows {
-                            6 => dot_add_avx2::<6>(a0, a_rs, starts, len, d0, pairs, np),
-                            5 => dot_add_avx2::<5>(a0, a_rs, starts, len, d0, pairs, np),
-                            4 => dot_add_avx2::<4>(a0, a_rs, starts, len, d0, pairs, np),
-                            3 => dot_add_avx2::<3>(a0, a_rs, starts, len, d0, pairs, np),
-                            2 => dot_add_avx2::<2>(a0, a_rs, starts, len, d0, pairs, np),
-                            _ => dot_add_avx2::<1>(a0, a_rs, starts, len, d0, pairs, np),
+                        macro_rules! arms {
+                            ($dot:ident) => {
+                                match rows {
+                                    6 => $dot::<6>(a0, a_rs, starts, len, d0, pairs, np),
+                                    5 => $dot::<5>(a0, a_rs, starts, len, d0, pairs, np),
+                                    4 => $dot::<4>(a0, a_rs, starts, len, d0, pairs, np),
+                                    3 => $dot::<3>(a0, a_rs, starts, len, d0, pairs, np),
+                                    2 => $dot::<2>(a0, a_rs, starts, len, d0, pairs, np),
+                                    _ => $dot::<1>(a0, a_rs, starts, len, d0, pairs, np),
+                                }
+                            };
                         }
+                        if wide { arms!(dot_add_avx512) } else { arms!(dot_add_avx2) }
                     }
                 }
             }
@@ -357,6 +363,51 @@ unsafe fn dot_add_avx2<const R: usize>(
                     sum += *a.add(r * a_rs + q) * *b[i].add(q);
                 }
                 *dw.add(r * dw_rs + i) += sum;
+            }
+        }
+    }
+}
+
+/// [`dot_add_avx2`] in 16-float registers, the last partial vector read
+/// through a mask: half the instructions per column. The partial sums run
+/// over 16 lanes instead of 8, so the results differ from the AVX2 form's
+/// in the last bits (deterministic on a given CPU kind, like every sum
+/// here).
+///
+/// # Safety
+/// As for [`dot_add_avx2`], with AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_add_avx512<const R: usize>(
+    a: *const f32,
+    a_rs: usize,
+    b: [*const f32; WC],
+    len: usize,
+    dw: *mut f32,
+    dw_rs: usize,
+    np: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): the caller guarantees the ranges; masked loads
+    // read no lane past `len`.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); WC]; R];
+        let mut q = 0;
+        while q < len {
+            let left = len - q;
+            let k: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+            let bv = [_mm512_maskz_loadu_ps(k, b[0].add(q)), _mm512_maskz_loadu_ps(k, b[1].add(q))];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_maskz_loadu_ps(k, a.add(r * a_rs + q));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
+            }
+            q += 16;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (i, &v) in acc.iter().enumerate().take(np) {
+                *dw.add(r * dw_rs + i) += _mm512_reduce_add_ps(v);
             }
         }
     }
@@ -748,8 +799,8 @@ mod tests {
     }
 
     /// The weight-gradient sums against the plain ones: row and pair tails,
-    /// column tails, several passes, both thread modes (the last case is big
-    /// enough to be split over threads).
+    /// column tails, several passes, both thread modes (the third case is
+    /// big enough to be split over threads), the AVX-512 and AVX2 forms.
     #[test]
     fn weight_grad_matches_plain_sum() {
         if !available() {
@@ -763,9 +814,12 @@ mod tests {
             let (a_rs, b_rs) = (cols + 5, cols + 10);
             let a: Vec<f32> = (0..m * a_rs).map(|i| ((i * 613) % 19) as f32 / 9.0 - 1.0).collect();
             let b: Vec<f32> = (0..nc * b_rs).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
-            for parallel in [false, true] {
+            // Both forms where the CPU has AVX-512 (the AVX2 one elsewhere).
+            for (parallel, avx512) in [(false, true), (true, true), (false, false), (true, false)] {
                 let mut dw = vec![f32::NAN; m * nc * taps];
+                set_avx512(avx512);
                 run_weight_grad(m, nc, offs, cols, &a, a_rs, &b, b_rs, &mut dw, parallel);
+                set_avx512(true);
                 for r in 0..m {
                     for c in 0..nc {
                         for (t, off) in offs.iter().enumerate() {
