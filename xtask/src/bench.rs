@@ -115,8 +115,9 @@ pub struct AbArgs {
     #[arg(long)]
     case: String,
     /// What to switch: `fold` (batch norms folded into convolutions at
-    /// inference), `avx512` (the AVX-512 form of the direct kernel) or
-    /// `direct` (the direct kernel against one GEMM per tap).
+    /// inference), `avx512` (the AVX-512 form of the direct kernel),
+    /// `direct` (the direct kernel against one GEMM per tap) or
+    /// `keep-freed` (freed memory kept mapped against returned to the OS).
     #[arg(long)]
     toggle: String,
     /// Pairs of runs.
@@ -140,7 +141,8 @@ pub fn ab(a: &AbArgs) -> Result<()> {
         "fold" => anytime_blocks::mode::set_fold_batch_norm,
         "avx512" => anytime_ops::conv::set_avx512_kernel,
         "direct" => anytime_ops::conv::set_direct_kernel,
-        other => bail!("unknown toggle '{other}' (fold, avx512 or direct)"),
+        "keep-freed" => crate::keep_freed_memory,
+        other => bail!("unknown toggle '{other}' (fold, avx512, direct or keep-freed)"),
     };
     let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
         Some(c) => c,

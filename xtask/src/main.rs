@@ -97,7 +97,23 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// mimalloc's `mi_option_purge_delay` (not among the constants of
+/// libmimalloc-sys: its place in the option enum of mimalloc v2 and v3, just
+/// before `mi_option_use_numa_nodes`, checked here).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const _: () = assert!(libmimalloc_sys::mi_option_use_numa_nodes == MI_OPTION_PURGE_DELAY + 1);
+
+/// Whether freed memory stays mapped (`true`, set at start-up, as the CLI
+/// does: see its `keep_freed_memory`) or goes back to the OS after
+/// mimalloc's default 10 ms (`false`); `bench-ab --toggle keep-freed`
+/// compares the two.
+pub fn keep_freed_memory(keep: bool) {
+    // SAFETY: setting a mimalloc option is thread-safe.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, if keep { -1 } else { 10 }) }
+}
+
 fn main() -> Result<()> {
+    keep_freed_memory(true);
     match Cli::parse().task {
         Task::Ci => ci::run(),
         Task::Fuzz(a) => fuzz::run(&a),

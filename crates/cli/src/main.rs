@@ -17,6 +17,23 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ANYT
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (not among the constants of
+/// libmimalloc-sys: its place in the option enum of mimalloc v2 and v3, just
+/// before `mi_option_use_numa_nodes`, checked here).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const _: () = assert!(libmimalloc_sys::mi_option_use_numa_nodes == MI_OPTION_PURGE_DELAY + 1);
+
+/// Keeps freed memory mapped instead of returning it to the OS 10 ms later
+/// (mimalloc's default): every batch and training step frees and allocates
+/// the same sizes again, and memory given back must be faulted in and
+/// zeroed again; on the 2-core VM this took a MSDNet training step 1.7x as
+/// long (`cargo xtask bench-ab --toggle keep-freed`). The peak resident
+/// size does not change; the process keeps it until it exits.
+fn keep_freed_memory() {
+    // SAFETY: setting a mimalloc option is thread-safe.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 /// Adaptive-inference (multi-exit) image classifiers: MSDNet, RANet and
 /// multi-exit baselines, with real early exit.
 #[derive(Parser)]
@@ -82,6 +99,7 @@ fn main() -> ExitCode {
     }
     // SAFETY: first thing in main, before any thread exists.
     unsafe { anytime_ops::no_barrier_spin_unless_set() };
+    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
