@@ -6,9 +6,12 @@
 //!
 //! - [`conv`]: 2-D convolution (custom ops on CPU: shifted sums on padded
 //!   planes, run by AVX2/FMA register-blocked kernels where the CPU has them
-//!   (the forward block in 512-bit registers where it has AVX-512F, with the
-//!   same bits) and by one GEMM per kernel tap elsewhere, direct depthwise kernels,
-//!   im2col + GEMM kept for comparison);
+//!   (in 512-bit registers where it has AVX-512F: the forward and input
+//!   gradient blocks with the AVX2 form's bits, the weight gradient's sums
+//!   over 16 lanes) and by one GEMM per kernel tap elsewhere, direct
+//!   depthwise kernels, im2col + GEMM kept for comparison), and the fused
+//!   inference convolution `conv2d_bias_act` (a batch norm folded into the
+//!   weights and bias, the ReLU applied as the output is stored);
 //! - [`conv_transpose`]: 2-D transposed convolution (`nn.ConvTranspose2d`:
 //!   stride, padding, output padding) on the same kernels, the roles of
 //!   forward and input gradient swapped;
@@ -70,13 +73,14 @@ pub fn set_stock_ops(on: bool) {
 }
 
 /// The convolution micro-kernels this CPU runs, chosen at run time:
-/// `"AVX-512 (direct forward), AVX2/FMA"` (x86-64 with AVX-512F: the direct
-/// convolution's forward and input-gradient block in 512-bit registers, the
-/// rest AVX2), `"AVX2/FMA"` (AVX2 and FMA) or `"generic"` (GEMM paths only).
+/// `"AVX-512 (direct convolutions and weight gradients), AVX2/FMA"`
+/// (x86-64 with AVX-512F: the direct convolution's forward and
+/// input-gradient blocks and its weight-gradient sums in 512-bit registers,
+/// the rest AVX2), `"AVX2/FMA"` (AVX2 and FMA) or `"generic"` (GEMM paths only).
 /// For benchmark reports.
 pub fn kernel_set() -> &'static str {
     if kernels::direct::use_avx512() {
-        "AVX-512 (direct forward), AVX2/FMA"
+        "AVX-512 (direct convolutions and weight gradients), AVX2/FMA"
     } else if kernels::direct::available() {
         "AVX2/FMA"
     } else {
