@@ -2,7 +2,7 @@
 //! patch coordinates from `infer --arch gfnet`, per-step costs, and clear
 //! errors for bad configurations and inputs.
 
-use crate::util::{close, fails, fixture, infer, ok, s, temp_dir};
+use crate::util::{close, close_tol, fails, fixture, infer, ok, s, temp_dir};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,12 +23,15 @@ fn weights(name: &str, dir: &std::path::Path) -> PathBuf {
 /// families (scale-relative tolerance: see the models crate's parity test).
 #[test]
 fn r24_gfnet_infer_matches_the_reference_step_loop() {
-    for (name, tol) in [("gfnet_mnv3_small", 4e-4f32), ("gfnet_resnet18", 3e-5)] {
-        let dir = temp_dir(&format!("gfnet-{name}"));
+    // The fused inference path (the default), then layer by layer.
+    let runs =
+        [("gfnet_mnv3_small", 4e-4f32), ("gfnet_resnet18", 3e-5)].into_iter().flat_map(|c| [(c, true), (c, false)]);
+    for ((name, tol), fold) in runs {
+        let dir = temp_dir(&format!("gfnet-{name}-{fold}"));
         let w = weights(name, &dir);
         let out = dir.join("out.safetensors");
         let (cfg, io) = (fixture(name, "config.json"), fixture(name, "io.safetensors"));
-        let got = infer("gfnet", &cfg, &w, &io, &out, &[]);
+        let got = infer("gfnet", &cfg, &w, &io, &out, if fold { &[] } else { &["--no-fold"] });
         let want = candle_core::safetensors::load(&io, &Device::Cpu).expect("fixture");
         let t: usize = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&cfg).expect("config"))
             .expect("json")["T"]
@@ -49,7 +52,13 @@ fn r24_gfnet_infer_matches_the_reference_step_loop() {
             if k == 0 {
                 continue;
             }
-            close(&format!("{name} actions.{k}"), &got[&format!("actions.{k}")], &want[&format!("actions.{k}")]);
+            // The MobileNet fixture's activations of ~6e4 put the folded
+            // path's actions up to 1.5e-4 from the reference's (weights
+            // scaled by the batch norms before the sums): half the logits'
+            // scaled tolerance there, the fixtures' 1e-4 otherwise.
+            let atol = if fold { (tol / 2.0).max(1e-4) } else { 1e-4 };
+            let what = format!("{name} actions.{k} (fold {fold})");
+            close_tol(&what, &got[&format!("actions.{k}")], &want[&format!("actions.{k}")], atol);
             let coords = &got[&format!("coords.{k}")];
             assert_eq!(coords.dtype(), candle_core::DType::I32, "{name}");
             assert_eq!(

@@ -26,11 +26,22 @@ fn final_weights(dir: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// Runs `args` and returns how long the run took (the uninterrupted
+/// reference, whose duration sets the moments of the kills).
+fn timed_ok(args: &[String]) -> Duration {
+    let start = Instant::now();
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    start.elapsed()
+}
+
 /// Runs `args` (a resumable run in `dir`) and kills it with SIGKILL at a
-/// fixed pseudo-random schedule of moments between 0.2 and 1.7 s, resuming
-/// each time, until a run finishes; checks that every checkpoint left is
-/// whole. Returns the number of kills.
-fn kill_until_finished(args: &[String], dir: &std::path::Path) -> usize {
+/// fixed pseudo-random schedule of moments between 10 % and 40 % of
+/// `whole`, the uninterrupted run's duration (so the schedule follows the
+/// machine's and the kernels' speed, and no attempt gets far enough for the
+/// next to finish unkilled: at least two kills), resuming each time, until a
+/// run finishes; checks that every checkpoint left is whole. Returns the number
+/// of kills.
+fn kill_until_finished(args: &[String], dir: &std::path::Path, whole: Duration) -> usize {
     // The schedule is fixed so that the test is reproducible.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
@@ -41,7 +52,7 @@ fn kill_until_finished(args: &[String], dir: &std::path::Path) -> usize {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let wait = Duration::from_millis(200 + state % 1500);
+        let wait = whole.mul_f64(0.1 + 0.3 * (state % 1000) as f64 / 1000.0).max(Duration::from_millis(50));
         let start = Instant::now();
         let finished = loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -85,12 +96,11 @@ fn assert_same_metrics(a: &std::path::Path, b: &std::path::Path) {
 #[test]
 fn r06_kill_and_resume_gives_the_same_weights() {
     let reference = temp_dir("resume-ref");
-    let args = train_args(&reference);
-    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = timed_ok(&train_args(&reference));
 
     let killed = temp_dir("resume-killed");
     let args = train_args(&killed);
-    let kills = kill_until_finished(&args, &killed);
+    let kills = kill_until_finished(&args, &killed, whole);
     assert!(kills >= 2, "the run finished before it could be killed twice ({kills} kills)");
     for entry in std::fs::read_dir(&killed).expect("run dir") {
         let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
@@ -133,9 +143,9 @@ fn r21_later_stage_with_frozen_group_and_stochastic_objective_survives_sigkill()
         a
     };
     let reference = temp_dir("stage-ref");
-    ok(&tune_args(&reference).iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = timed_ok(&tune_args(&reference));
     let killed = temp_dir("stage-killed");
-    let kills = kill_until_finished(&tune_args(&killed), &killed);
+    let kills = kill_until_finished(&tune_args(&killed), &killed, whole);
     assert!(kills >= 2, "the stage finished before it could be killed twice ({kills} kills)");
     let (a, b) = (final_weights(&reference), final_weights(&killed));
     assert_same_bits(&a, &b, kills);

@@ -96,11 +96,16 @@ pub fn infer(
 /// Asserts `|a − b| ≤ 1e-4 + 1e-4·|b|` element-wise (the fixtures'
 /// tolerance), with equal shapes.
 pub fn close(what: &str, a: &Tensor, b: &Tensor) {
+    close_tol(what, a, b, 1e-4)
+}
+
+/// Asserts `|a − b| ≤ tol + tol·|b|` element-wise, with equal shapes.
+pub fn close_tol(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert_eq!(a.dims(), b.dims(), "{what}");
     let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
     let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32");
     for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{what}: {x} vs {y}");
+        assert!((x - y).abs() <= tol + tol * y.abs(), "{what}: {x} vs {y}");
     }
 }
 
