@@ -2,7 +2,7 @@
 //! patch coordinates from `infer --arch gfnet`, per-step costs, and clear
 //! errors for bad configurations and inputs.
 
-use crate::util::{close, close_tol, fails, fixture, infer, ok, s, temp_dir};
+use crate::util::{close_tol, fails, fixture, infer, ok, s, temp_dir};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
