@@ -3,7 +3,7 @@ on CPU and prints one JSON object {case name: seconds}.
 
 Usage: python torch_bench.py CASES.json THREADS
        python torch_bench.py --serve CASES.json THREADS
-       python torch_bench.py --memory CASES.json THREADS NAME
+       python torch_bench.py --memory CASES.json THREADS NAME   (the case's peak memory)
 With --serve the process stays up and times one case per request: each line
 read from stdin is a case name, each answer one JSON line {"name", "seconds"}
 (null when the case has no torch side); cases are built once, at their first
@@ -243,16 +243,28 @@ def build(c):
     return fn(c) if fn else None
 
 
+def status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise SystemExit(f"no {field} in /proc/self/status")
+
+
 if MEMORY:
-    # One case in this process: run it three times, print the peak resident
-    # memory in MiB (ru_maxrss is in KiB on Linux).
-    import resource
+    # One case in this process: run it three times, print its peak resident
+    # memory in MiB, less the resident size of Python with torch imported
+    # (importing torch peaks above most cases on its own); the high-water
+    # mark restarts from the current size first (Linux, clear_refs value 5).
+    base = status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     run = build(next(c for c in cases if c["name"] == ARGS[2]))
     if run is None:
         sys.exit(1)
     for _ in range(3):
         run()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(status_mib("VmHWM") - base)
 elif SERVE:
     by_name = {c["name"]: c for c in cases}
     built = {}

@@ -86,25 +86,42 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Runs case `a.case` `a.repeat` times (three by default) in this process and prints its peak
-/// resident memory in MiB.
+/// Resident size of this process now, MiB (`VmRSS`).
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs case `a.case` `a.repeat` times (three by default) in this process
+/// and prints the case's peak resident memory in MiB: the process's peak
+/// while it runs, less the resident size of the bare binary before any case
+/// was built (torch's side: less Python with torch imported). The other
+/// cases are built too (the case list is built whole) and dropped, with
+/// freed memory returned to the OS at once, and what is left free is handed
+/// back before the peak is restarted; the runs keep freed memory, as the
+/// binaries do.
 pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
     // SAFETY: set before any thread of ours starts; read by rayon and candle.
     unsafe {
         std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
         anytime_ops::no_barrier_spin_unless_set();
     }
+    let base = rss_mib().context("no /proc/self/status")?;
+    crate::return_freed_memory_at_once();
     let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
         Some(c) => c,
         None => bail!("no benchmark case named '{}'", a.case),
     };
-    // Every other case was built and dropped: restart the high-water mark
-    // from the current resident size (Linux ≥ 4.0, `clear_refs` value 5).
+    crate::release_freed_memory();
+    // Restart the high-water mark from the current resident size (Linux ≥
+    // 4.0, `clear_refs` value 5).
     std::fs::write("/proc/self/clear_refs", "5").context("cannot reset the peak resident size")?;
     for _ in 0..a.repeat.max(1) {
         (case.run)()?;
     }
-    println!("{}", peak_rss_mib().context("no /proc/self/status")?);
+    println!("{}", peak_rss_mib().context("no /proc/self/status")? - base);
     Ok(())
 }
 

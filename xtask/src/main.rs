@@ -112,8 +112,33 @@ pub fn keep_freed_memory(keep: bool) {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, if keep { -1 } else { 10 }) }
 }
 
+/// Returns freed memory to the OS at once from now on (the memory worker,
+/// while it builds the cases it does not measure: memory freed while it is
+/// kept is not handed back even by a later collection).
+pub fn return_freed_memory_at_once() {
+    // SAFETY: setting a mimalloc option is thread-safe.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
+/// Hands every freed page back to the OS now (the memory worker, before it
+/// restarts its peak), then keeps freed memory again, as the binaries run.
+pub fn release_freed_memory() {
+    return_freed_memory_at_once();
+    // SAFETY: collecting is thread-safe.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+    keep_freed_memory_unless_chosen();
+}
+
+/// Keeps freed memory mapped unless the user chose mimalloc's purge delay
+/// in `MIMALLOC_PURGE_DELAY` (e.g. 0: a lower peak, slower steps).
+fn keep_freed_memory_unless_chosen() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        keep_freed_memory(true);
+    }
+}
+
 fn main() -> Result<()> {
-    keep_freed_memory(true);
+    keep_freed_memory_unless_chosen();
     match Cli::parse().task {
         Task::Ci => ci::run(),
         Task::Fuzz(a) => fuzz::run(&a),

@@ -27,9 +27,14 @@ const _: () = assert!(libmimalloc_sys::mi_option_use_numa_nodes == MI_OPTION_PUR
 /// (mimalloc's default): every batch and training step frees and allocates
 /// the same sizes again, and memory given back must be faulted in and
 /// zeroed again; on the 2-core VM this took a MSDNet training step 1.7x as
-/// long (`cargo xtask bench-ab --toggle keep-freed`). The peak resident
-/// size does not change; the process keeps it until it exits.
+/// long (`cargo xtask bench-ab --toggle keep-freed`). It costs peak memory:
+/// 13-22 % more on the bench's model cases (`xtask bench-memory`, docs/log/
+/// 2026-12-03-fused-inference-and-avx512.md). A user who sets
+/// `MIMALLOC_PURGE_DELAY` (e.g. `0`: memory back at once) keeps that choice.
 fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: setting a mimalloc option is thread-safe.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
