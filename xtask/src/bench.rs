@@ -340,8 +340,10 @@ impl BenchReport {
         let measured: Vec<&BenchCase> = self.cases.iter().filter(|c| c.peak_mib.is_some()).collect();
         if !measured.is_empty() {
             table.push_str(
-                "\nPeak resident memory of a process running only the case (ours: this binary; torch: Python with torch \
-                 imported), MiB:\n\n| case | ours | torch | ours / torch |\n|---|---|---|---|\n",
+                "\nPeak resident memory of the case, MiB: a process of its own runs it three times; its peak \
+                 resident size less its size before the case was built (ours: the bare binary, which keeps freed \
+                 memory mapped; torch: Python with torch imported).\n\n| case | ours | torch | ours / torch \
+                 |\n|---|---|---|---|\n",
             );
             for c in measured {
                 let (o, t) = c.peak_mib.unwrap_or((None, None));
