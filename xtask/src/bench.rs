@@ -133,8 +133,10 @@ pub struct AbArgs {
     case: String,
     /// What to switch: `fold` (batch norms folded into convolutions at
     /// inference), `avx512` (the AVX-512 form of the direct kernel),
-    /// `direct` (the direct kernel against one GEMM per tap) or
-    /// `keep-freed` (freed memory kept mapped against returned to the OS).
+    /// `direct` (the direct kernel against one GEMM per tap), `keep-freed`
+    /// (freed memory kept mapped against returned to the OS) or
+    /// `depthwise-padded` (the padded-plane depthwise kernels against the
+    /// row-by-row ones).
     #[arg(long)]
     toggle: String,
     /// Pairs of runs.
@@ -159,7 +161,8 @@ pub fn ab(a: &AbArgs) -> Result<()> {
         "avx512" => anytime_ops::conv::set_avx512_kernel,
         "direct" => anytime_ops::conv::set_direct_kernel,
         "keep-freed" => crate::keep_freed_memory,
-        other => bail!("unknown toggle '{other}' (fold, avx512, direct or keep-freed)"),
+        "depthwise-padded" => anytime_ops::conv::set_depthwise_padded,
+        other => bail!("unknown toggle '{other}' (fold, avx512, direct, keep-freed or depthwise-padded)"),
     };
     let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
         Some(c) => c,

@@ -246,6 +246,15 @@ pub fn set_avx512_kernel(on: bool) {
     kernels::direct::set_avx512(on);
 }
 
+/// Turns the padded-plane depthwise kernels (stride 1: every tap one long
+/// multiply-add over a zero-padded plane) off (`false`: the row-by-row
+/// kernels run for every geometry) or back on (the default). Both give the
+/// same results up to float rounding. For the benchmark and the tests.
+#[doc(hidden)]
+pub fn set_depthwise_padded(on: bool) {
+    kernels::depthwise::set_padded(on);
+}
+
 /// Candle's stock convolution with the same interface (the comparison point
 /// of the tests and the benchmark).
 pub fn conv2d_stock(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
@@ -347,7 +356,18 @@ mod tests {
     #[test]
     fn depthwise_matches_stock_candle() -> Result<()> {
         // The direct depthwise kernels: 3x3 and 5x5, stride 1 and 2, odd
-        // sizes, padding, dilation, batch 1.
+        // sizes, padding, dilation, batch 1; stride 1 through the
+        // padded-plane kernels and through the row-by-row ones.
+        for padded in [true, false] {
+            set_depthwise_padded(padded);
+            let r = depthwise_cases();
+            set_depthwise_padded(true);
+            r?;
+        }
+        Ok(())
+    }
+
+    fn depthwise_cases() -> Result<()> {
         let mut rng = crate::test_util::Lcg(777);
         for case in 0..24 {
             let k = [3, 5][case % 2];
