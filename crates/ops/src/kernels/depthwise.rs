@@ -342,7 +342,13 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         dw.par_chunks_mut(kk).enumerate().for_each(|(c, out)| {
             for n in 0..g.n {
                 let plane = n * g.c_in + c;
-                backward_weight_plane_isa(isa, g, &x[plane * hw..(plane + 1) * hw], &dy[plane * ohw..(plane + 1) * ohw], out);
+                backward_weight_plane_isa(
+                    isa,
+                    g,
+                    &x[plane * hw..(plane + 1) * hw],
+                    &dy[plane * ohw..(plane + 1) * ohw],
+                    out,
+                );
             }
         });
         return dw;
