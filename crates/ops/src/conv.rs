@@ -353,6 +353,17 @@ mod tests {
         Ok(())
     }
 
+    /// Strided convolutions on rows longer than one 32-float chunk of the
+    /// dealing into phase planes (odd and even widths and paddings).
+    #[test]
+    fn strided_wide_rows_match_stock_candle() -> Result<()> {
+        let p = Conv2dParams { stride: 2, ..Default::default() };
+        check(2, 3, 4, (7, 45), 3, Conv2dParams { padding: 1, ..p }, 41)?;
+        check(2, 3, 4, (6, 66), 3, Conv2dParams { padding: 2, ..p }, 42)?;
+        check(1, 2, 3, (5, 33), 5, Conv2dParams { padding: 0, ..p }, 43)?;
+        Ok(())
+    }
+
     #[test]
     fn depthwise_matches_stock_candle() -> Result<()> {
         // The direct depthwise kernels: 3x3 and 5x5, stride 1 and 2, odd

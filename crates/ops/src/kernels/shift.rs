@@ -173,6 +173,12 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
             }
             for (y, srow) in src.chunks_exact(w).enumerate() {
                 let (a, u) = ((y + p) % st, (y + p) / st);
+                if st == 2 && l.used[2 * a] && l.used[2 * a + 1] {
+                    // Both column phases of this row in one pass over it.
+                    let row = |b: usize| base + (2 * a + b) * l.ld + u * l.wq;
+                    split_pairs(srow, p, &mut xp[..], (row(p % 2), row(1 - p % 2)));
+                    continue;
+                }
                 for &(b, x0, v0, n) in &cols {
                     let phase = a * st + b;
                     if l.used[phase] {
@@ -188,6 +194,32 @@ fn pad_input(g: &ConvGeom, x: &[f32], first: usize, gi: usize, l: &Wide, xp: &mu
                 }
             }
         }
+    }
+}
+
+/// Stride 2: deals one input row over its two column phases in one pass,
+/// pair by pair (the loop the compiler turns into deinterleaving shuffles):
+/// padded column `x + p` of phase `(x + p) mod 2` lands at `(x + p) div 2`,
+/// so even columns go to the row at `even` from `p div 2` on and odd ones to
+/// the row at `odd` from `(p + 1) div 2` on (offsets into `xp`; the two rows
+/// lie in different phase planes, so they do not overlap).
+fn split_pairs(srow: &[f32], p: usize, xp: &mut [f32], (even, odd): (usize, usize)) {
+    let w = srow.len();
+    let (ne, no) = (w.div_ceil(2), w / 2);
+    let (e0, o0) = (even + p / 2, odd + p.div_ceil(2));
+    let (de, dodd) = if e0 < o0 {
+        let (lo, hi) = xp.split_at_mut(o0);
+        (&mut lo[e0..e0 + ne], &mut hi[..no])
+    } else {
+        let (lo, hi) = xp.split_at_mut(e0);
+        (&mut hi[..ne], &mut lo[o0..o0 + no])
+    };
+    for ((pair, e), o) in srow.chunks_exact(2).zip(de.iter_mut()).zip(dodd.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    if w % 2 == 1 {
+        de[ne - 1] = srow[w - 1];
     }
 }
 
