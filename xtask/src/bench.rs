@@ -77,20 +77,18 @@ pub struct MemoryArgs {
     repeat: usize,
 }
 
-/// Peak resident memory of this process so far, MiB (`VmHWM` of
-/// `/proc/self/status`; `None` where there is no such file).
-fn peak_rss_mib() -> Option<f64> {
+/// A size field of `/proc/self/status` in MiB: `VmRSS` (resident now) or
+/// `VmHWM` (the peak so far); `None` where there is no such file.
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Resident size of this process now, MiB (`VmRSS`).
-fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -108,7 +106,7 @@ pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
         anytime_ops::no_barrier_spin_unless_set();
     }
-    let base = rss_mib().context("no /proc/self/status")?;
+    let base = status_mib("VmRSS").context("no /proc/self/status")?;
     crate::return_freed_memory_at_once();
     let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
         Some(c) => c,
@@ -121,7 +119,7 @@ pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
     for _ in 0..a.repeat.max(1) {
         (case.run)()?;
     }
-    println!("{}", peak_rss_mib().context("no /proc/self/status")? - base);
+    println!("{}", status_mib("VmHWM").context("no /proc/self/status")? - base);
     Ok(())
 }
 

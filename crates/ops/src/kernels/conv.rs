@@ -212,7 +212,7 @@ impl Epilogue<'_> {
     #[inline]
     pub(crate) fn copy(&self, co: usize, dst: &mut [f32], src: &[f32]) {
         if self.is_none() {
-            return super::depthwise::copy_short(dst, src);
+            return super::copy_short(dst, src);
         }
         let b = self.bias.map_or(0.0, |b| b[co]);
         if self.relu {

@@ -61,35 +61,18 @@ fn pad_plane(src: &[f32], (h, w, p): (usize, usize, usize), pb: &mut [f32]) {
     pb[..p * wq + p].fill(0.0);
     for (y, row) in src.chunks_exact(w).enumerate().take(h) {
         let at = (y + p) * wq + p;
-        copy_short(&mut pb[at..at + w], row);
+        super::copy_short(&mut pb[at..at + w], row);
         let next = if y + 1 < h { at + wq } else { pb.len() };
         pb[at + w..next].fill(0.0);
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short rows of small feature maps:
-/// 16-float pieces the compiler keeps inline (a `memcpy` call per 28-float
-/// row cost a fifth of the depthwise bench case).
-#[inline(always)]
-pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let mut d = dst.chunks_exact_mut(16);
-    let mut s = src.chunks_exact(16);
-    for (d, s) in (&mut d).zip(&mut s) {
-        if let (Ok(d), Ok(s)) = (<&mut [f32; 16]>::try_from(d), <&[f32; 16]>::try_from(s)) {
-            *d = *s;
-        }
-    }
-    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = s;
-    }
-}
-
-/// `acc[q] = Σ_t filt[t] · pb[q + off_t]` for `q < acc.len()`, the taps in
+/// `acc[q] = Σ_t weight(t) · pb[q + off_t]` for `q < acc.len()`, the taps in
 /// row-major order, `off_t = ki·wq + kj`: every tap one long contiguous
 /// multiply-add over the padded plane (vectorised), instead of one short one
 /// per output row.
 #[inline(always)]
-fn taps_wide(filt: &[f32], k: usize, wq: usize, pb: &[f32], acc: &mut [f32]) {
+fn taps_wide(weight: impl Fn(usize) -> f32, k: usize, wq: usize, pb: &[f32], acc: &mut [f32]) {
     // Blocks of SPAN outputs summed over every tap in registers, stored
     // once; the sum order per output is the taps' order either way.
     const SPAN: usize = 64;
@@ -98,7 +81,8 @@ fn taps_wide(filt: &[f32], k: usize, wq: usize, pb: &[f32], acc: &mut [f32]) {
     for (b, out) in (&mut blocks).enumerate() {
         let q = b * SPAN;
         let mut a = [0f32; SPAN];
-        for (t, &wv) in filt.iter().enumerate().take(k * k) {
+        for t in 0..k * k {
+            let wv = weight(t);
             if let Ok(src) = <&[f32; SPAN]>::try_from(&pb[(t / k) * wq + t % k + q..][..SPAN]) {
                 for l in 0..SPAN {
                     a[l] += wv * src[l];
@@ -110,7 +94,8 @@ fn taps_wide(filt: &[f32], k: usize, wq: usize, pb: &[f32], acc: &mut [f32]) {
     let rest = blocks.into_remainder();
     let q = n - rest.len();
     rest.fill(0.0);
-    for (t, &wv) in filt.iter().enumerate().take(k * k) {
+    for t in 0..k * k {
+        let wv = weight(t);
         for (a, &v) in rest.iter_mut().zip(&pb[(t / k) * wq + t % k + q..]) {
             *a += wv * v;
         }
@@ -125,7 +110,7 @@ fn forward_plane(g: &ConvGeom, src: &[f32], filt: &[f32], out: &mut [f32], ep: E
     let cols = g.oh * wq;
     super::with_scratch((g.h + 2 * g.pad) * wq + g.k, cols, |pb, acc| {
         pad_plane(src, (g.h, g.w, g.pad), pb);
-        taps_wide(filt, g.k, wq, pb, acc);
+        taps_wide(|t| filt[t], g.k, wq, pb, acc);
         for (row, wide) in out.chunks_exact_mut(g.ow).zip(acc.chunks(wq)) {
             ep.copy(c, row, &wide[..g.ow]);
         }
@@ -139,25 +124,24 @@ fn backward_input_plane(g: &ConvGeom, grad: &[f32], filt: &[f32], out: &mut [f32
     let q = g.k - 1 - g.pad;
     let wq = g.ow + 2 * q;
     let kk = g.k * g.k;
-    let mirrored: [f32; 49] = std::array::from_fn(|t| if t < kk { filt[kk - 1 - t] } else { 0.0 });
     super::with_scratch((g.oh + 2 * q) * wq + g.k, g.h * wq, |pb, acc| {
         pad_plane(grad, (g.oh, g.ow, q), pb);
-        taps_wide(&mirrored[..kk], g.k, wq, pb, acc);
+        taps_wide(|t| filt[kk - 1 - t], g.k, wq, pb, acc);
         for (row, wide) in out.chunks_exact_mut(g.w).zip(acc.chunks(wq)) {
-            copy_short(row, &wide[..g.w]);
+            super::copy_short(row, &wide[..g.w]);
         }
     });
 }
 
-/// `Σ a[i]·b[i]` in 64 independent lanes (four vector registers' worth of
-/// partial sums in flight), reduced in a fixed order.
+/// `Σ a[i]·b[i]` in `L` independent lanes (so it vectorises; more lanes,
+/// more partial sums in flight), reduced in a fixed order.
 #[inline(always)]
-fn dot64(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 64];
-    let (ca, cb) = (a.chunks_exact(64), b.chunks_exact(64));
+fn dot<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for l in 0..64 {
+        for l in 0..L {
             acc[l] += x[l] * y[l];
         }
     }
@@ -178,12 +162,12 @@ fn backward_weight_plane(g: &ConvGeom, src: &[f32], grad: &[f32], out: &mut [f32
     super::with_scratch((g.h + 2 * g.pad) * wq + g.k, cols, |pb, gw| {
         pad_plane(src, (g.h, g.w, g.pad), pb);
         for (wide, row) in gw.chunks_mut(wq).zip(grad.chunks_exact(g.ow)) {
-            copy_short(&mut wide[..g.ow], row);
+            super::copy_short(&mut wide[..g.ow], row);
             wide[g.ow..].fill(0.0);
         }
         for ki in 0..g.k {
             for kj in 0..g.k {
-                out[ki * g.k + kj] += dot64(gw, &pb[ki * wq + kj..][..cols]);
+                out[ki * g.k + kj] += dot::<64>(gw, &pb[ki * wq + kj..][..cols]);
             }
         }
     });
@@ -250,7 +234,7 @@ per_isa!(backward_weight_plane_isa, backward_weight_plane, (g: &ConvGeom, src: &
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     let (hw, ohw, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.stride);
     let mut y = vec![0f32; g.n * g.c_out * ohw];
-    if padded(g) && kk <= 49 {
+    if padded(g) {
         let isa = isa();
         y.par_chunks_mut(ohw).enumerate().for_each(|(plane, out)| {
             let c = plane % g.c_in;
@@ -285,7 +269,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
 pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, ohw, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.stride);
     let mut dx = vec![0f32; g.n * g.c_in * hw];
-    if padded(g) && kk <= 49 {
+    if padded(g) {
         let isa = isa();
         dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
             let c = plane % g.c_in;
@@ -313,24 +297,6 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         });
     });
     dx
-}
-
-/// `Σ a[i]·b[i]` in eight independent lanes (so it vectorises), reduced in a
-/// fixed order.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `dw [c, 1, k, k]` from `x [n, c, h, w]` and `dy [n, c, oh, ow]`.
@@ -363,11 +329,11 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let row = &src[iy * g.w..(iy + 1) * g.w];
                 let gr = &grad[oy * g.ow + lo..oy * g.ow + hi];
                 out[ki * g.k + kj] += if s == 1 {
-                    dot(gr, &row[ix0..ix0 + (hi - lo)])
+                    dot::<8>(gr, &row[ix0..ix0 + (hi - lo)])
                 } else {
                     strided.clear();
                     strided.extend((0..hi - lo).map(|i| row[ix0 + i * s]));
-                    dot(gr, &strided)
+                    dot::<8>(gr, &strided)
                 };
             });
         }

@@ -185,8 +185,8 @@ pub(crate) fn run(
                         // largest) and every write of `out` (row < m,
                         // column < pc ≤ out_rs; side-by-side blocks end at
                         // q + PAIR·NR ≤ t1 ≤ pc); threads write disjoint
-                        // column ranges; AVX2 and FMA (and for pairs
-                        // AVX-512F) are present.
+                        // column ranges; AVX2 and FMA (and for the
+                        // AVX-512 form AVX-512F) are present.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
                             let w = (w.as_ptr().add(r0 * w_rs + c0 * w_cs), w_rs, w_cs);
@@ -195,7 +195,9 @@ pub(crate) fn run(
                             let acc = accumulate || c0 > 0;
                             if pair {
                                 let masks = std::array::from_fn(|b| mp(q + b * NR));
-                                block_avx512_wide_rows(rows, taps, kc, w, inp, out, acc, masks);
+                                block_avx512_wide_rows::<PAIR>(rows, taps, kc, w, inp, out, acc, masks);
+                            } else if wide {
+                                block_avx512_wide_rows::<1>(rows, taps, kc, w, inp, out, acc, [mp(q)]);
                             } else {
                                 block_avx2_rows(rows, taps, kc, w, inp, out, acc, mp(q));
                             }
@@ -449,16 +451,8 @@ unsafe fn block_avx2_rows(
             }
         };
     }
-    // SAFETY: forwarded from the caller; the AVX-512 kernel only where the
-    // CPU has AVX-512F.
-    unsafe {
-        match (use_avx512(), masks.is_null()) {
-            (true, true) => arms!(block_avx512, false),
-            (true, false) => arms!(block_avx512, true),
-            (false, true) => arms!(block_avx2, false),
-            (false, false) => arms!(block_avx2, true),
-        }
-    }
+    // SAFETY: forwarded from the caller.
+    unsafe { if masks.is_null() { arms!(block_avx2, false) } else { arms!(block_avx2, true) } }
 }
 
 static AVX512_ENABLED: AtomicBool = AtomicBool::new(true);
@@ -488,63 +482,13 @@ pub(crate) fn use_avx512() -> bool {
     AVX512_ENABLED.load(Ordering::Relaxed) && avx512_available()
 }
 
-/// [`block_avx2`] with one 16-float register per output row instead of two
-/// 8-float ones: the same multiply-adds in the same order (so the same
-/// results, bit for bit), half the instructions.
-///
-/// # Safety
-/// As for [`block_avx2`], with AVX-512F available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn block_avx512<const R: usize, const MASKED: bool>(
-    taps: &[Tap],
-    nc: usize,
-    (w, w_rs, w_cs): (*const f32, usize, usize),
-    (inp, rs): (*const f32, usize),
-    (out, ors): (*mut f32, usize),
-    accumulate: bool,
-    masks: *const u32,
-) {
-    use std::arch::x86_64::*;
-    const _: () = assert!(NR == 16, "one 16-float register per row");
-    // SAFETY (whole body): the caller guarantees the pointer ranges above.
-    unsafe {
-        let mut acc = [_mm512_setzero_ps(); R];
-        for tap in taps {
-            let mut x = inp.add(tap.inp);
-            let mut wc = w.add(tap.w);
-            let keep = if MASKED {
-                _mm512_loadu_si512(masks.add(tap.mask * NR) as *const __m512i)
-            } else {
-                _mm512_set1_epi32(-1)
-            };
-            for _ in 0..nc {
-                let mut xv = _mm512_loadu_ps(x);
-                if MASKED {
-                    xv = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(xv), keep));
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wc.add(r * w_rs)), xv, *a);
-                }
-                wc = wc.add(w_cs);
-                x = x.add(rs);
-            }
-        }
-        for (r, &a) in acc.iter().enumerate() {
-            let o = out.add(r * ors);
-            let a = if accumulate { _mm512_add_ps(a, _mm512_loadu_ps(o)) } else { a };
-            _mm512_storeu_ps(o, a);
-        }
-    }
-}
-
 /// [`block_avx512_wide`] for `rows` (1 to [`MR`]) rows.
 ///
 /// # Safety
 /// As for [`block_avx512_wide`].
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_avx512_wide_rows(
+unsafe fn block_avx512_wide_rows<const B: usize>(
     rows: usize,
     taps: &[Tap],
     nc: usize,
@@ -552,18 +496,18 @@ unsafe fn block_avx512_wide_rows(
     inp: (*const f32, usize),
     out: (*mut f32, usize),
     accumulate: bool,
-    masks: [*const u32; PAIR],
+    masks: [*const u32; B],
 ) {
     const _: () = assert!(MR == 6, "one arm per row count");
     macro_rules! arms {
         ($masked:literal) => {
             match rows {
-                6 => block_avx512_wide::<6, PAIR, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                5 => block_avx512_wide::<5, PAIR, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                4 => block_avx512_wide::<4, PAIR, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                3 => block_avx512_wide::<3, PAIR, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                2 => block_avx512_wide::<2, PAIR, $masked>(taps, nc, w, inp, out, accumulate, masks),
-                _ => block_avx512_wide::<1, PAIR, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                6 => block_avx512_wide::<6, B, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                5 => block_avx512_wide::<5, B, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                4 => block_avx512_wide::<4, B, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                3 => block_avx512_wide::<3, B, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                2 => block_avx512_wide::<2, B, $masked>(taps, nc, w, inp, out, accumulate, masks),
+                _ => block_avx512_wide::<1, B, $masked>(taps, nc, w, inp, out, accumulate, masks),
             }
         };
     }
@@ -577,16 +521,17 @@ unsafe fn block_avx512_wide_rows(
 /// with two and 0.53–0.55x with four (`xtask bench-ab --toggle avx512`).
 const PAIR: usize = 4;
 
-/// `B` [`block_avx512`] blocks side by side (columns `b·NR..(b + 1)·NR`,
-/// each with its own masks): `B` 16-float accumulators per row, so `R·B`
-/// multiply-add chains are in flight instead of `R` (with one block the FMA
-/// latency, not the throughput, bounded the kernel), and each input vector
-/// loaded serves `R` rows, each weight broadcast `B` blocks. Each output is
-/// the same multiply-adds in the same order, so the same bits.
+/// The AVX-512 form of [`block_avx2`]: `B` blocks side by side (columns
+/// `b·NR..(b + 1)·NR`, each with its own masks), one 16-float register per
+/// output row and block, so `R·B` multiply-add chains are in flight (with
+/// one block the FMA latency, not the throughput, bounded the kernel), and
+/// each input vector loaded serves `R` rows, each weight broadcast `B`
+/// blocks. Each output is the AVX2 form's multiply-adds in the same order,
+/// so the same bits.
 ///
 /// # Safety
-/// As for [`block_avx512`], for `B·NR` columns (inputs, outputs, and masks
-/// at every pointer).
+/// As for [`block_avx2`], for `B·NR` columns (inputs, outputs, and masks at
+/// every pointer), with AVX-512F available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn block_avx512_wide<const R: usize, const B: usize, const MASKED: bool>(
