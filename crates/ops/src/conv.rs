@@ -392,6 +392,11 @@ mod tests {
             let w = span.saturating_sub(2 * padding).max(1) + rng.below(8);
             check(n, c, c, (h, w), k, Conv2dParams { stride, padding, dilation, groups: c }, 900 + case as u64)?;
         }
+        // Batches and channel counts past one weight-gradient task (8
+        // samples × 16 channels) and not whole ones; 7×7.
+        for (i, (n, c, k, padding)) in [(17, 37, 3, 1), (9, 20, 5, 2), (10, 17, 7, 3)].into_iter().enumerate() {
+            check(n, c, c, (9, 8), k, Conv2dParams { stride: 1, padding, dilation: 1, groups: c }, 950 + i as u64)?;
+        }
         Ok(())
     }
 

@@ -51,97 +51,160 @@ pub(crate) fn set_padded(on: bool) {
     PADDED.store(on, Ordering::Relaxed);
 }
 
-/// One plane `src [h, w]` zero-padded by `p` into `pb` (rows `wq = w + 2p`
-/// wide, `h + 2p` of them, then `k` zeros of slack for the last taps'
-/// reads past the grid).
-#[inline(always)]
-fn pad_plane(src: &[f32], (h, w, p): (usize, usize, usize), pb: &mut [f32]) {
-    let wq = w + 2 * p;
-    // Only the border is zeroed; the rows of the plane are written over.
-    pb[..p * wq + p].fill(0.0);
-    for (y, row) in src.chunks_exact(w).enumerate().take(h) {
-        let at = (y + p) * wq + p;
-        super::copy_short(&mut pb[at..at + w], row);
-        let next = if y + 1 < h { at + wq } else { pb.len() };
-        pb[at + w..next].fill(0.0);
+/// The two scratch buffers of a padded-plane kernel: the padded plane and
+/// the wide output (or output gradient) grid. A task zeroes them once
+/// ([`Scratch::new`]) and the kernels write only the plane's own values
+/// into them, so the zero border stays (a fill of the border per plane row
+/// cost a `memset` call per row). They are made outside the kernels'
+/// instruction-set variants, so that all of a kernel's code is compiled
+/// inside them (a closure handed to a function that is not inlined is
+/// compiled for the baseline instruction set).
+struct Scratch {
+    pb: Vec<f32>,
+    wide: Vec<f32>,
+}
+
+/// Outputs summed per block in the forward pass and the input gradient
+/// (four AVX-512 registers); the wide grid is a whole number of blocks.
+const SPAN: usize = 64;
+
+/// Lanes of the weight gradient's partial sums (one AVX-512 register).
+const LANES: usize = 16;
+
+impl Scratch {
+    /// Zeroed buffers for planes `[h, w]` padded by `p` and convolved with
+    /// a `k`×`k` filter: the padded plane (rows `w + 2p` wide, then slack
+    /// for the last blocks' reads past the grid) and the wide grid of
+    /// `h + 2p − k + 1` rows, rounded up to whole blocks.
+    fn new((h, w, p): (usize, usize, usize), k: usize) -> Self {
+        let wq = w + 2 * p;
+        let cols = (h + 2 * p + 1 - k) * wq;
+        Scratch { pb: vec![0.0; (h + 2 * p) * wq + k + SPAN], wide: vec![0.0; cols.div_ceil(SPAN) * SPAN] }
     }
 }
 
-/// `acc[q] = Σ_t weight(t) · pb[q + off_t]` for `q < acc.len()`, the taps in
-/// row-major order, `off_t = ki·wq + kj`: every tap one long contiguous
-/// multiply-add over the padded plane (vectorised), instead of one short one
-/// per output row.
+/// One plane `src [h, w]` written into the zero-padded plane `pb` (rows
+/// `wq = w + 2p` wide); the border is left as it is (zero).
+#[inline(always)]
+fn pad_plane(src: &[f32], (h, w, p): (usize, usize, usize), pb: &mut [f32]) {
+    let wq = w + 2 * p;
+    for (y, row) in src.chunks_exact(w).enumerate().take(h) {
+        let at = (y + p) * wq + p;
+        super::copy_short(&mut pb[at..at + w], row);
+    }
+}
+
+/// `acc[q] = Σ_t weight(t) · pb[q + off_t]` for every `q` of `acc` (a whole
+/// number of blocks), the taps in row-major order, `off_t = ki·wq + kj`:
+/// every tap one long contiguous multiply-add over the padded plane, a
+/// block of outputs kept in registers over all taps.
 #[inline(always)]
 fn taps_wide(weight: impl Fn(usize) -> f32, k: usize, wq: usize, pb: &[f32], acc: &mut [f32]) {
-    // Blocks of SPAN outputs summed over every tap in registers, stored
-    // once; the sum order per output is the taps' order either way.
-    const SPAN: usize = 64;
-    let n = acc.len();
-    let mut blocks = acc.chunks_exact_mut(SPAN);
-    for (b, out) in (&mut blocks).enumerate() {
+    for (b, out) in acc.chunks_exact_mut(SPAN).enumerate() {
         let q = b * SPAN;
         let mut a = [0f32; SPAN];
-        for t in 0..k * k {
-            let wv = weight(t);
-            if let Ok(src) = <&[f32; SPAN]>::try_from(&pb[(t / k) * wq + t % k + q..][..SPAN]) {
-                for l in 0..SPAN {
-                    a[l] += wv * src[l];
+        for ki in 0..k {
+            for kj in 0..k {
+                let wv = weight(ki * k + kj);
+                if let Ok(src) = <&[f32; SPAN]>::try_from(&pb[ki * wq + kj + q..][..SPAN]) {
+                    for l in 0..SPAN {
+                        a[l] += wv * src[l];
+                    }
                 }
             }
         }
-        out.copy_from_slice(&a);
-    }
-    let rest = blocks.into_remainder();
-    let q = n - rest.len();
-    rest.fill(0.0);
-    for t in 0..k * k {
-        let wv = weight(t);
-        for (a, &v) in rest.iter_mut().zip(&pb[(t / k) * wq + t % k + q..]) {
-            *a += wv * v;
+        if let Ok(out) = <&mut [f32; SPAN]>::try_from(out) {
+            *out = a;
         }
     }
 }
 
 /// The forward pass of one plane on the padded layout: `out [oh, ow]` of
-/// `src [h, w]` with `filt [k, k]`, passed through `ep` for channel `c`.
+/// `src [h, w]` with `filt [k, k]`, passed through `ep` as channel `c`.
 #[inline(always)]
-fn forward_plane(g: &ConvGeom, src: &[f32], filt: &[f32], out: &mut [f32], ep: Epilogue, c: usize) {
+fn forward_plane(
+    g: &ConvGeom,
+    src: &[f32],
+    filt: &[f32],
+    out: &mut [f32],
+    (ep, c): (Epilogue, usize),
+    s: &mut Scratch,
+) {
     let wq = g.w + 2 * g.pad;
-    let cols = g.oh * wq;
-    super::with_scratch((g.h + 2 * g.pad) * wq + g.k, cols, |pb, acc| {
-        pad_plane(src, (g.h, g.w, g.pad), pb);
-        taps_wide(|t| filt[t], g.k, wq, pb, acc);
-        for (row, wide) in out.chunks_exact_mut(g.ow).zip(acc.chunks(wq)) {
-            ep.copy(c, row, &wide[..g.ow]);
-        }
-    });
+    pad_plane(src, (g.h, g.w, g.pad), &mut s.pb);
+    taps_wide(|t| filt[t], g.k, wq, &s.pb, &mut s.wide);
+    for (row, wide) in out.chunks_exact_mut(g.ow).zip(s.wide.chunks(wq)) {
+        ep.copy(c, row, &wide[..g.ow]);
+    }
 }
 
 /// The input gradient of one plane on the padded layout: a forward pass of
 /// `grad [oh, ow]` with the filter mirrored and padding `k − 1 − p`.
 #[inline(always)]
-fn backward_input_plane(g: &ConvGeom, grad: &[f32], filt: &[f32], out: &mut [f32]) {
+fn backward_input_plane(g: &ConvGeom, grad: &[f32], filt: &[f32], out: &mut [f32], s: &mut Scratch) {
     let q = g.k - 1 - g.pad;
     let wq = g.ow + 2 * q;
     let kk = g.k * g.k;
-    super::with_scratch((g.oh + 2 * q) * wq + g.k, g.h * wq, |pb, acc| {
-        pad_plane(grad, (g.oh, g.ow, q), pb);
-        taps_wide(|t| filt[kk - 1 - t], g.k, wq, pb, acc);
-        for (row, wide) in out.chunks_exact_mut(g.w).zip(acc.chunks(wq)) {
-            super::copy_short(row, &wide[..g.w]);
-        }
-    });
+    pad_plane(grad, (g.oh, g.ow, q), &mut s.pb);
+    taps_wide(|t| filt[kk - 1 - t], g.k, wq, &s.pb, &mut s.wide);
+    for (row, wide) in out.chunks_exact_mut(g.w).zip(s.wide.chunks(wq)) {
+        super::copy_short(row, &wide[..g.w]);
+    }
 }
 
-/// `Σ a[i]·b[i]` in `L` independent lanes (so it vectorises; more lanes,
-/// more partial sums in flight), reduced in a fixed order.
+/// `acc[t][l] += Σ_b gw[16b + l] · pb[off[t] + 16b + l]` over the blocks
+/// `b` of the wide grid: `T` taps at once, each block of the output
+/// gradient loaded once for all of them.
 #[inline(always)]
-fn dot<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+fn taps_dot<const T: usize>(gw: &[f32], pb: &[f32], off: [usize; T], acc: &mut [[f32; LANES]; T]) {
+    // A local copy, so that the sums stay in registers.
+    let mut a = *acc;
+    for (b, gv) in gw.chunks_exact(LANES).enumerate() {
+        let q = b * LANES;
+        for t in 0..T {
+            if let Ok(src) = <&[f32; LANES]>::try_from(&pb[off[t] + q..][..LANES]) {
+                for l in 0..LANES {
+                    a[t][l] += gv[l] * src[l];
+                }
+            }
+        }
+    }
+    *acc = a;
+}
+
+/// The weight gradient's partial sums of one plane on the padded layout,
+/// added to `acc` (`k²` taps of 16 lanes each): the output gradient laid
+/// on the wide grid (zeros in the extra columns) dotted with each tap's
+/// shifted view of the padded input, nine taps per pass.
+#[inline(always)]
+fn backward_weight_plane(g: &ConvGeom, src: &[f32], grad: &[f32], acc: &mut [[f32; LANES]], s: &mut Scratch) {
+    let wq = g.w + 2 * g.pad;
+    pad_plane(src, (g.h, g.w, g.pad), &mut s.pb);
+    for (wide, row) in s.wide.chunks_mut(wq).zip(grad.chunks_exact(g.ow)) {
+        super::copy_short(&mut wide[..g.ow], row);
+    }
+    let off = |t: usize| (t / g.k) * wq + t % g.k;
+    let mut nine = acc.chunks_exact_mut(9);
+    let mut t0 = 0;
+    for part in &mut nine {
+        if let Ok(part) = <&mut [[f32; LANES]; 9]>::try_from(part) {
+            taps_dot(&s.wide, &s.pb, std::array::from_fn(|i| off(t0 + i)), part);
+        }
+        t0 += 9;
+    }
+    for (i, one) in nine.into_remainder().iter_mut().enumerate() {
+        taps_dot(&s.wide, &s.pb, [off(t0 + i)], std::array::from_mut(one));
+    }
+}
+
+/// `Σ a[i]·b[i]` in 8 independent lanes (so it vectorises), reduced in a
+/// fixed order: the row-by-row weight gradient's dot product.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for l in 0..L {
+        for l in 0..8 {
             acc[l] += x[l] * y[l];
         }
     }
@@ -150,27 +213,6 @@ fn dot<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
         tail += x * y;
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// The weight gradient of one plane on the padded layout, added to `out
-/// [k, k]`: the output gradient laid on the wide grid (zeros in the extra
-/// columns) dotted with each tap's shifted view of the padded input.
-#[inline(always)]
-fn backward_weight_plane(g: &ConvGeom, src: &[f32], grad: &[f32], out: &mut [f32]) {
-    let wq = g.w + 2 * g.pad;
-    let cols = g.oh * wq;
-    super::with_scratch((g.h + 2 * g.pad) * wq + g.k, cols, |pb, gw| {
-        pad_plane(src, (g.h, g.w, g.pad), pb);
-        for (wide, row) in gw.chunks_mut(wq).zip(grad.chunks_exact(g.ow)) {
-            super::copy_short(&mut wide[..g.ow], row);
-            wide[g.ow..].fill(0.0);
-        }
-        for ki in 0..g.k {
-            for kj in 0..g.k {
-                out[ki * g.k + kj] += dot::<64>(gw, &pb[ki * wq + kj..][..cols]);
-            }
-        }
-    });
 }
 
 /// Which instruction set the padded-plane kernels are compiled for (the
@@ -225,23 +267,18 @@ macro_rules! per_isa {
     };
 }
 
-per_isa!(forward_plane_isa, forward_plane, (g: &ConvGeom, src: &[f32], filt: &[f32], out: &mut [f32], ep: Epilogue, c: usize));
-per_isa!(backward_input_plane_isa, backward_input_plane, (g: &ConvGeom, grad: &[f32], filt: &[f32], out: &mut [f32]));
-per_isa!(backward_weight_plane_isa, backward_weight_plane, (g: &ConvGeom, src: &[f32], grad: &[f32], out: &mut [f32]));
+per_isa!(forward_plane_isa, forward_plane, (g: &ConvGeom, src: &[f32], filt: &[f32], out: &mut [f32], ep: (Epilogue, usize), s: &mut Scratch));
+per_isa!(backward_input_plane_isa, backward_input_plane, (g: &ConvGeom, grad: &[f32], filt: &[f32], out: &mut [f32], s: &mut Scratch));
+per_isa!(backward_weight_plane_isa, backward_weight_plane, (g: &ConvGeom, src: &[f32], grad: &[f32], acc: &mut [[f32; LANES]], s: &mut Scratch));
 
 /// `y [n, c, oh, ow]` of `x [n, c, h, w]` and `w [c, 1, k, k]`, each plane
 /// passed through `ep` once it is summed.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
+    if padded(g) {
+        return forward_padded(isa(), g, x, w, ep);
+    }
     let (hw, ohw, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.stride);
     let mut y = vec![0f32; g.n * g.c_out * ohw];
-    if padded(g) {
-        let isa = isa();
-        y.par_chunks_mut(ohw).enumerate().for_each(|(plane, out)| {
-            let c = plane % g.c_in;
-            forward_plane_isa(isa, g, &x[plane * hw..(plane + 1) * hw], &w[c * kk..(c + 1) * kk], out, ep, c);
-        });
-        return y;
-    }
     y.par_chunks_mut(ohw).enumerate().for_each(|(plane, out)| {
         let c = plane % g.c_in;
         let src = &x[plane * hw..(plane + 1) * hw];
@@ -265,18 +302,26 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
     y
 }
 
+/// [`forward`] on the padded layout with the kernels of `isa`.
+fn forward_padded(isa: Isa, g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
+    let (hw, ohw, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+    let mut y = vec![0f32; g.n * g.c_out * ohw];
+    let new = || Scratch::new((g.h, g.w, g.pad), g.k);
+    y.par_chunks_mut(ohw).enumerate().for_each_init(new, |s, (plane, out)| {
+        let c = plane % g.c_in;
+        let (src, filt) = (&x[plane * hw..(plane + 1) * hw], &w[c * kk..(c + 1) * kk]);
+        forward_plane_isa(isa, g, src, filt, out, (ep, c), s);
+    });
+    y
+}
+
 /// `dx [n, c, h, w]` from `dy [n, c, oh, ow]` and `w [c, 1, k, k]`.
 pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if padded(g) {
+        return backward_input_padded(isa(), g, dy, w);
+    }
     let (hw, ohw, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.stride);
     let mut dx = vec![0f32; g.n * g.c_in * hw];
-    if padded(g) {
-        let isa = isa();
-        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-            let c = plane % g.c_in;
-            backward_input_plane_isa(isa, g, &dy[plane * ohw..(plane + 1) * ohw], &w[c * kk..(c + 1) * kk], out);
-        });
-        return dx;
-    }
     dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
         let c = plane % g.c_in;
         let grad = &dy[plane * ohw..(plane + 1) * ohw];
@@ -299,26 +344,26 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
+/// [`backward_input`] on the padded layout with the kernels of `isa`.
+fn backward_input_padded(isa: Isa, g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (hw, ohw, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+    let mut dx = vec![0f32; g.n * g.c_in * hw];
+    let new = || Scratch::new((g.oh, g.ow, g.k - 1 - g.pad), g.k);
+    dx.par_chunks_mut(hw).enumerate().for_each_init(new, |s, (plane, out)| {
+        let c = plane % g.c_in;
+        let (grad, filt) = (&dy[plane * ohw..(plane + 1) * ohw], &w[c * kk..(c + 1) * kk]);
+        backward_input_plane_isa(isa, g, grad, filt, out, s);
+    });
+    dx
+}
+
 /// `dw [c, 1, k, k]` from `x [n, c, h, w]` and `dy [n, c, oh, ow]`.
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if padded(g) {
+        return backward_weight_padded(isa(), g, x, dy);
+    }
     let (hw, ohw, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.stride);
     let mut dw = vec![0f32; g.c_out * kk];
-    if padded(g) {
-        let isa = isa();
-        dw.par_chunks_mut(kk).enumerate().for_each(|(c, out)| {
-            for n in 0..g.n {
-                let plane = n * g.c_in + c;
-                backward_weight_plane_isa(
-                    isa,
-                    g,
-                    &x[plane * hw..(plane + 1) * hw],
-                    &dy[plane * ohw..(plane + 1) * ohw],
-                    out,
-                );
-            }
-        });
-        return dw;
-    }
     dw.par_chunks_mut(kk).enumerate().for_each(|(c, out)| {
         let mut strided = Vec::new();
         for n in 0..g.n {
@@ -329,14 +374,117 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let row = &src[iy * g.w..(iy + 1) * g.w];
                 let gr = &grad[oy * g.ow + lo..oy * g.ow + hi];
                 out[ki * g.k + kj] += if s == 1 {
-                    dot::<8>(gr, &row[ix0..ix0 + (hi - lo)])
+                    dot(gr, &row[ix0..ix0 + (hi - lo)])
                 } else {
                     strided.clear();
                     strided.extend((0..hi - lo).map(|i| row[ix0 + i * s]));
-                    dot::<8>(gr, &strided)
+                    dot(gr, &strided)
                 };
             });
         }
     });
     dw
+}
+
+/// [`backward_weight`] on the padded layout with the kernels of `isa`.
+///
+/// Tasks of `SAMPLES` samples × `CHANNELS` channels, so that each reads its
+/// planes in memory order (a task per channel jumped a whole sample between
+/// planes and waited on memory for half its time). A task sums in lanes,
+/// then each tap's lanes in order; the tasks' sums are added in sample
+/// order: the same order for any thread count and instruction set.
+fn backward_weight_padded(isa: Isa, g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    const SAMPLES: usize = 8;
+    const CHANNELS: usize = 16;
+    let (hw, ohw, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+    let (blocks, block) = (g.c_in.div_ceil(CHANNELS), CHANNELS * kk);
+    let mut part = vec![0f32; g.n.div_ceil(SAMPLES) * blocks * block];
+    let new = || (Scratch::new((g.h, g.w, g.pad), g.k), vec![[0f32; LANES]; block]);
+    part.par_chunks_mut(block).enumerate().for_each_init(new, |(s, acc), (task, sums)| {
+        let (n0, c0) = ((task / blocks) * SAMPLES, (task % blocks) * CHANNELS);
+        let cs = CHANNELS.min(g.c_in - c0);
+        acc.fill([0.0; LANES]);
+        for n in n0..g.n.min(n0 + SAMPLES) {
+            for (c, acc) in (c0..c0 + cs).zip(acc.chunks_exact_mut(kk)) {
+                let plane = n * g.c_in + c;
+                let (src, grad) = (&x[plane * hw..(plane + 1) * hw], &dy[plane * ohw..(plane + 1) * ohw]);
+                backward_weight_plane_isa(isa, g, src, grad, acc, s);
+            }
+        }
+        for (o, lanes) in sums.iter_mut().zip(&acc[..cs * kk]) {
+            *o = lanes.iter().sum();
+        }
+    });
+    // `part` is [sample group][channel block][channel, tap] with whole
+    // blocks; `dw` is [channel, tap].
+    let mut dw = vec![0f32; g.c_out * kk];
+    for group in part.chunks_exact(blocks * block) {
+        for (d, v) in dw.iter_mut().zip(group) {
+            *d += v;
+        }
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::test_util::Lcg(seed);
+        (0..n).map(|_| r.unit()).collect()
+    }
+
+    fn geom(n: usize, c: usize, (h, w): (usize, usize), k: usize, pad: usize) -> ConvGeom {
+        let (oh, ow) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+        ConvGeom { n, c_in: c, h, w, c_out: c, k, stride: 1, pad, dil: 1, groups: c, oh, ow }
+    }
+
+    /// The padded-plane kernels give the same bits on every instruction set
+    /// this CPU has and for any thread count, over batches and channel
+    /// counts that are not whole task blocks.
+    #[test]
+    fn padded_kernels_same_bits_for_every_isa_and_thread_count() {
+        let mut isas = vec![Isa::Generic];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::super::direct::available() {
+                isas.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && super::super::direct::available() {
+                isas.push(Isa::Avx512);
+            }
+        }
+        for (i, &(n, c, hw, k, pad)) in
+            [(17, 37, (9, 11), 3, 1), (3, 5, (7, 6), 5, 2), (9, 17, (13, 5), 7, 3), (2, 3, (4, 4), 3, 0)]
+                .iter()
+                .enumerate()
+        {
+            let g = geom(n, c, hw, k, pad);
+            let x = rand(n * c * hw.0 * hw.1, 10 + i as u64);
+            let w = rand(c * k * k, 20 + i as u64);
+            let dy = rand(n * c * g.oh * g.ow, 30 + i as u64);
+            let bias = rand(c, 40 + i as u64);
+            let run = |isa: Isa, threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+                pool.install(|| {
+                    (
+                        forward_padded(isa, &g, &x, &w, Epilogue { bias: Some(&bias), relu: true }),
+                        backward_input_padded(isa, &g, &dy, &w),
+                        backward_weight_padded(isa, &g, &x, &dy),
+                    )
+                })
+            };
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let first = run(Isa::Generic, 1);
+            for &isa in &isas {
+                for threads in [1, 3] {
+                    let r = run(isa, threads);
+                    for (name, a, b) in [("y", &r.0, &first.0), ("dx", &r.1, &first.1), ("dw", &r.2, &first.2)] {
+                        assert!(bits(a) == bits(b), "case {i}: {name} differs ({threads} threads)");
+                    }
+                }
+            }
+        }
+    }
 }
