@@ -9,8 +9,9 @@
 //!   (in 512-bit registers where it has AVX-512F: the forward and input
 //!   gradient blocks with the AVX2 form's bits, the weight gradient's sums
 //!   over 16 lanes) and by one GEMM per kernel tap elsewhere, direct
-//!   depthwise kernels (stride 1 on zero-padded planes), im2col + GEMM kept
-//!   for comparison), and the fused
+//!   depthwise kernels (stride 1 on zero-padded planes, the same bits on
+//!   every instruction set and thread count), im2col + GEMM kept for
+//!   comparison), and the fused
 //!   inference convolution `conv2d_bias_act` (a batch norm folded into the
 //!   weights and bias, the ReLU applied as the output is stored);
 //! - [`conv_transpose`]: 2-D transposed convolution (`nn.ConvTranspose2d`:
