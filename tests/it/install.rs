@@ -15,6 +15,16 @@ fn install(tmp: &Path) -> PathBuf {
     std::fs::create_dir_all(&bin).expect("bin dir");
     let exe = bin.join(format!("anytime{}", std::env::consts::EXE_SUFFIX));
     std::fs::copy(env!("CARGO_BIN_EXE_anytime"), &exe).expect("copy the binary");
+    // A child another test thread forked while the copy was open for writing
+    // holds that descriptor until it execs, and executing the new file fails
+    // with ETXTBSY ("text file busy") meanwhile: retry that error only. Once
+    // the file has run, no such descriptor is left.
+    for _ in 0..100 {
+        match Command::new(&exe).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(26) => std::thread::sleep(Duration::from_millis(20)),
+            _ => break,
+        }
+    }
     exe
 }
 
