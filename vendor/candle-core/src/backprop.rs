@@ -726,12 +726,10 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
-    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     /// Adds `grad` to the gradient of `tensor`; the first gradient to reach
-    /// `tensor` is stored as it is (anytime's patch: upstream starts every
-    /// gradient from `zeros_like` and adds to it, a zero fill and an add
-    /// over the whole tensor per node).
+    /// `tensor` is stored without a zero tensor and an add where it can be
+    /// (anytime's patch: upstream starts every gradient from `zeros_like` and
+    /// adds to it, a zero fill and an add over the whole tensor per node).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut e) => {
@@ -763,6 +761,8 @@ impl GradStore {
         Ok(())
     }
 
+    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
+    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
         let grad = match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => entry.into_mut(),
