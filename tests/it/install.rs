@@ -21,7 +21,9 @@ fn install(tmp: &Path) -> PathBuf {
     // the file has run, no such descriptor is left.
     for _ in 0..100 {
         match Command::new(&exe).arg("--version").output() {
-            Err(e) if e.raw_os_error() == Some(26) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             _ => break,
         }
     }

@@ -94,18 +94,18 @@ fn pad_plane(src: &[f32], (h, w, p): (usize, usize, usize), pb: &mut [f32]) {
     }
 }
 
-/// `acc[q] = Σ_t weight(t) · pb[q + off_t]` for every `q` of `acc` (a whole
+/// `acc[q] = Σ_t filt[t] · pb[q + off_t]` for every `q` of `acc` (a whole
 /// number of blocks), the taps in row-major order, `off_t = ki·wq + kj`:
 /// every tap one long contiguous multiply-add over the padded plane, a
 /// block of outputs kept in registers over all taps.
 #[inline(always)]
-fn taps_wide(weight: impl Fn(usize) -> f32, k: usize, wq: usize, pb: &[f32], acc: &mut [f32]) {
+fn taps_wide(filt: &[f32], k: usize, wq: usize, pb: &[f32], acc: &mut [f32]) {
     for (b, out) in acc.chunks_exact_mut(SPAN).enumerate() {
         let q = b * SPAN;
         let mut a = [0f32; SPAN];
         for ki in 0..k {
             for kj in 0..k {
-                let wv = weight(ki * k + kj);
+                let wv = filt[ki * k + kj];
                 if let Ok(src) = <&[f32; SPAN]>::try_from(&pb[ki * wq + kj + q..][..SPAN]) {
                     for l in 0..SPAN {
                         a[l] += wv * src[l];
@@ -119,36 +119,39 @@ fn taps_wide(weight: impl Fn(usize) -> f32, k: usize, wq: usize, pb: &[f32], acc
     }
 }
 
-/// The forward pass of one plane on the padded layout: `out [oh, ow]` of
-/// `src [h, w]` with `filt [k, k]`, passed through `ep` as channel `c`.
-#[inline(always)]
-fn forward_plane(
-    g: &ConvGeom,
-    src: &[f32],
-    filt: &[f32],
-    out: &mut [f32],
-    (ep, c): (Epilogue, usize),
-    s: &mut Scratch,
-) {
-    let wq = g.w + 2 * g.pad;
-    pad_plane(src, (g.h, g.w, g.pad), &mut s.pb);
-    taps_wide(|t| filt[t], g.k, wq, &s.pb, &mut s.wide);
-    for (row, wide) in out.chunks_exact_mut(g.ow).zip(s.wide.chunks(wq)) {
-        ep.copy(c, row, &wide[..g.ow]);
+/// A stride-1 pass over zero-padded planes `[h, w]` (padding `p`, `k`×`k`
+/// filters) giving planes `out_w` wide: the forward pass (the input planes,
+/// the convolution's padding) or the input gradient (the output-gradient
+/// planes, padding `k − 1 − p`, with the filters mirrored: the same kind of
+/// convolution).
+#[derive(Clone, Copy)]
+struct Pass {
+    h: usize,
+    w: usize,
+    p: usize,
+    k: usize,
+    out_w: usize,
+}
+
+impl Pass {
+    fn forward(g: &ConvGeom) -> Self {
+        Pass { h: g.h, w: g.w, p: g.pad, k: g.k, out_w: g.ow }
+    }
+
+    fn input_grad(g: &ConvGeom) -> Self {
+        Pass { h: g.oh, w: g.ow, p: g.k - 1 - g.pad, k: g.k, out_w: g.w }
     }
 }
 
-/// The input gradient of one plane on the padded layout: a forward pass of
-/// `grad [oh, ow]` with the filter mirrored and padding `k − 1 − p`.
+/// One plane of `pass`: `out` from `src` with `filt [k, k]`, passed through
+/// `ep` as channel `c`.
 #[inline(always)]
-fn backward_input_plane(g: &ConvGeom, grad: &[f32], filt: &[f32], out: &mut [f32], s: &mut Scratch) {
-    let q = g.k - 1 - g.pad;
-    let wq = g.ow + 2 * q;
-    let kk = g.k * g.k;
-    pad_plane(grad, (g.oh, g.ow, q), &mut s.pb);
-    taps_wide(|t| filt[kk - 1 - t], g.k, wq, &s.pb, &mut s.wide);
-    for (row, wide) in out.chunks_exact_mut(g.w).zip(s.wide.chunks(wq)) {
-        super::copy_short(row, &wide[..g.w]);
+fn pass_plane(pass: Pass, src: &[f32], filt: &[f32], out: &mut [f32], (ep, c): (Epilogue, usize), s: &mut Scratch) {
+    let wq = pass.w + 2 * pass.p;
+    pad_plane(src, (pass.h, pass.w, pass.p), &mut s.pb);
+    taps_wide(filt, pass.k, wq, &s.pb, &mut s.wide);
+    for (row, wide) in out.chunks_exact_mut(pass.out_w).zip(s.wide.chunks(wq)) {
+        ep.copy(c, row, &wide[..pass.out_w]);
     }
 }
 
@@ -267,8 +270,7 @@ macro_rules! per_isa {
     };
 }
 
-per_isa!(forward_plane_isa, forward_plane, (g: &ConvGeom, src: &[f32], filt: &[f32], out: &mut [f32], ep: (Epilogue, usize), s: &mut Scratch));
-per_isa!(backward_input_plane_isa, backward_input_plane, (g: &ConvGeom, grad: &[f32], filt: &[f32], out: &mut [f32], s: &mut Scratch));
+per_isa!(pass_plane_isa, pass_plane, (pass: Pass, src: &[f32], filt: &[f32], out: &mut [f32], ep: (Epilogue, usize), s: &mut Scratch));
 per_isa!(backward_weight_plane_isa, backward_weight_plane, (g: &ConvGeom, src: &[f32], grad: &[f32], acc: &mut [[f32; LANES]], s: &mut Scratch));
 
 /// `y [n, c, oh, ow]` of `x [n, c, h, w]` and `w [c, 1, k, k]`, each plane
@@ -304,15 +306,22 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
 
 /// [`forward`] on the padded layout with the kernels of `isa`.
 fn forward_padded(isa: Isa, g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
-    let (hw, ohw, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
-    let mut y = vec![0f32; g.n * g.c_out * ohw];
-    let new = || Scratch::new((g.h, g.w, g.pad), g.k);
-    y.par_chunks_mut(ohw).enumerate().for_each_init(new, |s, (plane, out)| {
-        let c = plane % g.c_in;
-        let (src, filt) = (&x[plane * hw..(plane + 1) * hw], &w[c * kk..(c + 1) * kk]);
-        forward_plane_isa(isa, g, src, filt, out, (ep, c), s);
+    run_pass(isa, Pass::forward(g), (g.n, g.c_in), x, w, ep)
+}
+
+/// Every plane of `src [n, channels, h, w]` (filter `w [channels, 1, k, k]`)
+/// through `pass` with the kernels of `isa`.
+fn run_pass(isa: Isa, pass: Pass, (n, channels): (usize, usize), src: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
+    let (in_len, kk) = (pass.h * pass.w, pass.k * pass.k);
+    let out_len = (pass.h + 2 * pass.p + 1 - pass.k) * pass.out_w;
+    let mut out = vec![0f32; n * channels * out_len];
+    let new = || Scratch::new((pass.h, pass.w, pass.p), pass.k);
+    out.par_chunks_mut(out_len).enumerate().for_each_init(new, |s, (plane, o)| {
+        let c = plane % channels;
+        let (src, filt) = (&src[plane * in_len..(plane + 1) * in_len], &w[c * kk..(c + 1) * kk]);
+        pass_plane_isa(isa, pass, src, filt, o, (ep, c), s);
     });
-    y
+    out
 }
 
 /// `dx [n, c, h, w]` from `dy [n, c, oh, ow]` and `w [c, 1, k, k]`.
@@ -346,15 +355,10 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// [`backward_input`] on the padded layout with the kernels of `isa`.
 fn backward_input_padded(isa: Isa, g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    let (hw, ohw, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
-    let mut dx = vec![0f32; g.n * g.c_in * hw];
-    let new = || Scratch::new((g.oh, g.ow, g.k - 1 - g.pad), g.k);
-    dx.par_chunks_mut(hw).enumerate().for_each_init(new, |s, (plane, out)| {
-        let c = plane % g.c_in;
-        let (grad, filt) = (&dy[plane * ohw..(plane + 1) * ohw], &w[c * kk..(c + 1) * kk]);
-        backward_input_plane_isa(isa, g, grad, filt, out, s);
-    });
-    dx
+    // Each filter's taps in reverse order.
+    let kk = g.k * g.k;
+    let mirrored: Vec<f32> = w.chunks_exact(kk).flat_map(|f| f.iter().rev().copied()).collect();
+    run_pass(isa, Pass::input_grad(g), (g.n, g.c_in), dy, &mirrored, Epilogue::NONE)
 }
 
 /// `dw [c, 1, k, k]` from `x [n, c, h, w]` and `dy [n, c, oh, ow]`.
