@@ -54,6 +54,9 @@ fn geometry(x: &[usize], w: &[usize], p: Conv2dParams) -> Result<ConvGeom> {
     if c_in % p.groups != 0 || c_out % p.groups != 0 || cig * p.groups != c_in {
         bail!("conv2d: input {c_in} / output {c_out} channels and weight {w:?} do not fit {} groups", p.groups)
     }
+    if h == 0 || wd == 0 {
+        bail!("conv2d: the input maps are empty ({h}x{wd})")
+    }
     let (Some(oh), Some(ow)) = (p.out_size(h, k), p.out_size(wd, k)) else {
         bail!("conv2d: a {k}x{k} kernel (dilation {}, padding {}) does not fit a {h}x{wd} input", p.dilation, p.padding)
     };
@@ -458,6 +461,12 @@ mod tests {
         assert!(err.contains("does not fit a 4x4 input"), "{err}");
         let w = Tensor::zeros((2, 2, 3, 3), candle_core::DType::F32, &dev)?;
         assert!(conv2d(&x, &w, None, Conv2dParams::default()).is_err());
+        // Empty maps are an error even where the padding would give an output.
+        let x = Tensor::zeros((1, 2, 0, 4), candle_core::DType::F32, &dev)?;
+        let w = Tensor::zeros((2, 1, 3, 3), candle_core::DType::F32, &dev)?;
+        let p = Conv2dParams { padding: 2, groups: 2, ..Default::default() };
+        let err = conv2d(&x, &w, None, p).unwrap_err().to_string();
+        assert!(err.contains("input maps are empty (0x4)"), "{err}");
         Ok(())
     }
 }
