@@ -134,7 +134,8 @@ pub struct AbArgs {
     /// `direct` (the direct kernel against one GEMM per tap), `keep-freed`
     /// (freed memory kept mapped against returned to the OS) or
     /// `depthwise-padded` (the padded-plane depthwise kernels against the
-    /// row-by-row ones).
+    /// row-by-row ones) or `winograd` (the Winograd forward of 3×3 stride-1
+    /// convolutions against the direct kernel).
     #[arg(long)]
     toggle: String,
     /// Pairs of runs.
@@ -160,7 +161,8 @@ pub fn ab(a: &AbArgs) -> Result<()> {
         "direct" => anytime_ops::conv::set_direct_kernel,
         "keep-freed" => crate::keep_freed_memory,
         "depthwise-padded" => anytime_ops::conv::set_depthwise_padded,
-        other => bail!("unknown toggle '{other}' (fold, avx512, direct, keep-freed or depthwise-padded)"),
+        "winograd" => anytime_ops::conv::set_winograd,
+        other => bail!("unknown toggle '{other}' (fold, avx512, direct, keep-freed, depthwise-padded or winograd)"),
     };
     let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
         Some(c) => c,

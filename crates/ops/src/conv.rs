@@ -258,6 +258,28 @@ pub fn set_depthwise_padded(on: bool) {
     kernels::depthwise::set_padded(on);
 }
 
+/// Turns the Winograd F(2×2, 3×3) forward of 3×3, stride-1, padding-1
+/// convolutions off (`false`: the direct kernel runs them) or back on (the
+/// default where the direct kernel runs). The two agree up to float
+/// rounding. For the benchmark and the tests.
+#[doc(hidden)]
+pub fn set_winograd(on: bool) {
+    #[cfg(target_arch = "x86_64")]
+    kernels::winograd::set_enabled(on);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = on;
+}
+
+/// Whether the Winograd forward is on (see [`set_winograd`]; it runs only
+/// where the CPU has AVX-512F).
+#[doc(hidden)]
+pub fn winograd_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return kernels::winograd::enabled();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Candle's stock convolution with the same interface (the comparison point
 /// of the tests and the benchmark).
 pub fn conv2d_stock(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {

@@ -75,13 +75,17 @@ pub fn set_stock_ops(on: bool) {
 }
 
 /// The convolution micro-kernels this CPU runs, chosen at run time:
-/// `"AVX-512 (direct convolutions and weight gradients), AVX2/FMA"`
-/// (x86-64 with AVX-512F: the direct convolution's forward and
-/// input-gradient blocks and its weight-gradient sums in 512-bit registers,
-/// the rest AVX2), `"AVX2/FMA"` (AVX2 and FMA) or `"generic"` (GEMM paths only).
-/// For benchmark reports.
+/// `"AVX-512 (direct and Winograd F(2x2, 3x3) convolutions, weight
+/// gradients), AVX2/FMA"` (x86-64 with AVX-512F: the direct convolution's
+/// forward and input-gradient blocks, its weight-gradient sums and the
+/// Winograd forward of 3×3 stride-1 convolutions with at least 24 channels
+/// in and out and at most 256 together, in 512-bit registers, the rest AVX2; without the Winograd forward when
+/// [`conv::set_winograd`] turned it off), `"AVX2/FMA"` (AVX2 and FMA) or
+/// `"generic"` (GEMM paths only). For benchmark reports.
 pub fn kernel_set() -> &'static str {
-    if kernels::direct::use_avx512() {
+    if kernels::direct::use_avx512() && conv::winograd_enabled() {
+        "AVX-512 (direct and Winograd F(2x2, 3x3) convolutions, weight gradients), AVX2/FMA"
+    } else if kernels::direct::use_avx512() {
         "AVX-512 (direct convolutions and weight gradients), AVX2/FMA"
     } else if kernels::direct::available() {
         "AVX2/FMA"

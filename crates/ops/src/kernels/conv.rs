@@ -6,6 +6,8 @@
 //! input gradient through the register-blocked kernel of [`super::direct`],
 //! weight gradient by GEMM); the im2col path remains for comparison.
 
+#[cfg(target_arch = "x86_64")]
+use super::winograd;
 use super::{depthwise, direct, gemm, shift, threads, with_scratch};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -233,6 +235,10 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
         return depthwise::forward(g, x, w, ep);
     }
     if use_shift(g) {
+        #[cfg(target_arch = "x86_64")]
+        if winograd::applies(g) {
+            return winograd::forward(g, x, w, ep);
+        }
         return shift::forward(g, x, w, ep);
     }
     forward_im2col(g, x, w, ep)

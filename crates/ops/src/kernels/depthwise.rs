@@ -7,6 +7,7 @@
 //! thread count.
 
 use super::conv::{ConvGeom, Epilogue};
+use super::{Isa, isa, per_isa};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -216,58 +217,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         tail += x * y;
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// Which instruction set the padded-plane kernels are compiled for (the
-/// same operations in the same order on every one, so the same results).
-#[derive(Clone, Copy)]
-enum Isa {
-    Generic,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::direct::use_avx512() {
-            return Isa::Avx512;
-        }
-        if super::direct::available() {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Generic
-}
-
-/// Instantiates a plane function for each instruction set and dispatches on
-/// [`isa`].
-macro_rules! per_isa {
-    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
-        fn $name(isa: Isa, $($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
-                $body($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) {
-                $body($($arg),*)
-            }
-            match isa {
-                Isa::Generic => $body($($arg),*),
-                // SAFETY: `isa` reports these features only where the CPU has them.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { avx2($($arg),*) },
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512($($arg),*) },
-            }
-        }
-    };
 }
 
 per_isa!(pass_plane_isa, pass_plane, (pass: Pass, src: &[f32], filt: &[f32], out: &mut [f32], ep: (Epilogue, usize), s: &mut Scratch));

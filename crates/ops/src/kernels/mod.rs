@@ -11,6 +11,8 @@ pub(crate) mod depthwise;
 pub(crate) mod direct;
 pub(crate) mod pool;
 pub(crate) mod shift;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 use std::cell::RefCell;
@@ -156,3 +158,58 @@ pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
     piece::<2>(dst, src, &mut i);
     piece::<1>(dst, src, &mut i);
 }
+
+/// Which instruction set a kernel body is compiled for by [`per_isa!`] (the
+/// same operations in the same order on every one, so the same results:
+/// only the vector width differs).
+#[derive(Clone, Copy)]
+pub(crate) enum Isa {
+    Generic,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+/// The widest instruction set this CPU runs (and the switches allow).
+pub(crate) fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if direct::use_avx512() {
+            return Isa::Avx512;
+        }
+        if direct::available() {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Generic
+}
+
+/// Instantiates a plane function for each instruction set and dispatches on
+/// [`isa`].
+macro_rules! per_isa {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            match isa {
+                $crate::kernels::Isa::Generic => $body($($arg),*),
+                // SAFETY: `isa` reports these features only where the CPU has them.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx512 => unsafe { avx512($($arg),*) },
+            }
+        }
+    };
+}
+pub(crate) use per_isa;
