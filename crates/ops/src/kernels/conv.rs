@@ -323,6 +323,10 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         return depthwise::backward_input(g, dy, w);
     }
     if use_shift(g) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some((t, wt)) = winograd::transposed(g, w) {
+            return winograd::forward(&t, dy, &wt, Epilogue::NONE);
+        }
         return shift::backward_input(g, dy, w);
     }
     backward_input_im2col(g, dy, w)

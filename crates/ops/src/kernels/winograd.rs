@@ -406,6 +406,31 @@ unsafe fn output_rows(
     }
 }
 
+/// The geometry and weights whose [`forward`] on the output gradient is the
+/// input gradient of `g` (stride 1, padding 1, 3×3: a convolution with the
+/// filters mirrored and input and output channels swapped, group by group),
+/// when the Winograd forward runs that convolution.
+pub(crate) fn transposed(g: &ConvGeom, w: &[f32]) -> Option<(ConvGeom, Vec<f32>)> {
+    let t = ConvGeom { c_in: g.c_out, h: g.oh, w: g.ow, c_out: g.c_in, oh: g.h, ow: g.w, ..*g };
+    if !(applies(g) && applies(&t)) {
+        return None;
+    }
+    let (cig, cog) = (g.cig(), g.cog());
+    let mut wt = vec![0f32; w.len()];
+    for gi in 0..g.groups {
+        for co in 0..cog {
+            for ci in 0..cig {
+                let f = &w[((gi * cog + co) * cig + ci) * 9..][..9];
+                let ft = &mut wt[((gi * cig + ci) * cog + co) * 9..][..9];
+                for (k, v) in ft.iter_mut().enumerate() {
+                    *v = f[8 - k];
+                }
+            }
+        }
+    }
+    Some((t, wt))
+}
+
 /// The output pointer, shared by the threads, which write disjoint tiles.
 struct OutPtr(*mut f32);
 // SAFETY: every block writes the output rows of its own tiles only.
@@ -565,6 +590,50 @@ mod tests {
         let one = run(1);
         for t in [2, 3] {
             assert!(one.iter().zip(&run(t)).all(|(a, b)| a.to_bits() == b.to_bits()), "{t} threads");
+        }
+    }
+
+    /// The input gradient through [`transposed`] against the plain sums
+    /// `dx[ci, y, x] = Σ dy[co, y − ki + 1, x − kj + 1] · w[co, ci, ki, kj]`,
+    /// with groups.
+    #[test]
+    fn transposed_forward_is_the_input_gradient() {
+        if !(direct::enabled() && direct::avx512_available()) {
+            return;
+        }
+        for g in [geom(3, 32, 24, 7, 9, 1), geom(2, 48, 64, 8, 8, 2)] {
+            let dy: Vec<f32> = (0..g.n * g.c_out * g.ohw()).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+            let w: Vec<f32> = (0..g.c_out * g.kcol()).map(|i| ((i * 104729) % 17) as f32 / 16.0 - 0.5).collect();
+            let (t, wt) = transposed(&g, &w).expect("both directions run the Winograd forward");
+            let got = forward(&t, &dy, &wt, Epilogue::NONE);
+            let (cig, cog) = (g.cig(), g.cog());
+            for s in 0..g.n {
+                for ci in 0..g.c_in {
+                    let gi = ci / cig;
+                    for y in 0..g.h {
+                        for x in 0..g.w {
+                            let mut want = 0f64;
+                            for co in 0..cog {
+                                for ki in 0..3 {
+                                    for kj in 0..3 {
+                                        let (oy, ox) = ((y + 1).wrapping_sub(ki), (x + 1).wrapping_sub(kj));
+                                        if oy < g.oh && ox < g.ow {
+                                            let d = dy[((s * g.c_out + gi * cog + co) * g.oh + oy) * g.ow + ox] as f64;
+                                            want +=
+                                                d * w[(((gi * cog + co) * cig + ci % cig) * 3 + ki) * 3 + kj] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            let a = got[((s * g.c_in + ci) * g.h + y) * g.w + x];
+                            assert!(
+                                (a as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                                "{g:?} ({s}, {ci}, {y}, {x}): {a} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
