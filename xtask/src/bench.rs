@@ -116,9 +116,8 @@ pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
     // Restart the high-water mark from the current resident size (Linux ≥
     // 4.0, `clear_refs` value 5).
     std::fs::write("/proc/self/clear_refs", "5").context("cannot reset the peak resident size")?;
-    for _ in 0..a.repeat.max(1) {
-        (case.run)()?;
-    }
+    let run = &mut case.run;
+    anytime_ops::on_worker(|| (0..a.repeat.max(1)).try_for_each(|_| run()))?;
     println!("{}", status_mib("VmHWM").context("no /proc/self/status")? - base);
     Ok(())
 }
@@ -169,20 +168,24 @@ pub fn ab(a: &AbArgs) -> Result<()> {
         None => bail!("no benchmark case named '{}'", a.case),
     };
     let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..a.pairs.max(1) + 2 {
-        let mut time = |flag: bool| -> Result<f64> {
-            set(flag);
-            let t = Instant::now();
-            (case.run)()?;
-            Ok(t.elapsed().as_secs_f64() * 1e3)
-        };
-        let (t_on, t_off) = (time(true)?, time(false)?);
-        if i >= 2 {
-            on.push(t_on);
-            off.push(t_off);
-            ratios.push(t_on / t_off);
+    let run = &mut case.run;
+    anytime_ops::on_worker(|| -> Result<()> {
+        for i in 0..a.pairs.max(1) + 2 {
+            let mut time = |flag: bool| -> Result<f64> {
+                set(flag);
+                let t = Instant::now();
+                run()?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            };
+            let (t_on, t_off) = (time(true)?, time(false)?);
+            if i >= 2 {
+                on.push(t_on);
+                off.push(t_off);
+                ratios.push(t_on / t_off);
+            }
         }
-    }
+        Ok(())
+    })?;
     set(true);
     let r = RatioSpread::of(&ratios).context("no runs")?;
     println!(
@@ -380,7 +383,7 @@ fn rand(dims: &[usize]) -> candle_core::Result<Tensor> {
 struct Case {
     spec: Value,
     flops: Option<f64>,
-    run: Box<dyn FnMut() -> candle_core::Result<()>>,
+    run: Box<dyn FnMut() -> candle_core::Result<()> + Send>,
 }
 
 #[allow(clippy::too_many_arguments)] // one argument per geometry parameter
@@ -805,12 +808,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         eprintln!("round {} of {}", round + 1, a.rounds);
         for (i, c) in cases.iter_mut().enumerate() {
             anytime_ops::set_stock_ops(false);
-            ours[i].push(median_time(&mut c.run)?);
+            // Timed on a thread of the kernels' pool, as the binary runs
+            // every command (`anytime_ops::on_worker`).
+            let run = &mut c.run;
+            ours[i].push(anytime_ops::on_worker(|| median_time(&mut *run))?);
             if round == 0 {
                 // Candle's stock ops, once (they are not what the goals
                 // compare); their conv backward fails on some shapes.
                 anytime_ops::set_stock_ops(true);
-                stock[i] = median_time(&mut c.run).ok();
+                stock[i] = anytime_ops::on_worker(|| median_time(&mut *run)).ok();
                 anytime_ops::set_stock_ops(false);
             }
             let name = c.spec["name"].as_str().unwrap_or("");

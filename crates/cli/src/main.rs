@@ -137,7 +137,10 @@ fn main() -> ExitCode {
         }
     };
     anytime_blocks::mode::set_fold_batch_norm(!cli.no_fold);
-    let result = match cli.command {
+    // On a thread of the kernels' pool, so that each parallel kernel keeps
+    // part of its work on this thread instead of sleeping until the pool
+    // is done (see `anytime_ops::on_worker`).
+    let result = anytime_ops::on_worker(move || match cli.command {
         Command::Infer(a) => commands::infer::run(a),
         Command::Flops(a) => commands::flops::run(a),
         Command::Models(a) => commands::models::run(a),
@@ -147,7 +150,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo::run(a),
         Command::Calibrate(a) => commands::calibrate::run(a),
         Command::Classify(a) => commands::classify::run(a),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

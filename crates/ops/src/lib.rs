@@ -11,9 +11,10 @@
 //!   over 16 lanes) and by one GEMM per kernel tap elsewhere, direct
 //!   depthwise kernels (stride 1 on zero-padded planes, the same bits on
 //!   every instruction set and thread count), im2col + GEMM kept for
-//!   comparison), and the fused
-//!   inference convolution `conv2d_bias_act` (a batch norm folded into the
-//!   weights and bias, the ReLU applied as the output is stored);
+//!   comparison, and on AVX-512 a Winograd F(2×2, 3×3) forward and input
+//!   gradient for 3×3 stride-1 convolutions of 24 channels and more), and the
+//!   fused inference convolution `conv2d_bias_act` (a batch norm folded into
+//!   the weights and bias, the ReLU applied as the output is stored);
 //! - [`conv_transpose`]: 2-D transposed convolution (`nn.ConvTranspose2d`:
 //!   stride, padding, output padding) on the same kernels, the roles of
 //!   forward and input gradient swapped;
@@ -30,6 +31,12 @@
 //!   original order, per-sample zero-padded crops.
 //!
 //! Everything returns `candle_core::Result`.
+//!
+//! The kernels split their work over rayon's global pool. Run a training or
+//! inference loop through [`on_worker`] (the `anytime` binary runs every
+//! command so): called from a pool thread, a kernel keeps part of its work
+//! on the calling thread instead of handing all of it over and sleeping
+//! until it is done.
 //!
 //! ```
 //! use anytime_ops::conv::{conv2d, Conv2dParams};
@@ -92,6 +99,35 @@ pub fn kernel_set() -> &'static str {
     } else {
         "generic"
     }
+}
+
+/// Runs `f` on a thread of rayon's global pool and returns its result (at
+/// once, on the calling thread, when that is a pool thread already or the
+/// pool has a single thread).
+///
+/// Every CPU kernel of this crate splits its work with rayon. Called from a
+/// thread outside the pool, such as a program's main thread, a parallel
+/// kernel hands all of its work to the pool and puts the caller to sleep
+/// until it is done: two thread wake-ups per kernel call, hundreds per
+/// training step of a small multi-exit network. Called from a pool thread,
+/// it runs a part on that thread while the others take the rest, the way
+/// PyTorch's intra-op threads include the calling thread. On 2 cores this
+/// took MSDNet's and RANet's CIFAR training steps to 0.83–0.86 of the time
+/// (`docs/log/2026-12-03-winograd-and-pool.md`).
+///
+/// With a single pool thread `f` stays where it is: a loop that waits on a
+/// background thread which itself needs the pool (the data loaders decode
+/// in parallel) would otherwise wait for ever.
+///
+/// ```
+/// let sum = anytime_ops::on_worker(|| (1..=4).sum::<u32>());
+/// assert_eq!(sum, 10);
+/// ```
+pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
+        return f();
+    }
+    rayon::scope(|_| f())
 }
 
 /// Whether [`set_stock_ops`] is on.

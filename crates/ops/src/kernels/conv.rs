@@ -323,9 +323,13 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         return depthwise::backward_input(g, dy, w);
     }
     if use_shift(g) {
+        // Stride 1, padding 1, 3×3: a forward convolution of the output
+        // gradient, which the Winograd forward runs where both directions
+        // qualify.
         #[cfg(target_arch = "x86_64")]
-        if let Some((t, wt)) = winograd::transposed(g, w) {
-            return winograd::forward(&t, dy, &wt, Epilogue::NONE);
+        if winograd::applies(g) && winograd::applies(&winograd::transposed_geom(g)) {
+            let wt = winograd::transposed_weights(g, w);
+            return winograd::forward(&winograd::transposed_geom(g), dy, &wt, Epilogue::NONE);
         }
         return shift::backward_input(g, dy, w);
     }

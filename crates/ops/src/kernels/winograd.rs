@@ -406,15 +406,15 @@ unsafe fn output_rows(
     }
 }
 
-/// The geometry and weights whose [`forward`] on the output gradient is the
-/// input gradient of `g` (stride 1, padding 1, 3×3: a convolution with the
-/// filters mirrored and input and output channels swapped, group by group),
-/// when the Winograd forward runs that convolution.
-pub(crate) fn transposed(g: &ConvGeom, w: &[f32]) -> Option<(ConvGeom, Vec<f32>)> {
-    let t = ConvGeom { c_in: g.c_out, h: g.oh, w: g.ow, c_out: g.c_in, oh: g.h, ow: g.w, ..*g };
-    if !(applies(g) && applies(&t)) {
-        return None;
-    }
+/// The geometry whose [`forward`] on the output gradient of `g` (3×3,
+/// stride 1, padding 1) is its input gradient: input and output swapped.
+pub(crate) fn transposed_geom(g: &ConvGeom) -> ConvGeom {
+    ConvGeom { c_in: g.c_out, h: g.oh, w: g.ow, c_out: g.c_in, oh: g.h, ow: g.w, ..*g }
+}
+
+/// The weights of [`transposed_geom`]: every filter mirrored, input and
+/// output channels swapped, group by group.
+pub(crate) fn transposed_weights(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     let (cig, cog) = (g.cig(), g.cog());
     let mut wt = vec![0f32; w.len()];
     for gi in 0..g.groups {
@@ -428,7 +428,7 @@ pub(crate) fn transposed(g: &ConvGeom, w: &[f32]) -> Option<(ConvGeom, Vec<f32>)
             }
         }
     }
-    Some((t, wt))
+    wt
 }
 
 /// The output pointer, shared by the threads, which write disjoint tiles.
@@ -593,7 +593,7 @@ mod tests {
         }
     }
 
-    /// The input gradient through [`transposed`] against the plain sums
+    /// The input gradient through [`transposed_geom`] against the plain sums
     /// `dx[ci, y, x] = Σ dy[co, y − ki + 1, x − kj + 1] · w[co, ci, ki, kj]`,
     /// with groups.
     #[test]
@@ -604,7 +604,7 @@ mod tests {
         for g in [geom(3, 32, 24, 7, 9, 1), geom(2, 48, 64, 8, 8, 2)] {
             let dy: Vec<f32> = (0..g.n * g.c_out * g.ohw()).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
             let w: Vec<f32> = (0..g.c_out * g.kcol()).map(|i| ((i * 104729) % 17) as f32 / 16.0 - 0.5).collect();
-            let (t, wt) = transposed(&g, &w).expect("both directions run the Winograd forward");
+            let (t, wt) = (transposed_geom(&g), transposed_weights(&g, &w));
             let got = forward(&t, &dy, &wt, Epilogue::NONE);
             let (cig, cog) = (g.cig(), g.cog());
             for s in 0..g.n {
