@@ -43,14 +43,16 @@ impl Mode {
         Self { train: false, fold: false, frozen: Arc::from(Vec::new()) }
     }
 
-    /// Eval mode for inference with fixed weights: each convolution followed
-    /// by a batch norm runs as one fused convolution with the batch norm
-    /// folded into its weights and bias, and the ReLU after it applied as
-    /// the values are stored. The folded weights are computed on a pair's
-    /// first inference pass and kept until the pair runs in training mode,
-    /// so a caller that changes weights by other means (loading new ones
-    /// into the same variables) must use [`Mode::eval`] (always unfused).
-    /// Same results as [`Mode::eval`] up to float rounding.
+    /// Eval mode for inference with fixed batch-norm statistics: each
+    /// convolution followed by a batch norm runs as one fused convolution,
+    /// the batch norm applied as a per-channel scale and shift and the ReLU
+    /// after it as the values are stored. The scale and shift are computed
+    /// on a pair's first inference pass and kept until the pair runs in
+    /// training mode, so a caller that changes batch-norm parameters or
+    /// statistics by other means (loading new ones into the same variables)
+    /// must use [`Mode::eval`] (always unfused); new convolution weights are
+    /// used as they are. Same results as [`Mode::eval`] up to float
+    /// rounding.
     pub fn inference() -> Self {
         Self { fold: FOLD_BATCH_NORM.load(Ordering::Relaxed), ..Self::eval() }
     }

@@ -185,16 +185,79 @@ pub fn conv2d_bias_act(xs: &Tensor, weight: &Tensor, bias: &Tensor, p: Conv2dPar
         bail!("conv2d: expected a bias of [{}], got {:?}", g.c_out, bias.dims())
     }
     if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && !crate::stock_ops() {
-        return xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &ConvBiasAct { p, relu });
+        let op = ConvBiasAct { p, relu, scaled: false };
+        return xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op);
     }
     let ys =
         xs.conv2d(weight, p.padding, p.stride, p.dilation, p.groups)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
     if relu { ys.relu() } else { Ok(ys) }
 }
 
+/// [`conv2d_bias_act`] with a per-channel scale as well,
+/// `relu(conv(x, w) · scale + shift)`, applied to each output value as the
+/// kernel stores it. With the scale and shift of an eval-mode batch norm
+/// ([`crate::norm::fold_bn_after_conv`]) this is conv → batch norm → ReLU
+/// as one operation on the convolution's own weights: nothing the size of
+/// the weights is made or kept (folding the batch norm into a copy of the
+/// weights doubles a model's weight memory while it also keeps them for
+/// training).
+///
+/// Inference only, as [`conv2d_bias_act`]. On other devices, or with
+/// [`crate::set_stock_ops`], the stock convolution, a broadcast multiply and
+/// add and a ReLU.
+///
+/// # Shapes
+/// `xs` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, k, k]`,
+/// `scale` and `shift` `[C_out]`; output as [`conv2d`].
+///
+/// ```
+/// use anytime_ops::conv::{Conv2dParams, conv2d, conv2d_scale_bias_act};
+/// use candle_core::{Device, Tensor};
+/// # fn main() -> candle_core::Result<()> {
+/// let x = Tensor::arange(0f32, 32., &Device::Cpu)?.reshape((1, 2, 4, 4))?;
+/// let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// let (s, b) = (Tensor::new(&[2f32, 1., -1.], &Device::Cpu)?, Tensor::new(&[-300f32, 0., 300.], &Device::Cpu)?);
+/// let p = Conv2dParams { padding: 1, ..Default::default() };
+/// let fused = conv2d_scale_bias_act(&x, &w, &s, &b, p, true)?;
+/// let unfused = conv2d(&x, &w, None, p)?.broadcast_mul(&s.reshape((1, 3, 1, 1))?)?.broadcast_add(&b.reshape((1, 3, 1, 1))?)?.relu()?;
+/// let diff = (fused - unfused)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert!(diff < 1e-3);
+/// # Ok(())
+/// # }
+/// ```
+pub fn conv2d_scale_bias_act(
+    xs: &Tensor,
+    weight: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    p: Conv2dParams,
+    relu: bool,
+) -> Result<Tensor> {
+    let g = geometry(xs.dims(), weight.dims(), p)?;
+    for (what, t) in [("scale", scale), ("shift", shift)] {
+        if t.dims() != [g.c_out] {
+            bail!("conv2d: expected a {what} of [{}], got {:?}", g.c_out, t.dims())
+        }
+    }
+    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && !crate::stock_ops() {
+        // The op takes three tensors: scale and shift go as one.
+        let ss = Tensor::cat(&[scale, shift], 0)?;
+        let op = ConvBiasAct { p, relu, scaled: true };
+        return xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &ss, &op);
+    }
+    let c = (1, g.c_out, 1, 1);
+    let ys = xs
+        .conv2d(weight, p.padding, p.stride, p.dilation, p.groups)?
+        .broadcast_mul(&scale.reshape(c)?)?
+        .broadcast_add(&shift.reshape(c)?)?;
+    if relu { ys.relu() } else { Ok(ys) }
+}
+
 struct ConvBiasAct {
     p: Conv2dParams,
     relu: bool,
+    /// The third tensor is `[scale; shift]` (`2·C_out`) instead of a bias.
+    scaled: bool,
 }
 
 impl CustomOp3 for ConvBiasAct {
@@ -215,10 +278,13 @@ impl CustomOp3 for ConvBiasAct {
         let x = kernels::f32_slice(s1, l1, "conv2d input")?;
         let w = kernels::f32_slice(s2, l2, "conv2d weight")?;
         let b = kernels::f32_slice(s3, l3, "conv2d bias")?;
-        if b.len() != g.c_out {
-            bail!("conv2d: expected a bias of [{}], got {:?}", g.c_out, l3.dims())
+        let per = if self.scaled { 2 } else { 1 };
+        if b.len() != per * g.c_out {
+            bail!("conv2d: expected a bias of [{}], got {:?}", per * g.c_out, l3.dims())
         }
-        let y = kernels::conv::forward(&g, x, w, kernels::conv::Epilogue { bias: Some(b), relu: self.relu });
+        let (scale, bias) = if self.scaled { (Some(&b[..g.c_out]), &b[g.c_out..]) } else { (None, b) };
+        let ep = kernels::conv::Epilogue { scale, bias: Some(bias), relu: self.relu };
+        let y = kernels::conv::forward(&g, x, w, ep);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 }

@@ -230,6 +230,29 @@ pub fn batch_norm_eval(
     if relu { ys.relu() } else { Ok(ys) }
 }
 
+/// The per-channel scale and shift of an eval-mode batch norm that follows
+/// a convolution with `bias`: `bn(conv(x, w) + b) == conv(x, w) · scale +
+/// shift`, for [`crate::conv::conv2d_scale_bias_act`] (which applies them
+/// as the convolution stores its outputs, on the weights as they are).
+///
+/// # Shapes
+/// Every tensor `[C_out]`.
+pub fn fold_bn_after_conv(
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (scale, shift) = fold_bn(gamma, beta, running_mean, running_var, eps)?;
+    let shift = match bias {
+        Some(b) => (b.mul(&scale)? + shift)?,
+        None => shift,
+    };
+    Ok((scale, shift))
+}
+
 /// Folds an eval-mode batch norm that follows a convolution into the
 /// convolution's weight and bias: `conv(x, w') + b' == bn(conv(x, w) + b)`.
 ///
@@ -257,7 +280,7 @@ pub fn fold_bn_into_conv(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{Conv2dParams, conv2d};
+    use crate::conv::{Conv2dParams, conv2d, conv2d_scale_bias_act};
     use crate::test_util::{assert_close, rand_tensor};
     use candle_core::{Device, Var};
 
@@ -303,6 +326,14 @@ mod tests {
         assert_close("eval", &reference, &manual, 1e-5)?;
         let (fw, fb) = fold_bn_into_conv(&w, None, &g, &b, &m, &v, 1e-5)?;
         assert_close("folded", &conv2d(&x, &fw, Some(&fb), p)?, &reference, 1e-4)?;
+        // The same as a scale and shift after the convolution, with a
+        // convolution bias too, through the fused op.
+        let cb = rand_tensor(&[4], 7, &dev)?;
+        let with_bias = batch_norm_eval(&conv2d(&x, &w, Some(&cb), p)?, &g, &b, &m, &v, 1e-5, true)?;
+        let (s, t) = fold_bn_after_conv(Some(&cb), &g, &b, &m, &v, 1e-5)?;
+        assert_close("scale and shift", &conv2d_scale_bias_act(&x, &w, &s, &t, p, true)?, &with_bias, 1e-4)?;
+        let err = conv2d_scale_bias_act(&x, &w, &s.narrow(0, 0, 3)?, &t, p, true).expect_err("3 scales for 4 channels");
+        assert!(err.to_string().contains("scale of [4]"), "{err}");
         let relu = batch_norm_eval(&y, &g, &b, &m, &v, 1e-5, true)?;
         assert_close("relu", &relu, &reference.relu()?, 1e-6)?;
         Ok(())

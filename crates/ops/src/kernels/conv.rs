@@ -179,12 +179,15 @@ pub(crate) fn per_chunk(g: &ConvGeom, out: &mut [f32], per: usize, f: impl Fn(us
 }
 
 /// What a convolution does to each output value on its way out, while the
-/// value is still in cache: add a per-output-channel bias, then a ReLU. The
-/// fused inference convolution (batch norm folded into the weights and
-/// bias) uses it; training convolutions run with [`Epilogue::NONE`].
+/// value is still in cache: multiply by a per-output-channel scale, add a
+/// per-output-channel bias, then a ReLU. The fused inference convolution
+/// (an eval-mode batch norm as the scale and shift) uses it; training
+/// convolutions run with [`Epilogue::NONE`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Epilogue<'a> {
-    /// `[c_out]`, added to every value of its channel.
+    /// `[c_out]`, every value of its channel multiplied by it.
+    pub scale: Option<&'a [f32]>,
+    /// `[c_out]`, added to every value of its channel (after the scale).
     pub bias: Option<&'a [f32]>,
     /// `max(v, 0)` after the bias.
     pub relu: bool,
@@ -192,20 +195,28 @@ pub(crate) struct Epilogue<'a> {
 
 impl Epilogue<'_> {
     /// Values go out as computed.
-    pub(crate) const NONE: Epilogue<'static> = Epilogue { bias: None, relu: false };
+    pub(crate) const NONE: Epilogue<'static> = Epilogue { scale: None, bias: None, relu: false };
 
     fn is_none(&self) -> bool {
-        self.bias.is_none() && !self.relu
+        self.scale.is_none() && self.bias.is_none() && !self.relu
+    }
+
+    /// The scale and bias of output channel `co` (1 and 0 where absent).
+    #[inline]
+    pub(crate) fn channel(&self, co: usize) -> (f32, f32) {
+        (self.scale.map_or(1.0, |s| s[co]), self.bias.map_or(0.0, |b| b[co]))
     }
 
     /// Applies the epilogue to values of output channel `co`, in place.
     #[inline]
     pub(crate) fn apply(&self, co: usize, v: &mut [f32]) {
-        let b = self.bias.map_or(0.0, |b| b[co]);
-        match (self.bias.is_some(), self.relu) {
-            (false, false) => {}
-            (true, false) => v.iter_mut().for_each(|x| *x += b),
-            (_, true) => v.iter_mut().for_each(|x| *x = (*x + b).max(0.0)),
+        let (s, b) = self.channel(co);
+        match (self.scale.is_some(), self.bias.is_some(), self.relu) {
+            (false, false, false) => {}
+            (false, _, false) => v.iter_mut().for_each(|x| *x += b),
+            (false, _, true) => v.iter_mut().for_each(|x| *x = (*x + b).max(0.0)),
+            (true, _, false) => v.iter_mut().for_each(|x| *x = *x * s + b),
+            (true, _, true) => v.iter_mut().for_each(|x| *x = (*x * s + b).max(0.0)),
         }
     }
 
@@ -216,11 +227,12 @@ impl Epilogue<'_> {
         if self.is_none() {
             return super::copy_short(dst, src);
         }
-        let b = self.bias.map_or(0.0, |b| b[co]);
-        if self.relu {
-            dst.iter_mut().zip(src).for_each(|(o, &x)| *o = (x + b).max(0.0));
-        } else {
-            dst.iter_mut().zip(src).for_each(|(o, &x)| *o = x + b);
+        let (s, b) = self.channel(co);
+        match (self.scale.is_some(), self.relu) {
+            (false, true) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = (x + b).max(0.0)),
+            (false, false) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = x + b),
+            (true, true) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = (x * s + b).max(0.0)),
+            (true, false) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = x * s + b),
         }
     }
 }
@@ -230,6 +242,9 @@ impl Epilogue<'_> {
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     if let Some(b) = ep.bias {
         assert_eq!(b.len(), g.c_out, "conv epilogue: one bias per output channel");
+    }
+    if let Some(s) = ep.scale {
+        assert_eq!(s.len(), g.c_out, "conv epilogue: one scale per output channel");
     }
     if depthwise::applies(g) {
         return depthwise::forward(g, x, w, ep);

@@ -422,7 +422,7 @@ mod tests {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
                 pool.install(|| {
                     (
-                        forward_padded(isa, &g, &x, &w, Epilogue { bias: Some(&bias), relu: true }),
+                        forward_padded(isa, &g, &x, &w, Epilogue { scale: None, bias: Some(&bias), relu: true }),
                         backward_input_padded(isa, &g, &dy, &w),
                         backward_weight_padded(isa, &g, &x, &dy),
                     )

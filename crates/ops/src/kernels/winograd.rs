@@ -333,8 +333,8 @@ unsafe fn input_pass<const P: usize>(
 }
 
 /// One output channel's rows for the tiles of a segment: `Aᵀ m A` of its
-/// products `m[ξ·xs + ty·tw + tx]` for `nty` tile rows, plus `bias`, then a
-/// ReLU if asked, cropped into the `rows` rows at `out` (the plane's rows
+/// products `m[ξ·xs + ty·tw + tx]` for `nty` tile rows, times `scale`, plus
+/// `bias`, then a ReLU if asked, cropped into the `rows` rows at `out` (the plane's rows
 /// from the segment's first, `ow` wide); sixteen consecutive tiles per pass,
 /// as in [`input_seg`].
 ///
@@ -347,7 +347,7 @@ unsafe fn output_rows(
     m: &[f32],
     xs: usize,
     (tw, nty, ow): (usize, usize, usize),
-    (bias, relu): (f32, bool),
+    (scale, bias, relu): (f32, f32, bool),
     (out, rows): (*mut f32, usize),
 ) {
     use std::arch::x86_64::*;
@@ -355,7 +355,7 @@ unsafe fn output_rows(
     assert!(rows <= 2 * nty && 2 * tw >= ow, "winograd: output rows and tiles disagree");
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    let (bv, zero) = (_mm512_set1_ps(bias), _mm512_setzero_ps());
+    let (sv, bv, zero) = (_mm512_set1_ps(scale), _mm512_set1_ps(bias), _mm512_setzero_ps());
     let per = rows_per_pass(tw);
     for ty in (0..nty).step_by(per) {
         let groups = per.min(nty - ty);
@@ -375,8 +375,12 @@ unsafe fn output_rows(
                     std::array::from_fn(|j| _mm512_sub_ps(_mm512_sub_ps(mm[4 + j], mm[8 + j]), mm[12 + j])),
                 ];
                 for (a, pa) in p.iter().enumerate() {
-                    let mut e = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(pa[0], pa[1]), pa[2]), bv);
-                    let mut o = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(pa[1], pa[2]), pa[3]), bv);
+                    let e = _mm512_add_ps(_mm512_add_ps(pa[0], pa[1]), pa[2]);
+                    let o = _mm512_sub_ps(_mm512_sub_ps(pa[1], pa[2]), pa[3]);
+                    // As `Epilogue::copy`: times the scale, plus the bias
+                    // (a multiply and an add, not fused).
+                    let mut e = _mm512_add_ps(_mm512_mul_ps(e, sv), bv);
+                    let mut o = _mm512_add_ps(_mm512_mul_ps(o, sv), bv);
                     if relu {
                         e = _mm512_max_ps(e, zero);
                         o = _mm512_max_ps(o, zero);
@@ -473,7 +477,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
                     let (r0, r1) = (2 * seg.ty0, (2 * seg.ty1).min(g.oh));
                     for co in 0..cog {
                         let c = gi * cog + co;
-                        let bias = ep.bias.map_or(0.0, |b| b[c]);
+                        let (scale, bias) = ep.channel(c);
                         let dims = (tw, seg.ty1 - seg.ty0, g.ow);
                         // SAFETY: AVX-512F (as above); the products lie in m;
                         // rows r0..r1 of plane (s, c) lie inside the output
@@ -482,7 +486,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
                         // tiles are disjoint: no other thread writes them.
                         unsafe {
                             let rows = out.0.add(((seg.s * g.c_out + c) * g.oh + r0) * g.ow);
-                            output_rows(&m[co * tp + seg.at..], ms, dims, (bias, ep.relu), (rows, r1 - r0));
+                            output_rows(&m[co * tp + seg.at..], ms, dims, (scale, bias, ep.relu), (rows, r1 - r0));
                         }
                     }
                 }
@@ -506,7 +510,13 @@ mod tests {
     use super::*;
 
     /// The plain convolution (padding 1, stride 1), f64 sums.
-    fn plain(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+    fn plain(
+        g: &ConvGeom,
+        x: &[f32],
+        w: &[f32],
+        (scale, bias): (Option<&[f32]>, Option<&[f32]>),
+        relu: bool,
+    ) -> Vec<f32> {
         let (cig, cog) = (g.cig(), g.cog());
         let mut y = vec![0f32; g.n * g.c_out * g.ohw()];
         for s in 0..g.n {
@@ -514,7 +524,7 @@ mod tests {
                 let gi = co / cog;
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
-                        let mut acc = bias.map_or(0.0, |b| b[co] as f64);
+                        let mut acc = 0f64;
                         for ci in 0..cig {
                             for ki in 0..3 {
                                 for kj in 0..3 {
@@ -526,6 +536,7 @@ mod tests {
                                 }
                             }
                         }
+                        let acc = acc * scale.map_or(1.0, |s| s[co] as f64) + bias.map_or(0.0, |b| b[co] as f64);
                         y[((s * g.c_out + co) * g.oh + oy) * g.ow + ox] = if relu { acc.max(0.0) } else { acc } as f32;
                     }
                 }
@@ -539,7 +550,7 @@ mod tests {
     }
 
     /// Against the plain sums: even and odd map sizes (partial tiles),
-    /// blocks of whole samples and of tile rows, groups, bias and ReLU, one
+    /// blocks of whole samples and of tile rows, groups, scale, bias and ReLU, one
     /// and several threads, the AVX-512 and AVX2 product kernels.
     #[test]
     fn matches_plain_convolution() {
@@ -558,11 +569,18 @@ mod tests {
             let x: Vec<f32> = (0..g.n * g.c_in * g.hw()).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
             let w: Vec<f32> = (0..g.c_out * g.kcol()).map(|i| ((i * 104729) % 17) as f32 / 16.0 - 0.5).collect();
             let bias: Vec<f32> = (0..g.c_out).map(|i| i as f32 / 7.0 - 1.0).collect();
-            for (b, relu) in [(None, false), (Some(&bias[..]), true), (Some(&bias[..]), false)] {
-                let want = plain(&g, &x, &w, b, relu);
+            let scale: Vec<f32> = (0..g.c_out).map(|i| 0.5 + (i % 5) as f32 / 4.0).collect();
+            for (sc, b, relu) in [
+                (None, None, false),
+                (None, Some(&bias[..]), true),
+                (None, Some(&bias[..]), false),
+                (Some(&scale[..]), Some(&bias[..]), true),
+                (Some(&scale[..]), None, false),
+            ] {
+                let want = plain(&g, &x, &w, (sc, b), relu);
                 for avx512 in [true, false] {
                     direct::set_avx512(avx512);
-                    let got = forward(&g, &x, &w, Epilogue { bias: b, relu });
+                    let got = forward(&g, &x, &w, Epilogue { scale: sc, bias: b, relu });
                     direct::set_avx512(true);
                     let scale = (g.cig() * 9) as f32;
                     for (i, (a, e)) in got.iter().zip(&want).enumerate() {
