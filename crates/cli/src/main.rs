@@ -45,9 +45,11 @@ fn keep_freed_memory() {
 #[command(name = "anytime", version = VERSION, about)]
 struct Cli {
     /// Run inference with every batch norm as a layer of its own instead of
-    /// folded into the convolution before it (the default, which fuses
-    /// conv, batch norm and ReLU into one operation; both give the same
-    /// results up to float rounding). For comparing the two paths.
+    /// folded into the convolution before it (the default, which runs conv,
+    /// batch norm and ReLU as one operation: the batch norm as a per-channel
+    /// scale and shift applied as the convolution stores its output; both
+    /// give the same results up to float rounding). For comparing the two
+    /// paths.
     #[arg(long, global = true)]
     no_fold: bool,
     #[command(subcommand)]

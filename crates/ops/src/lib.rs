@@ -13,8 +13,9 @@
 //!   every instruction set and thread count), im2col + GEMM kept for
 //!   comparison, and on AVX-512 a Winograd F(2×2, 3×3) forward and input
 //!   gradient for 3×3 stride-1 convolutions of 24 channels and more), and the
-//!   fused inference convolution `conv2d_bias_act` (a batch norm folded into
-//!   the weights and bias, the ReLU applied as the output is stored);
+//!   fused inference convolutions `conv2d_scale_bias_act` (a batch norm
+//!   after the convolution as a per-channel scale and shift) and
+//!   `conv2d_bias_act`, the ReLU applied as the output is stored;
 //! - [`conv_transpose`]: 2-D transposed convolution (`nn.ConvTranspose2d`:
 //!   stride, padding, output padding) on the same kernels, the roles of
 //!   forward and input gradient swapped;
