@@ -9,7 +9,7 @@ use crate::Mode;
 use anytime_flops::{CountFlops, Counter, Shape4};
 use anytime_ops::conv::{Conv2dParams, conv2d, conv2d_scale_bias_act};
 use anytime_ops::conv_transpose::{ConvTranspose2dParams, conv_transpose2d};
-use anytime_ops::norm::{batch_norm_eval, batch_norm_train, fold_bn_after_conv, fold_bn_into_conv};
+use anytime_ops::norm::{batch_norm_eval, batch_norm_train, fold_bn_after_conv};
 use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use std::sync::{Arc, Mutex};
@@ -350,16 +350,9 @@ impl BatchNorm2d {
     /// `(w', b')` with `conv(x, w') + b' = bn(conv(x, w) + b)`, detached
     /// from the variables.
     pub fn fold_into(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let (w, b) = fold_bn_into_conv(
-            &weight.detach(),
-            bias.map(|b| b.detach()).as_ref(),
-            &self.weight.detach(),
-            &self.bias.detach(),
-            &self.running_mean.as_tensor().detach(),
-            &self.running_var.as_tensor().detach(),
-            self.eps,
-        )?;
-        Ok((w.contiguous()?, b.contiguous()?))
+        let (scale, b) = self.scale_shift_after(bias)?;
+        let w = weight.detach().broadcast_mul(&scale.reshape((scale.dim(0)?, 1, 1, 1))?)?;
+        Ok((w.contiguous()?, b))
     }
 
     /// This batch norm, in eval mode, as the per-channel scale and shift

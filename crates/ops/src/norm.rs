@@ -267,13 +267,9 @@ pub fn fold_bn_into_conv(
     running_var: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let (scale, shift) = fold_bn(gamma, beta, running_mean, running_var, eps)?;
+    let (scale, b) = fold_bn_after_conv(bias, gamma, beta, running_mean, running_var, eps)?;
     let c = scale.dim(0)?;
     let w = weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
-    let b = match bias {
-        Some(b) => (b.mul(&scale)? + shift)?,
-        None => shift,
-    };
     Ok((w, b))
 }
 

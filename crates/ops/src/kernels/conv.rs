@@ -342,9 +342,11 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         // gradient, which the Winograd forward runs where both directions
         // qualify.
         #[cfg(target_arch = "x86_64")]
-        if winograd::applies(g) && winograd::applies(&winograd::transposed_geom(g)) {
-            let wt = winograd::transposed_weights(g, w);
-            return winograd::forward(&winograd::transposed_geom(g), dy, &wt, Epilogue::NONE);
+        {
+            let t = winograd::transposed_geom(g);
+            if winograd::applies(g) && winograd::applies(&t) {
+                return winograd::forward(&t, dy, &winograd::transposed_weights(g, w), Epilogue::NONE);
+            }
         }
         return shift::backward_input(g, dy, w);
     }

@@ -545,6 +545,14 @@ mod tests {
         y
     }
 
+    /// Inputs in [−1, 1) and filter values in [−0.5, 0.5), fixed patterns.
+    fn values(len: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect()
+    }
+    fn filters(len: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 104729) % 17) as f32 / 16.0 - 0.5).collect()
+    }
+
     fn geom(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, groups: usize) -> ConvGeom {
         ConvGeom { n, c_in, h, w, c_out, k: 3, stride: 1, pad: 1, dil: 1, groups, oh: h, ow: w }
     }
@@ -566,8 +574,8 @@ mod tests {
             geom(2, 32, 32, 6, 6, 2),
             geom(9, 64, 64, 8, 8, 1),
         ] {
-            let x: Vec<f32> = (0..g.n * g.c_in * g.hw()).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
-            let w: Vec<f32> = (0..g.c_out * g.kcol()).map(|i| ((i * 104729) % 17) as f32 / 16.0 - 0.5).collect();
+            let x = values(g.n * g.c_in * g.hw());
+            let w = filters(g.c_out * g.kcol());
             let bias: Vec<f32> = (0..g.c_out).map(|i| i as f32 / 7.0 - 1.0).collect();
             let scale: Vec<f32> = (0..g.c_out).map(|i| 0.5 + (i % 5) as f32 / 4.0).collect();
             for (sc, b, relu) in [
@@ -599,8 +607,8 @@ mod tests {
             return;
         }
         let g = geom(16, 32, 48, 12, 12, 1);
-        let x: Vec<f32> = (0..g.n * g.c_in * g.hw()).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
-        let w: Vec<f32> = (0..g.c_out * g.kcol()).map(|i| ((i * 104729) % 17) as f32 / 16.0 - 0.5).collect();
+        let x = values(g.n * g.c_in * g.hw());
+        let w = filters(g.c_out * g.kcol());
         let run = |t: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a thread pool");
             pool.install(|| forward(&g, &x, &w, Epilogue::NONE))
@@ -620,8 +628,8 @@ mod tests {
             return;
         }
         for g in [geom(3, 32, 24, 7, 9, 1), geom(2, 48, 64, 8, 8, 2)] {
-            let dy: Vec<f32> = (0..g.n * g.c_out * g.ohw()).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
-            let w: Vec<f32> = (0..g.c_out * g.kcol()).map(|i| ((i * 104729) % 17) as f32 / 16.0 - 0.5).collect();
+            let dy = values(g.n * g.c_out * g.ohw());
+            let w = filters(g.c_out * g.kcol());
             let (t, wt) = (transposed_geom(&g), transposed_weights(&g, &w));
             let got = forward(&t, &dy, &wt, Epilogue::NONE);
             let (cig, cog) = (g.cig(), g.cog());
