@@ -113,8 +113,8 @@ pub fn kernel_set() -> &'static str {
 /// training step of a small multi-exit network. Called from a pool thread,
 /// it runs a part on that thread while the others take the rest, the way
 /// PyTorch's intra-op threads include the calling thread. On 2 cores this
-/// took MSDNet's and RANet's CIFAR training steps to 0.83–0.86 of the time
-/// (`docs/log/2026-12-03-winograd-and-pool.md`).
+/// took MSDNet's and RANet's CIFAR training steps to 0.81–0.97 of the time
+/// in two A/B runs (`docs/log/2026-12-03-winograd-and-pool.md`).
 ///
 /// With a single pool thread `f` stays where it is: a loop that waits on a
 /// background thread which itself needs the pool (the data loaders decode
