@@ -95,11 +95,10 @@ fn status_mib(field: &str) -> Option<f64> {
 /// Runs case `a.case` `a.repeat` times (three by default) in this process
 /// and prints the case's peak resident memory in MiB: the process's peak
 /// while it runs, less the resident size of the bare binary before any case
-/// was built (torch's side: less Python with torch imported). The other
-/// cases are built too (the case list is built whole) and dropped, with
-/// freed memory returned to the OS at once, and what is left free is handed
-/// back before the peak is restarted; the runs keep freed memory, as the
-/// binaries do.
+/// was built (torch's side: less Python with torch imported). Only this
+/// case is built, with freed memory returned to the OS at once, and what is
+/// left free is handed back before the peak is restarted; the runs keep
+/// freed memory, as the binaries do.
 pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
     // SAFETY: set before any thread of ours starts; read by rayon and candle.
     unsafe {
@@ -108,10 +107,7 @@ pub fn memory_worker(a: &MemoryArgs) -> Result<()> {
     }
     let base = status_mib("VmRSS").context("no /proc/self/status")?;
     crate::return_freed_memory_at_once();
-    let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
-        Some(c) => c,
-        None => bail!("no benchmark case named '{}'", a.case),
-    };
+    let mut case = build_case(&a.case, false)?;
     crate::release_freed_memory();
     // Restart the high-water mark from the current resident size (Linux ≥
     // 4.0, `clear_refs` value 5).
@@ -163,10 +159,7 @@ pub fn ab(a: &AbArgs) -> Result<()> {
         "winograd" => anytime_ops::conv::set_winograd,
         other => bail!("unknown toggle '{other}' (fold, avx512, direct, keep-freed, depthwise-padded or winograd)"),
     };
-    let mut case = match cases(false)?.into_iter().find(|c| c.spec["name"] == a.case.as_str()) {
-        Some(c) => c,
-        None => bail!("no benchmark case named '{}'", a.case),
-    };
+    let mut case = build_case(&a.case, false)?;
     let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let run = &mut case.run;
     anytime_ops::on_worker(|| -> Result<()> {
@@ -386,51 +379,78 @@ struct Case {
     run: Box<dyn FnMut() -> candle_core::Result<()> + Send>,
 }
 
+/// A case by name, built on demand: a process measuring one case's memory
+/// builds that case alone (building the others and dropping them left tens
+/// of MiB resident in the allocator).
+struct Lazy {
+    name: String,
+    build: Box<dyn FnOnce() -> Result<Case>>,
+}
+
+impl Lazy {
+    fn new(name: String, build: impl FnOnce() -> Result<Case> + 'static) -> Self {
+        Self { name, build: Box::new(build) }
+    }
+
+    /// The built case, its name checked against the one promised.
+    fn build(self) -> Result<Case> {
+        let case = (self.build)()?;
+        if case.spec["name"] != self.name.as_str() {
+            bail!("case '{}' was built as '{}'", self.name, case.spec["name"]);
+        }
+        Ok(case)
+    }
+}
+
+/// Builds the case named `name` alone.
+fn build_case(name: &str, kernels_only: bool) -> Result<Case> {
+    match cases(kernels_only)?.into_iter().find(|c| c.name == name) {
+        Some(c) => c.build(),
+        None => bail!("no benchmark case named '{name}'"),
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // one argument per geometry parameter
-fn conv(
-    n: usize,
-    cin: usize,
-    cout: usize,
-    hw: usize,
-    k: usize,
-    stride: usize,
-    groups: usize,
-    backward: bool,
-) -> Result<Case> {
-    let x = Var::from_tensor(&rand(&[n, cin, hw, hw])?)?;
-    let w = Var::from_tensor(&rand(&[cout, cin / groups, k, k])?)?;
-    let p = Conv2dParams { stride, padding: k / 2, dilation: 1, groups };
-    let out = p.out_size(hw, k).context("kernel too large")?;
-    let macs = (n * cout * cin / groups * k * k * out * out) as f64;
+fn conv(n: usize, cin: usize, cout: usize, hw: usize, k: usize, stride: usize, groups: usize, backward: bool) -> Lazy {
     let kind = if groups == cin && groups > 1 { "depthwise" } else { "conv" };
     let name =
         format!("{kind} {k}x{k}/{stride} {cin}->{cout} {hw}x{hw} n{n} {}", if backward { "fwd+bwd" } else { "fwd" });
-    Ok(Case {
-        spec: json!({"kind": "conv", "name": name, "n": n, "cin": cin, "cout": cout, "hw": hw, "k": k, "stride": stride, "groups": groups, "backward": backward}),
-        flops: Some(2.0 * macs * if backward { 3.0 } else { 1.0 }),
-        run: Box::new(move || {
-            let y = conv2d(x.as_tensor(), w.as_tensor(), None, p)?;
-            if backward {
-                y.sum_all()?.backward()?;
-            } else {
-                y.sum_all()?;
-            }
-            Ok(())
-        }),
+    Lazy::new(name.clone(), move || {
+        let x = Var::from_tensor(&rand(&[n, cin, hw, hw])?)?;
+        let w = Var::from_tensor(&rand(&[cout, cin / groups, k, k])?)?;
+        let p = Conv2dParams { stride, padding: k / 2, dilation: 1, groups };
+        let out = p.out_size(hw, k).context("kernel too large")?;
+        let macs = (n * cout * cin / groups * k * k * out * out) as f64;
+        Ok(Case {
+            spec: json!({"kind": "conv", "name": name, "n": n, "cin": cin, "cout": cout, "hw": hw, "k": k, "stride": stride, "groups": groups, "backward": backward}),
+            flops: Some(2.0 * macs * if backward { 3.0 } else { 1.0 }),
+            run: Box::new(move || {
+                let y = conv2d(x.as_tensor(), w.as_tensor(), None, p)?;
+                if backward {
+                    y.sum_all()?.backward()?;
+                } else {
+                    y.sum_all()?;
+                }
+                Ok(())
+            }),
+        })
     })
 }
 
-fn bn(n: usize, c: usize, hw: usize) -> Result<Case> {
-    let x = Var::from_tensor(&rand(&[n, c, hw, hw])?)?;
-    let g = Var::from_tensor(&Tensor::ones(c, DType::F32, &Device::Cpu)?)?;
-    let b = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
-    Ok(Case {
-        spec: json!({"kind": "bn", "name": format!("batch norm + ReLU train fwd+bwd {c}ch {hw}x{hw} n{n}"), "n": n, "c": c, "hw": hw}),
-        flops: None,
-        run: Box::new(move || {
-            batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, true)?.ys.sum_all()?.backward()?;
-            Ok(())
-        }),
+fn bn(n: usize, c: usize, hw: usize) -> Lazy {
+    let name = format!("batch norm + ReLU train fwd+bwd {c}ch {hw}x{hw} n{n}");
+    Lazy::new(name.clone(), move || {
+        let x = Var::from_tensor(&rand(&[n, c, hw, hw])?)?;
+        let g = Var::from_tensor(&Tensor::ones(c, DType::F32, &Device::Cpu)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
+        Ok(Case {
+            spec: json!({"kind": "bn", "name": name, "n": n, "c": c, "hw": hw}),
+            flops: None,
+            run: Box::new(move || {
+                batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, true)?.ys.sum_all()?.backward()?;
+                Ok(())
+            }),
+        })
     })
 }
 
@@ -446,91 +466,138 @@ fn inverted_residual(
     se: bool,
     hard_swish: bool,
     train: bool,
-) -> Result<Case> {
+) -> Lazy {
     use anytime_blocks::mobilenet::{InvertedResidual, make_divisible};
-    let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let block = InvertedResidual::new(vb, c, c, k, 1, expansion, se, hard_swish)?;
-    let x = rand(&[n, c, hw, hw])?;
     let mid = make_divisible(c as f64 * expansion);
-    let red = make_divisible(mid as f64 * 0.25);
-    let px = (n * hw * hw) as f64;
-    let macs = px * (2 * c * mid + mid * k * k) as f64 + if se { (n * 2 * mid * red) as f64 } else { 0.0 };
     let name = format!(
         "inverted residual {k}x{k} {c}->{mid}->{c}{}{} {hw}x{hw} n{n} {}",
         if se { " SE" } else { "" },
         if hard_swish { " hswish" } else { " relu" },
         if train { "train fwd+bwd" } else { "fwd" }
     );
-    let mode = if train { anytime_blocks::Mode::train() } else { anytime_blocks::Mode::inference() };
-    Ok(Case {
-        spec: json!({"kind": "inverted_residual", "name": name, "n": n, "c": c, "hw": hw, "k": k, "mid": mid, "reduce": red, "se": se, "hard_swish": hard_swish, "train": train}),
-        flops: Some(2.0 * macs * if train { 3.0 } else { 1.0 }),
-        run: Box::new(move || {
-            let y = block.forward_t(&x, &mode)?;
-            if train {
-                y.sum_all()?.backward()?;
-            }
-            Ok(())
-        }),
+    Lazy::new(name.clone(), move || {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let block = InvertedResidual::new(vb, c, c, k, 1, expansion, se, hard_swish)?;
+        let x = rand(&[n, c, hw, hw])?;
+        let red = make_divisible(mid as f64 * 0.25);
+        let px = (n * hw * hw) as f64;
+        let macs = px * (2 * c * mid + mid * k * k) as f64 + if se { (n * 2 * mid * red) as f64 } else { 0.0 };
+        let mode = if train { anytime_blocks::Mode::train() } else { anytime_blocks::Mode::inference() };
+        Ok(Case {
+            spec: json!({"kind": "inverted_residual", "name": name, "n": n, "c": c, "hw": hw, "k": k, "mid": mid, "reduce": red, "se": se, "hard_swish": hard_swish, "train": train}),
+            flops: Some(2.0 * macs * if train { 3.0 } else { 1.0 }),
+            run: Box::new(move || {
+                let y = block.forward_t(&x, &mode)?;
+                if train {
+                    y.sum_all()?.backward()?;
+                }
+                Ok(())
+            }),
+        })
     })
 }
 
-fn dense(n: usize, c: usize, hw: usize, layers: usize, growth: usize) -> Result<Case> {
-    // Two scales; per layer: a 3x3 conv-BN-ReLU on each scale and a strided
-    // one from the finer to the coarser, concatenated (as the torch script).
-    let mut params = Vec::new();
-    let mut ch = (c, 2 * c);
-    let mut macs = 0.0;
-    for _ in 0..layers {
-        let mk = |cin: usize| -> candle_core::Result<[Var; 3]> {
-            Ok([
-                Var::from_tensor(&(rand(&[growth, cin, 3, 3])? * 0.1)?)?,
-                Var::from_tensor(&Tensor::ones(growth, DType::F32, &Device::Cpu)?)?,
-                Var::from_tensor(&Tensor::zeros(growth, DType::F32, &Device::Cpu)?)?,
-            ])
+fn dense(n: usize, c: usize, hw: usize, layers: usize, growth: usize) -> Lazy {
+    let name = format!("dense 2-scale stack {layers} layers g{growth} {hw}x{hw} n{n} fwd+bwd");
+    Lazy::new(name.clone(), move || {
+        // Two scales; per layer: a 3x3 conv-BN-ReLU on each scale and a strided
+        // one from the finer to the coarser, concatenated (as the torch script).
+        let mut params = Vec::new();
+        let mut ch = (c, 2 * c);
+        let mut macs = 0.0;
+        for _ in 0..layers {
+            let mk = |cin: usize| -> candle_core::Result<[Var; 3]> {
+                Ok([
+                    Var::from_tensor(&(rand(&[growth, cin, 3, 3])? * 0.1)?)?,
+                    Var::from_tensor(&Tensor::ones(growth, DType::F32, &Device::Cpu)?)?,
+                    Var::from_tensor(&Tensor::zeros(growth, DType::F32, &Device::Cpu)?)?,
+                ])
+            };
+            params.push([mk(ch.0)?, mk(ch.0)?, mk(ch.1)?]);
+            let (h, h2) = ((hw * hw) as f64, ((hw / 2) * (hw / 2)) as f64);
+            macs += n as f64 * 9.0 * growth as f64 * (ch.0 as f64 * h + ch.0 as f64 * h2 + ch.1 as f64 * h2);
+            ch = (ch.0 + growth, ch.1 + 2 * growth);
+        }
+        let x0 = rand(&[n, c, hw, hw])?;
+        let x1 = rand(&[n, 2 * c, hw / 2, hw / 2])?;
+        let unit = |x: &Tensor, p: &[Var; 3], stride: usize| -> candle_core::Result<Tensor> {
+            let y = conv2d(x, p[0].as_tensor(), None, Conv2dParams { stride, padding: 1, ..Default::default() })?;
+            Ok(batch_norm_train(&y, p[1].as_tensor(), p[2].as_tensor(), 1e-5, true)?.ys)
         };
-        params.push([mk(ch.0)?, mk(ch.0)?, mk(ch.1)?]);
-        let (h, h2) = ((hw * hw) as f64, ((hw / 2) * (hw / 2)) as f64);
-        macs += n as f64 * 9.0 * growth as f64 * (ch.0 as f64 * h + ch.0 as f64 * h2 + ch.1 as f64 * h2);
-        ch = (ch.0 + growth, ch.1 + 2 * growth);
-    }
-    let x0 = rand(&[n, c, hw, hw])?;
-    let x1 = rand(&[n, 2 * c, hw / 2, hw / 2])?;
-    let unit = |x: &Tensor, p: &[Var; 3], stride: usize| -> candle_core::Result<Tensor> {
-        let y = conv2d(x, p[0].as_tensor(), None, Conv2dParams { stride, padding: 1, ..Default::default() })?;
-        Ok(batch_norm_train(&y, p[1].as_tensor(), p[2].as_tensor(), 1e-5, true)?.ys)
-    };
-    Ok(Case {
-        spec: json!({"kind": "dense", "name": format!("dense 2-scale stack {layers} layers g{growth} {hw}x{hw} n{n} fwd+bwd"), "n": n, "c": c, "hw": hw, "layers": layers, "growth": growth}),
-        flops: Some(2.0 * 3.0 * macs),
-        run: Box::new(move || {
-            let (mut a, mut b) = (x0.clone(), x1.clone());
-            for p in &params {
-                let na = Tensor::cat(&[&a, &unit(&a, &p[0], 1)?], 1)?;
-                let nb = Tensor::cat(&[&b, &unit(&a, &p[1], 2)?, &unit(&b, &p[2], 1)?], 1)?;
-                (a, b) = (na, nb);
-            }
-            (a.sum_all()? + b.sum_all()?)?.backward()?;
-            Ok(())
-        }),
+        Ok(Case {
+            spec: json!({"kind": "dense", "name": name, "n": n, "c": c, "hw": hw, "layers": layers, "growth": growth}),
+            flops: Some(2.0 * 3.0 * macs),
+            run: Box::new(move || {
+                let (mut a, mut b) = (x0.clone(), x1.clone());
+                for p in &params {
+                    let na = Tensor::cat(&[&a, &unit(&a, &p[0], 1)?], 1)?;
+                    let nb = Tensor::cat(&[&b, &unit(&a, &p[1], 2)?, &unit(&b, &p[2], 1)?], 1)?;
+                    (a, b) = (na, nb);
+                }
+                (a.sum_all()? + b.sum_all()?)?.backward()?;
+                Ok(())
+            }),
+        })
     })
 }
 
-fn model(label: &str, cfg: ArchConfig, args: Value, n: usize, hw: usize, mode: &str) -> Result<Case> {
-    model_with_channels(label, cfg, args, n, 3, hw, mode)
+fn model(label: &str, cfg: ArchConfig, args: Value, n: usize, hw: usize, mode: &str) -> Lazy {
+    model_with_channels(label, cfg, args, n, 3, hw, mode, "model")
 }
 
 /// A training step of a registry model on its own input size (ours and stock
 /// Candle only: the reference code has no 1-channel stems).
-fn registry_train(name: &str, n: usize) -> Result<Case> {
+fn registry_train(name: &str, n: usize) -> Result<Lazy> {
     let e = anytime_models::registry::lookup(name)?;
     let (c, h, _) = e.data.input;
-    let mut case = model_with_channels(name, (e.config)(), Value::Null, n, c, h, "train")?;
-    case.spec["kind"] = "registry".into();
-    Ok(case)
+    Ok(model_with_channels(name, (e.config)(), Value::Null, n, c, h, "train", "registry"))
 }
 
+/// GFNet's encoder alone, MobileNetV3-Large with its classifier, as the
+/// torch side builds it (a one-step GFNet would also hold the second encoder
+/// and the policy: 6x the weights). `mode` "train" or "forward".
+fn mobilenet(label: &str, args: Value, n: usize, hw: usize, mode: &'static str) -> Lazy {
+    use anytime_blocks::mobilenet::{MobileNetV3, MobileNetV3Config};
+    let name = format!("{label} {mode} n{n}");
+    Lazy::new(name.clone(), move || {
+        let g = anytime_models::gfnet::GfnetConfig::from_json(&args)?;
+        let cfg = MobileNetV3Config {
+            channel_multiplier: g.channel_multiplier,
+            in_channels: g.in_channels,
+            num_classes: g.num_classes,
+            num_features: g.feature_num,
+        };
+        let vm = VarMap::new();
+        let m = MobileNetV3::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg)?;
+        let mut c = anytime_flops::Counter::new();
+        m.count(&mut c, anytime_flops::Shape4::new(1, cfg.in_channels, hw, hw), true)?;
+        c.mark_exit();
+        let macs = *c.finish().flops(anytime_flops::Mode::Reference).last().context("no exits")? as f64;
+        let x = rand(&[n, cfg.in_channels, hw, hw])?;
+        let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
+        let params: Vec<(String, Var)> =
+            vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut opt = anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params);
+        let train = mode == "train";
+        Ok(Case {
+            spec: json!({"kind": "model", "name": name, "arch": "gfnet", "args": args, "n": n, "hw": hw, "mode": mode}),
+            flops: Some(2.0 * macs * n as f64 * if train { 3.0 } else { 1.0 }),
+            run: Box::new(move || {
+                let mode = if train { anytime_blocks::Mode::train() } else { anytime_blocks::Mode::inference() };
+                let logits = m.classify(&m.forward_t(&x, &mode)?.feature)?;
+                if train {
+                    opt.step(&anytime_ops::loss::cross_entropy(&logits, &y, 0.0)?.backward()?, 0.01)?;
+                }
+                Ok(())
+            }),
+        })
+    })
+}
+
+/// A model case (`kind` "model", or "registry": ours only) in `mode`
+/// "train", "forward" or "exit K".
+#[allow(clippy::too_many_arguments)]
 fn model_with_channels(
     label: &str,
     cfg: ArchConfig,
@@ -539,76 +606,85 @@ fn model_with_channels(
     channels: usize,
     hw: usize,
     mode: &str,
-) -> Result<Case> {
-    let vm = VarMap::new();
-    let m: Box<dyn MultiExit> = cfg.build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
-    let macs = *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).last().context("no exits")? as f64;
-    let x = rand(&[n, channels, hw, hw])?;
-    let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
-    let params: Vec<(String, Var)> =
-        vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let mut opt = anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params);
-    let train = mode == "train";
-    // "exit K": batch-1 latency to exit K (0-based), stopping there.
-    let upto = mode.strip_prefix("exit ").map(str::parse::<usize>).transpose()?;
-    if let Some(k) = upto {
-        let macs = *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).get(k).context("no such exit")? as f64;
-        return Ok(Case {
-            spec: json!({"kind": "model", "name": format!("{label} to exit {k} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": "exit", "exit": k}),
-            flops: Some(2.0 * macs * n as f64),
+    kind: &'static str,
+) -> Lazy {
+    let name = match mode.strip_prefix("exit ") {
+        Some(k) => format!("{label} to exit {k} n{n}"),
+        None => format!("{label} {mode} n{n}"),
+    };
+    let mode = mode.to_string();
+    Lazy::new(name.clone(), move || {
+        let vm = VarMap::new();
+        let m: Box<dyn MultiExit> = cfg.build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
+        let macs = *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).last().context("no exits")? as f64;
+        let x = rand(&[n, channels, hw, hw])?;
+        let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
+        let params: Vec<(String, Var)> =
+            vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut opt = anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params);
+        let train = mode == "train";
+        // "exit K": batch-1 latency to exit K (0-based), stopping there.
+        let upto = mode.strip_prefix("exit ").map(str::parse::<usize>).transpose()?;
+        if let Some(k) = upto {
+            let macs =
+                *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).get(k).context("no such exit")? as f64;
+            return Ok(Case {
+                spec: json!({"kind": kind, "name": name, "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": "exit", "exit": k}),
+                flops: Some(2.0 * macs * n as f64),
+                run: Box::new(move || {
+                    let mode = anytime_blocks::Mode::inference();
+                    let mut state = m.begin(&x, &mode)?;
+                    for _ in 0..=k {
+                        m.advance(&mut state, &mode)?;
+                    }
+                    Ok(())
+                }),
+            });
+        }
+        Ok(Case {
+            spec: json!({"kind": kind, "name": name, "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": mode}),
+            flops: Some(2.0 * macs * n as f64 * if train { 3.0 } else { 1.0 }),
             run: Box::new(move || {
-                let mode = anytime_blocks::Mode::inference();
-                let mut state = m.begin(&x, &mode)?;
-                for _ in 0..=k {
-                    m.advance(&mut state, &mode)?;
+                let mode = if train { anytime_blocks::Mode::train() } else { anytime_blocks::Mode::inference() };
+                let logits: Vec<_> = m.forward_exits(&x, &mode)?.into_iter().map(|o| o.logits).collect();
+                if train {
+                    let mut loss = anytime_ops::loss::cross_entropy(&logits[0], &y, 0.0)?;
+                    for l in &logits[1..] {
+                        loss = (loss + anytime_ops::loss::cross_entropy(l, &y, 0.0)?)?;
+                    }
+                    opt.step(&loss.backward()?, 0.01)?;
                 }
                 Ok(())
             }),
-        });
-    }
-    Ok(Case {
-        spec: json!({"kind": "model", "name": format!("{label} {mode} n{n}"), "arch": cfg.arch(), "args": args, "n": n, "hw": hw, "mode": mode}),
-        flops: Some(2.0 * macs * n as f64 * if train { 3.0 } else { 1.0 }),
-        run: Box::new(move || {
-            let mode = if train { anytime_blocks::Mode::train() } else { anytime_blocks::Mode::inference() };
-            let logits: Vec<_> = m.forward_exits(&x, &mode)?.into_iter().map(|o| o.logits).collect();
-            if train {
-                let mut loss = anytime_ops::loss::cross_entropy(&logits[0], &y, 0.0)?;
-                for l in &logits[1..] {
-                    loss = (loss + anytime_ops::loss::cross_entropy(l, &y, 0.0)?)?;
-                }
-                opt.step(&loss.backward()?, 0.01)?;
-            }
-            Ok(())
-        }),
+        })
     })
 }
 
-fn cases(kernels_only: bool) -> Result<Vec<Case>> {
+fn cases(kernels_only: bool) -> Result<Vec<Lazy>> {
     let mut v = vec![
-        conv(64, 16, 16, 28, 3, 1, 1, false)?,
-        conv(64, 16, 16, 28, 3, 1, 1, true)?,
-        conv(64, 32, 32, 16, 3, 1, 1, false)?,
-        conv(64, 32, 32, 16, 3, 1, 1, true)?,
-        conv(64, 64, 64, 8, 3, 1, 1, false)?,
-        conv(64, 64, 64, 8, 3, 1, 1, true)?,
-        conv(64, 32, 64, 16, 3, 2, 1, true)?,
-        conv(64, 128, 128, 32, 3, 1, 1, false)?,
-        conv(64, 64, 32, 16, 1, 1, 1, false)?,
-        conv(64, 64, 32, 16, 1, 1, 1, true)?,
-        conv(64, 32, 32, 28, 3, 1, 32, false)?,
-        conv(64, 32, 32, 28, 3, 1, 32, true)?,
-        conv(64, 32, 32, 28, 5, 1, 32, true)?,
-        bn(64, 32, 28)?,
-        bn(64, 64, 14)?,
-        dense(64, 16, 28, 4, 8)?,
+        conv(64, 16, 16, 28, 3, 1, 1, false),
+        conv(64, 16, 16, 28, 3, 1, 1, true),
+        conv(64, 32, 32, 16, 3, 1, 1, false),
+        conv(64, 32, 32, 16, 3, 1, 1, true),
+        conv(64, 64, 64, 8, 3, 1, 1, false),
+        conv(64, 64, 64, 8, 3, 1, 1, true),
+        conv(64, 32, 64, 16, 3, 2, 1, true),
+        conv(64, 128, 128, 32, 3, 1, 1, false),
+        conv(64, 64, 32, 16, 1, 1, 1, false),
+        conv(64, 64, 32, 16, 1, 1, 1, true),
+        conv(64, 32, 32, 28, 3, 1, 32, false),
+        conv(64, 32, 32, 28, 3, 1, 32, true),
+        conv(64, 32, 32, 28, 5, 1, 32, true),
+        bn(64, 32, 28),
+        bn(64, 64, 14),
+        dense(64, 16, 28, 4, 8),
         // MobileNetV3-Large x0.5 blocks at GFNet's 48-pixel patches: stage
         // 2 (5x5, squeeze-excite, ReLU, 12x12) and stage 3 (3x3,
         // hard-swish, 6x6).
-        inverted_residual(64, 24, 12, 5, 3.0, true, false, false)?,
-        inverted_residual(64, 24, 12, 5, 3.0, true, false, true)?,
-        inverted_residual(64, 40, 6, 3, 2.5, false, true, false)?,
-        inverted_residual(64, 40, 6, 3, 2.5, false, true, true)?,
+        inverted_residual(64, 24, 12, 5, 3.0, true, false, false),
+        inverted_residual(64, 24, 12, 5, 3.0, true, false, true),
+        inverted_residual(64, 40, 6, 3, 2.5, false, true, false),
+        inverted_residual(64, 40, 6, 3, 2.5, false, true, true),
     ];
     if !kernels_only {
         use anytime_models::msdnet::MsdNetConfig;
@@ -622,12 +698,12 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
         for (label, cfg, args) in
             [("MSDNet CIFAR budgeted (README)", msd, msd_args), ("RANet CIFAR-10 (README)", ra, ra_args)]
         {
-            v.push(model(label, cfg.clone(), args.clone(), 64, 32, "train")?);
-            v.push(model(label, cfg.clone(), args.clone(), 64, 32, "forward")?);
-            v.push(model(label, cfg.clone(), args.clone(), 1, 32, "forward")?);
+            v.push(model(label, cfg.clone(), args.clone(), 64, 32, "train"));
+            v.push(model(label, cfg.clone(), args.clone(), 64, 32, "forward"));
+            v.push(model(label, cfg.clone(), args.clone(), 1, 32, "forward"));
             if cfg.arch() == "msdnet" {
                 for k in 0..5 {
-                    v.push(model(label, cfg.clone(), args.clone(), 1, 32, &format!("exit {k}"))?);
+                    v.push(model(label, cfg.clone(), args.clone(), 1, 32, &format!("exit {k}")));
                 }
             }
         }
@@ -637,28 +713,24 @@ fn cases(kernels_only: bool) -> Result<Vec<Case>> {
         let scan = ArchConfig::new(anytime_models::scan::ScanConfig::resnet18(100));
         let scan_args = json!({"block": "basic", "layers": [2, 2, 2, 2], "num_classes": 100});
         let label = "SCAN ResNet-18 CIFAR-100 (sresnet.py)";
-        v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "train")?);
-        v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "forward")?);
-        v.push(model(label, scan, scan_args, 1, 32, "forward")?);
+        v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "train"));
+        v.push(model(label, scan.clone(), scan_args.clone(), 16, 32, "forward"));
+        v.push(model(label, scan, scan_args, 1, 32, "forward"));
         // GFNet's encoder, MobileNetV3-Large x0.5 (gen-efficientnet, 3
-        // channels, 10 classes) at GFNet's 48-pixel patches: a one-step
-        // GFNet whose glance is the whole image.
-        use anytime_models::gfnet::GfnetConfig;
+        // channels, 10 classes) at GFNet's 48-pixel patches, with its
+        // classifier.
         let mnv3_args = json!({"model_arch": "mobilenetv3_large_100", "channel_multiplier": 0.5, "num_classes": 10,
             "image_size": 48, "patch_size": 48, "T": 1});
-        let mnv3 = ArchConfig::new(GfnetConfig::from_json(&mnv3_args)?);
         let label = "MobileNetV3-Large x0.5 48x48 (gen-efficientnet)";
-        v.push(model(label, mnv3.clone(), mnv3_args.clone(), 64, 48, "train")?);
-        v.push(model(label, mnv3.clone(), mnv3_args.clone(), 64, 48, "forward")?);
-        v.push(model(label, mnv3, mnv3_args, 1, 48, "forward")?);
+        v.push(mobilenet(label, mnv3_args.clone(), 64, 48, "train"));
+        v.push(mobilenet(label, mnv3_args.clone(), 64, 48, "forward"));
+        v.push(mobilenet(label, mnv3_args, 1, 48, "forward"));
         // GFNet's per-step latency at batch 1 (ours; the reference's step
         // loop runs on CUDA only).
         let gf = anytime_models::registry::lookup("gfnet-mnv3-cluttered-fmnist")?;
         for k in 0..4 {
             let label = "gfnet-mnv3-cluttered-fmnist";
-            let mut case = model_with_channels(label, (gf.config)(), Value::Null, 1, 1, 96, &format!("exit {k}"))?;
-            case.spec["kind"] = "registry".into();
-            v.push(case);
+            v.push(model_with_channels(label, (gf.config)(), Value::Null, 1, 1, 96, &format!("exit {k}"), "registry"));
         }
         for name in crate::results::FMNIST_MODELS {
             v.push(registry_train(name, 64)?);
@@ -784,11 +856,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let peak = peak(a.threads)?;
     let mut cases = cases(a.kernels_only)?;
     if let Some(only) = &a.only {
-        cases.retain(|c| c.spec["name"].as_str().is_some_and(|n| n.contains(only.as_str())));
+        cases.retain(|c| c.name.contains(only.as_str()));
         if cases.is_empty() {
             bail!("no benchmark case name contains '{only}'");
         }
     }
+    let mut cases = cases.into_iter().map(Lazy::build).collect::<Result<Vec<_>>>()?;
     anytime_ops::conv::set_shifted_gemm(!a.im2col);
     anytime_ops::conv::set_direct_kernel(!a.gemm_taps);
     anytime_ops::conv::set_avx512_kernel(!a.no_avx512);

@@ -113,7 +113,7 @@ pub fn keep_freed_memory(keep: bool) {
 }
 
 /// Returns freed memory to the OS at once from now on (the memory worker,
-/// while it builds the cases it does not measure: memory freed while it is
+/// while it builds its case: memory freed while it is
 /// kept is not handed back even by a later collection).
 pub fn return_freed_memory_at_once() {
     // SAFETY: setting a mimalloc option is thread-safe.
@@ -132,8 +132,12 @@ pub fn release_freed_memory() {
 /// Keeps freed memory mapped unless the user chose mimalloc's purge delay
 /// in `MIMALLOC_PURGE_DELAY` (e.g. 0: a lower peak, slower steps).
 fn keep_freed_memory_unless_chosen() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        keep_freed_memory(true);
+    match std::env::var("MIMALLOC_PURGE_DELAY").ok().and_then(|v| v.trim().parse::<std::ffi::c_long>().ok()) {
+        // SAFETY: setting a mimalloc option is thread-safe.
+        Some(ms) => unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) },
+        None if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() => keep_freed_memory(true),
+        // Unreadable: mimalloc's own reading of the variable stands.
+        None => {}
     }
 }
 
