@@ -26,10 +26,13 @@ const _: () = assert!(libmimalloc_sys::mi_option_use_numa_nodes == MI_OPTION_PUR
 /// Keeps freed memory mapped instead of returning it to the OS 10 ms later
 /// (mimalloc's default): every batch and training step frees and allocates
 /// the same sizes again, and memory given back must be faulted in and
-/// zeroed again; on the 2-core VM this took a MSDNet training step 1.7x as
-/// long (`cargo xtask bench-ab --toggle keep-freed`). It costs peak memory:
-/// 13-22 % more on the bench's model cases (`xtask bench-memory`, docs/log/
-/// 2026-12-03-fused-inference-and-avx512.md). A user who sets
+/// zeroed again; on the 2-core VM, with mimalloc v3, this took a MSDNet
+/// training step 1.7x as long (`cargo xtask bench-ab --toggle keep-freed`)
+/// and kept memory cost 13-22 % more peak (docs/log/
+/// 2026-12-03-fused-inference-and-avx512.md). With mimalloc v2, which the
+/// workspace builds now, returning after 10 ms measured about as fast and
+/// about as high (docs/log/2026-12-03-allocator-and-backward-memory.md);
+/// returning at once (`0`) still costs training steps 0.7x. A user who sets
 /// `MIMALLOC_PURGE_DELAY` (e.g. `0`: memory back at once) keeps that choice.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
