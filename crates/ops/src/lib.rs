@@ -160,3 +160,84 @@ pub unsafe fn no_barrier_spin_unless_set() {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctest;
+
+/// Backward on the workspace's candle-core (vendor/): intermediate values
+/// only the graph holds are dropped as the backward passes them, the rest
+/// are kept, and a second backward through the graph is an error.
+#[cfg(test)]
+mod backward_release {
+    use candle_core::{DType, Device, Result, Tensor, Var};
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * y.abs().max(1.0))
+    }
+
+    #[test]
+    fn gradients_and_values_held_outside_the_graph_are_kept() -> Result<()> {
+        let xs = [0.5f32, -1.0, 0.25];
+        let x = Var::new(&xs, &Device::Cpu)?;
+        let a = (x.as_tensor() * 3.0)?; // held here
+        let loss = a.exp()?.sqr()?.sum_all()?; // exp and sqr: the graph's only
+        let g = loss.backward()?;
+        // d/dx Σ exp(3x)² = 6·exp(6x)
+        let want: Vec<f32> = xs.iter().map(|v| 6.0 * (6.0 * v).exp()).collect();
+        assert!(close(&g.get(&x).expect("a gradient").to_vec1::<f32>()?, &want));
+        assert_eq!(a.to_vec1::<f32>()?, [1.5, -3.0, 0.75]);
+        let total: f32 = xs.iter().map(|v| (6.0 * v).exp()).sum();
+        assert!(close(&[loss.to_scalar::<f32>()?], &[total]));
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_backward_through_a_released_graph_is_an_error() -> Result<()> {
+        let x = Var::new(&[0.5f32, -1.0], &Device::Cpu)?;
+        let loss = (x.as_tensor() * 3.0)?.exp()?.sum_all()?;
+        loss.backward()?;
+        let err = loss.backward().expect_err("the graph's values were released").to_string();
+        assert!(err.contains("released"), "{err}");
+        // A graph built again gives the same gradient.
+        let again = (x.as_tensor() * 3.0)?.exp()?.sum_all()?.backward()?;
+        let want: Vec<f32> = [0.5f32, -1.0].iter().map(|v| 3.0 * (3.0 * v).exp()).collect();
+        assert!(close(&again.get(&x).expect("a gradient").to_vec1::<f32>()?, &want));
+        Ok(())
+    }
+
+    #[test]
+    fn custom_op_gradients_match_a_graph_that_keeps_everything() -> Result<()> {
+        // The same convolution, batch norm and ReLU twice: once with every
+        // intermediate held here (nothing released), once graph-only.
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (4, 3, 3, 3), &dev)?)?;
+        let gamma = Var::from_tensor(&Tensor::ones(4, DType::F32, &dev)?)?;
+        let beta = Var::from_tensor(&Tensor::zeros(4, DType::F32, &dev)?)?;
+        let p = crate::conv::Conv2dParams { padding: 1, ..Default::default() };
+        let step = |hold: bool| -> Result<(Vec<Vec<f32>>, Vec<Tensor>)> {
+            let y = crate::conv::conv2d(x.as_tensor(), w.as_tensor(), None, p)?;
+            let z = crate::norm::batch_norm_train(&y, gamma.as_tensor(), beta.as_tensor(), 1e-5, true)?.ys;
+            let pooled = crate::pool::global_avg_pool(&z)?;
+            let loss = pooled.sqr()?.sum_all()?;
+            let held = if hold {
+                vec![y, z, pooled]
+            } else {
+                drop((y, z, pooled));
+                Vec::new()
+            };
+            let g = loss.backward()?;
+            let grads = [&x, &w, &gamma, &beta]
+                .iter()
+                .map(|v| g.get(v).expect("a gradient").flatten_all()?.to_vec1::<f32>())
+                .collect::<Result<_>>()?;
+            Ok((grads, held))
+        };
+        let (kept, held) = step(true)?;
+        let (released, _) = step(false)?;
+        for (a, b) in released.iter().zip(&kept) {
+            assert!(close(a, b));
+        }
+        // The held intermediates still read.
+        assert_eq!(held[2].dims(), &[2, 4]);
+        assert!(held[1].flatten_all()?.to_vec1::<f32>()?.iter().all(|v| *v >= 0.0));
+        Ok(())
+    }
+}

@@ -164,6 +164,25 @@ impl Tensor {
 
     pub fn backward(&self) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
+        // Patched (anytime): the values of an intermediate tensor are
+        // dropped once its gradient has been passed on, when nothing but the
+        // ops of the graph holds it (see `release_values`), as PyTorch frees
+        // what a node saved once its backward has run. `holds` counts the
+        // handles the graph's own ops keep to every node; a node with more
+        // handles is held by a user, a module or a gradient, and keeps its
+        // values. A second backward through the same graph is an error.
+        if sorted_nodes.iter().any(|n| n.values_released()) {
+            crate::bail!(
+                "backward through a graph whose intermediate values an earlier backward released \
+                 (build the graph again for a second backward)"
+            )
+        }
+        let mut holds: HashMap<TensorId, usize> = HashMap::new();
+        for node in sorted_nodes.iter() {
+            if let Some(op) = node.op() {
+                for_each_arg(op, |arg| *holds.entry(arg.id()).or_default() += 1);
+            }
+        }
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
         for node in sorted_nodes.iter() {
@@ -686,8 +705,61 @@ impl Tensor {
                     }
                 };
             }
+            // Patched (anytime): every consumer of `node` came before it.
+            if node.handles() == holds.get(&node.id()).copied().unwrap_or(0) {
+                node.release_values();
+            }
         }
         Ok(grads)
+    }
+}
+
+/// Patched (anytime): calls `f` on every tensor `op` holds.
+fn for_each_arg(op: &Op, mut f: impl FnMut(&Tensor)) {
+    match op {
+        Op::Scatter(a, b, c, _)
+        | Op::ScatterAdd(a, b, c, _)
+        | Op::IndexAdd(a, b, c, _)
+        | Op::WhereCond(a, b, c)
+        | Op::CustomOp3(a, b, c, _) => {
+            f(a);
+            f(b);
+            f(c)
+        }
+        Op::Binary(a, b, _)
+        | Op::Matmul(a, b)
+        | Op::Gather(a, b, _)
+        | Op::IndexSelect(a, b, _)
+        | Op::SliceScatter0(a, b, _)
+        | Op::CustomOp2(a, b, _)
+        | Op::Conv1D { arg: a, kernel: b, .. }
+        | Op::ConvTranspose1D { arg: a, kernel: b, .. }
+        | Op::Conv2D { arg: a, kernel: b, .. }
+        | Op::ConvTranspose2D { arg: a, kernel: b, .. } => {
+            f(a);
+            f(b)
+        }
+        Op::Cat(args, _) => args.iter().for_each(f),
+        Op::Unary(a, _)
+        | Op::Cmp(a, _)
+        | Op::Reduce(a, _, _)
+        | Op::AvgPool2D { arg: a, .. }
+        | Op::MaxPool2D { arg: a, .. }
+        | Op::UpsampleNearest1D { arg: a, .. }
+        | Op::UpsampleNearest2D { arg: a, .. }
+        | Op::UpsampleBilinear2D { arg: a, .. }
+        | Op::Affine { arg: a, .. }
+        | Op::ToDType(a)
+        | Op::Copy(a)
+        | Op::Broadcast(a)
+        | Op::Narrow(a, _, _, _)
+        | Op::Reshape(a)
+        | Op::ToDevice(a)
+        | Op::Transpose(a, _, _)
+        | Op::Permute(a, _)
+        | Op::Elu(a, _)
+        | Op::Powf(a, _)
+        | Op::CustomOp1(a, _) => f(a),
     }
 }
 

@@ -2763,6 +2763,38 @@ impl Tensor {
         self.storage.read_recursive()
     }
 
+    /// Patched (anytime): the number of handles to this tensor: clones held
+    /// by the ops of the tensors computed from it, by users, by modules.
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    /// Patched (anytime): drops this tensor's values, leaving an empty
+    /// storage, when they are f32 or f64 values on the CPU that no other
+    /// tensor shares (no view, no detached copy); `true` when it did.
+    pub(crate) fn release_values(&self) -> bool {
+        if Arc::strong_count(&self.storage) != 1 || self.layout.shape().elem_count() == 0 {
+            return false;
+        }
+        match &mut *self.storage.write() {
+            Storage::Cpu(crate::CpuStorage::F32(v)) => *v = Vec::new(),
+            Storage::Cpu(crate::CpuStorage::F64(v)) => *v = Vec::new(),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Patched (anytime): whether [`Tensor::release_values`] dropped this
+    /// tensor's values (an empty storage under a non-empty shape).
+    pub(crate) fn values_released(&self) -> bool {
+        self.layout.shape().elem_count() > 0
+            && match &*self.storage.read_recursive() {
+                Storage::Cpu(crate::CpuStorage::F32(v)) => v.is_empty(),
+                Storage::Cpu(crate::CpuStorage::F64(v)) => v.is_empty(),
+                _ => false,
+            }
+    }
+
     /// Acquire write lock on storage and returns guard.
     pub(crate) fn storage_mut(&self) -> StorageMutRef<'_> {
         self.storage.write()
