@@ -5,7 +5,7 @@
 //! tensors so a checkpoint can save and restore it exactly. SGD updates an
 //! f32 parameter on the CPU in place, in one pass over the weights, the
 //! gradient and the momentum buffer, with the bits of the tensor form (a
-//! SCAN ResNet-18 training step took 0.84–0.94 of the time of nine tensor
+//! SCAN ResNet-18 training step took 0.87–0.94 of the time of nine tensor
 //! passes, docs/log/2026-12-03-allocator-and-backward-memory.md).
 //!
 //! [`ParamGroup`]s select parameters by name prefix and give them their own
