@@ -316,7 +316,8 @@ pub fn set_avx512_kernel(on: bool) {
 }
 
 /// Turns the padded-plane depthwise kernels (stride 1: every tap one long
-/// multiply-add over a zero-padded plane) off (`false`: the row-by-row
+/// multiply-add over a zero-padded plane; larger strides in the forward:
+/// the same over the padded plane's phases) off (`false`: the row-by-row
 /// kernels run for every geometry) or back on (the default). Both give the
 /// same results up to float rounding. For the benchmark and the tests.
 #[doc(hidden)]

@@ -9,8 +9,9 @@
 //!   (in 512-bit registers where it has AVX-512F: the forward and input
 //!   gradient blocks with the AVX2 form's bits, the weight gradient's sums
 //!   over 16 lanes) and by one GEMM per kernel tap elsewhere, direct
-//!   depthwise kernels (stride 1 on zero-padded planes, the same bits on
-//!   every instruction set and thread count), im2col + GEMM kept for
+//!   depthwise kernels (stride 1 on zero-padded planes, larger strides on
+//!   the planes' phases, the same bits on every instruction set and thread
+//!   count), im2col + GEMM kept for
 //!   comparison, and on AVX-512 a Winograd F(2×2, 3×3) forward and input
 //!   gradient for 3×3 stride-1 convolutions of 24 channels and more), and the
 //!   fused inference convolutions `conv2d_scale_bias_act` (a batch norm

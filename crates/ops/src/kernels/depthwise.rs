@@ -44,6 +44,12 @@ fn padded(g: &ConvGeom) -> bool {
     PADDED.load(Ordering::Relaxed) && g.stride == 1 && g.dil == 1 && g.pad < g.k
 }
 
+/// Whether the phase-plane forward handles `g`: a stride above 1, no
+/// dilation, padding within the kernel's reach.
+fn phased(g: &ConvGeom) -> bool {
+    PADDED.load(Ordering::Relaxed) && g.stride > 1 && g.dil == 1 && g.pad < g.k
+}
+
 static PADDED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the padded-plane kernels off (`false`: the row-by-row ones run for
@@ -156,6 +162,122 @@ fn pass_plane(pass: Pass, src: &[f32], filt: &[f32], out: &mut [f32], (ep, c): (
     }
 }
 
+/// A strided forward on phase planes: the zero-padded plane dealt into its
+/// `s²` phases (phase `(a, b)` holds padded pixels `(s·r + a, s·c + b)`),
+/// so that tap `(ki, kj)` reads phase `(ki mod s, kj mod s)` shifted by
+/// `(ki div s, kj div s)`: a stride-1 sum of contiguous multiply-adds over
+/// the phases, as [`taps_wide`] does on one plane.
+struct Phases {
+    h: usize,
+    w: usize,
+    p: usize,
+    k: usize,
+    s: usize,
+    oh: usize,
+    ow: usize,
+    /// Width and height of a phase plane: `ow + (k − 1) div s`, `oh + …`.
+    wq: usize,
+    hq: usize,
+    /// Where each tap (row-major) starts in the phase buffer.
+    offs: Vec<usize>,
+    /// Per phase column `b` and phase-plane column `c`: the input column
+    /// `s·c + b − p` plus one, or 0 where that is padding.
+    cols: Vec<usize>,
+}
+
+impl Phases {
+    fn new(g: &ConvGeom) -> Self {
+        let reach = (g.k - 1) / g.stride;
+        let mut ph = Phases {
+            h: g.h,
+            w: g.w,
+            p: g.pad,
+            k: g.k,
+            s: g.stride,
+            oh: g.oh,
+            ow: g.ow,
+            wq: g.ow + reach,
+            hq: g.oh + reach,
+            offs: Vec::new(),
+            cols: Vec::new(),
+        };
+        ph.offs = ph.offsets();
+        ph.cols = ph.columns();
+        ph
+    }
+
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Zeroed buffers: the phase planes one after the other, then slack for
+    /// the last blocks' reads past them; the wide output grid (`oh` rows
+    /// `wq` wide) in whole blocks.
+    fn scratch(&self) -> Scratch {
+        let wide = (self.oh * self.wq).div_ceil(SPAN) * SPAN;
+        Scratch { pb: vec![0.0; self.s * self.s * self.plane() + self.k * self.wq + 2 * SPAN], wide: vec![0.0; wide] }
+    }
+
+    fn offsets(&self) -> Vec<usize> {
+        (0..self.k * self.k)
+            .map(|t| {
+                let (ki, kj) = (t / self.k, t % self.k);
+                ((ki % self.s) * self.s + kj % self.s) * self.plane() + (ki / self.s) * self.wq + kj / self.s
+            })
+            .collect()
+    }
+
+    fn columns(&self) -> Vec<usize> {
+        (0..self.s * self.wq)
+            .map(|i| {
+                let x = (self.s * (i % self.wq) + i / self.wq) as isize - self.p as isize;
+                if x >= 0 && (x as usize) < self.w { x as usize + 1 } else { 0 }
+            })
+            .collect()
+    }
+}
+
+/// One plane of a strided forward: `out [oh, ow]` from `src [h, w]` with
+/// `filt [k, k]`, passed through `ep` as channel `c`.
+#[inline(always)]
+fn phase_plane(ph: &Phases, src: &[f32], filt: &[f32], out: &mut [f32], (ep, c): (Epilogue, usize), s: &mut Scratch) {
+    let (plane, offs, cols) = (ph.plane(), &ph.offs, &ph.cols);
+    for a in 0..ph.s {
+        for b in 0..ph.s {
+            let map = &cols[b * ph.wq..(b + 1) * ph.wq];
+            let base = (a * ph.s + b) * plane;
+            for (r, dst) in s.pb[base..base + plane].chunks_exact_mut(ph.wq).enumerate() {
+                let y = (ph.s * r + a) as isize - ph.p as isize;
+                if y < 0 || y as usize >= ph.h {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let row = &src[y as usize * ph.w..(y as usize + 1) * ph.w];
+                for (d, &x) in dst.iter_mut().zip(map) {
+                    *d = if x > 0 { row[x - 1] } else { 0.0 };
+                }
+            }
+        }
+    }
+    for (b, acc) in s.wide.chunks_exact_mut(SPAN).enumerate() {
+        let q = b * SPAN;
+        let mut sum = [0f32; SPAN];
+        for (&wv, &off) in filt.iter().zip(offs) {
+            if let Ok(src) = <&[f32; SPAN]>::try_from(&s.pb[off + q..][..SPAN]) {
+                for l in 0..SPAN {
+                    sum[l] += wv * src[l];
+                }
+            }
+        }
+        if let Ok(acc) = <&mut [f32; SPAN]>::try_from(acc) {
+            *acc = sum;
+        }
+    }
+    for (row, wide) in out.chunks_exact_mut(ph.ow).zip(s.wide.chunks(ph.wq)) {
+        ep.copy(c, row, &wide[..ph.ow]);
+    }
+}
+
 /// `acc[t][l] += Σ_b gw[16b + l] · pb[off[t] + 16b + l]` over the blocks
 /// `b` of the wide grid: `T` taps at once, each block of the output
 /// gradient loaded once for all of them.
@@ -220,6 +342,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 per_isa!(pass_plane_isa, pass_plane, (pass: Pass, src: &[f32], filt: &[f32], out: &mut [f32], ep: (Epilogue, usize), s: &mut Scratch));
+per_isa!(phase_plane_isa, phase_plane, (ph: &Phases, src: &[f32], filt: &[f32], out: &mut [f32], ep: (Epilogue, usize), s: &mut Scratch));
 per_isa!(backward_weight_plane_isa, backward_weight_plane, (g: &ConvGeom, src: &[f32], grad: &[f32], acc: &mut [[f32; LANES]], s: &mut Scratch));
 
 /// `y [n, c, oh, ow]` of `x [n, c, h, w]` and `w [c, 1, k, k]`, each plane
@@ -227,6 +350,9 @@ per_isa!(backward_weight_plane_isa, backward_weight_plane, (g: &ConvGeom, src: &
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     if padded(g) {
         return forward_padded(isa(), g, x, w, ep);
+    }
+    if phased(g) {
+        return forward_phased(isa(), g, x, w, ep);
     }
     let (hw, ohw, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.stride);
     let mut y = vec![0f32; g.n * g.c_out * ohw];
@@ -256,6 +382,23 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
 /// [`forward`] on the padded layout with the kernels of `isa`.
 fn forward_padded(isa: Isa, g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     run_pass(isa, Pass::forward(g), (g.n, g.c_in), x, w, ep)
+}
+
+/// [`forward`] of a strided convolution on phase planes with the kernels of
+/// `isa`.
+fn forward_phased(isa: Isa, g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
+    let ph = Phases::new(g);
+    let (hw, ohw, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+    let mut y = vec![0f32; g.n * g.c_out * ohw];
+    y.par_chunks_mut(ohw).enumerate().for_each_init(
+        || ph.scratch(),
+        |s, (plane, out)| {
+            let c = plane % g.c_in;
+            let (src, filt) = (&x[plane * hw..(plane + 1) * hw], &w[c * kk..(c + 1) * kk]);
+            phase_plane_isa(isa, &ph, src, filt, out, (ep, c), s);
+        },
+    );
+    y
 }
 
 /// Every plane of `src [n, channels, h, w]` (filter `w [channels, 1, k, k]`)
@@ -391,6 +534,77 @@ mod tests {
     fn geom(n: usize, c: usize, (h, w): (usize, usize), k: usize, pad: usize) -> ConvGeom {
         let (oh, ow) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
         ConvGeom { n, c_in: c, h, w, c_out: c, k, stride: 1, pad, dil: 1, groups: c, oh, ow }
+    }
+
+    /// The phase-plane forward of strided convolutions: plain sums within
+    /// float rounding, the same bits on every instruction set this CPU has
+    /// and for any thread count (strides 2 and 3, odd sizes, padding 0 to
+    /// k − 1, the epilogue).
+    #[test]
+    fn phased_forward_matches_plain_sums_with_the_same_bits_everywhere() {
+        let mut isas = vec![Isa::Generic];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::super::direct::available() {
+                isas.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && super::super::direct::available() {
+                isas.push(Isa::Avx512);
+            }
+        }
+        let cases = [
+            (3, 7, (9, 11), 3, 1, 2),
+            (2, 5, (12, 12), 5, 2, 2),
+            (2, 3, (10, 7), 3, 0, 3),
+            (1, 4, (24, 23), 5, 4, 2),
+            (2, 2, (3, 3), 3, 2, 2),
+        ];
+        for (i, &(n, c, (h, w), k, pad, stride)) in cases.iter().enumerate() {
+            let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+            let g = ConvGeom { n, c_in: c, h, w, c_out: c, k, stride, pad, dil: 1, groups: c, oh, ow };
+            assert!(phased(&g));
+            let x = rand(n * c * h * w, 50 + i as u64);
+            let f = rand(c * k * k, 60 + i as u64);
+            let bias = rand(c, 70 + i as u64);
+            let ep = Epilogue { scale: None, bias: Some(&bias), relu: true };
+            let mut want = vec![0f32; n * c * oh * ow];
+            for (plane, out) in want.chunks_exact_mut(oh * ow).enumerate() {
+                let ch = plane % c;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0f64;
+                        for ki in 0..k {
+                            for kj in 0..k {
+                                let (y, xx) = (
+                                    (oy * stride + ki) as isize - pad as isize,
+                                    (ox * stride + kj) as isize - pad as isize,
+                                );
+                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
+                                    let v = x[plane * h * w + y as usize * w + xx as usize];
+                                    acc += f64::from(f[ch * k * k + ki * k + kj]) * f64::from(v);
+                                }
+                            }
+                        }
+                        out[oy * ow + ox] = (acc as f32 + bias[ch]).max(0.0);
+                    }
+                }
+            }
+            let run = |isa: Isa, threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+                pool.install(|| forward_phased(isa, &g, &x, &f, ep))
+            };
+            let first = run(Isa::Generic, 1);
+            assert!(first.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)), "case {i}");
+            for &isa in &isas {
+                for threads in [1, 3] {
+                    let r = run(isa, threads);
+                    assert!(
+                        r.iter().zip(&first).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "case {i}: {threads} threads"
+                    );
+                }
+            }
+        }
     }
 
     /// The padded-plane kernels give the same bits on every instruction set
