@@ -180,9 +180,11 @@ struct Phases {
     hq: usize,
     /// Where each tap (row-major) starts in the phase buffer.
     offs: Vec<usize>,
-    /// Per phase column `b` and phase-plane column `c`: the input column
-    /// `s·c + b − p` plus one, or 0 where that is padding.
-    cols: Vec<usize>,
+    /// Per phase row (`a`) and per phase column (`b`): the phase plane's
+    /// rows (columns) `[lo, hi)` that fall inside the input, and the input
+    /// row (column) `s·lo + a − p` of the first; the rest is padding.
+    rows: Vec<(usize, usize, usize)>,
+    cols: Vec<(usize, usize, usize)>,
 }
 
 impl Phases {
@@ -199,11 +201,22 @@ impl Phases {
             wq: g.ow + reach,
             hq: g.oh + reach,
             offs: Vec::new(),
+            rows: Vec::new(),
             cols: Vec::new(),
         };
         ph.offs = ph.offsets();
-        ph.cols = ph.columns();
+        ph.rows = (0..ph.s).map(|a| ph.span(a, ph.hq, ph.h)).collect();
+        ph.cols = (0..ph.s).map(|b| ph.span(b, ph.wq, ph.w)).collect();
         ph
+    }
+
+    /// The phase-plane indices `i < len` whose input index `s·i + phase − p`
+    /// lies in `[0, size)`, as `(lo, hi, first input index)`.
+    fn span(&self, phase: usize, len: usize, size: usize) -> (usize, usize, usize) {
+        let inside = |i: usize| (self.s * i + phase).checked_sub(self.p).is_some_and(|x| x < size);
+        let lo = (0..len).find(|&i| inside(i)).unwrap_or(len);
+        let hi = (lo..len).find(|&i| !inside(i)).unwrap_or(len);
+        (lo, hi, (self.s * lo + phase).saturating_sub(self.p))
     }
 
     fn plane(&self) -> usize {
@@ -227,34 +240,24 @@ impl Phases {
             .collect()
     }
 
-    fn columns(&self) -> Vec<usize> {
-        (0..self.s * self.wq)
-            .map(|i| {
-                let x = (self.s * (i % self.wq) + i / self.wq) as isize - self.p as isize;
-                if x >= 0 && (x as usize) < self.w { x as usize + 1 } else { 0 }
-            })
-            .collect()
-    }
 }
 
 /// One plane of a strided forward: `out [oh, ow]` from `src [h, w]` with
-/// `filt [k, k]`, passed through `ep` as channel `c`.
+/// `filt [k, k]`, passed through `ep` as channel `c`. Only the phases'
+/// pixels inside the input are written: the padding around them is the
+/// same for every plane and stays zero from [`Phases::scratch`].
 #[inline(always)]
 fn phase_plane(ph: &Phases, src: &[f32], filt: &[f32], out: &mut [f32], (ep, c): (Epilogue, usize), s: &mut Scratch) {
-    let (plane, offs, cols) = (ph.plane(), &ph.offs, &ph.cols);
-    for a in 0..ph.s {
-        for b in 0..ph.s {
-            let map = &cols[b * ph.wq..(b + 1) * ph.wq];
+    let (plane, offs) = (ph.plane(), &ph.offs);
+    for (a, &(r_lo, r_hi, y0)) in ph.rows.iter().enumerate() {
+        for (b, &(c_lo, c_hi, x0)) in ph.cols.iter().enumerate().filter(|(_, c)| c.0 < c.1) {
             let base = (a * ph.s + b) * plane;
-            for (r, dst) in s.pb[base..base + plane].chunks_exact_mut(ph.wq).enumerate() {
-                let y = (ph.s * r + a) as isize - ph.p as isize;
-                if y < 0 || y as usize >= ph.h {
-                    dst.fill(0.0);
-                    continue;
-                }
-                let row = &src[y as usize * ph.w..(y as usize + 1) * ph.w];
-                for (d, &x) in dst.iter_mut().zip(map) {
-                    *d = if x > 0 { row[x - 1] } else { 0.0 };
+            for r in r_lo..r_hi {
+                let y = y0 + (r - r_lo) * ph.s;
+                let row = &src[y * ph.w + x0..(y + 1) * ph.w];
+                let dst = &mut s.pb[base + r * ph.wq + c_lo..base + r * ph.wq + c_hi];
+                for (d, v) in dst.iter_mut().zip(row.iter().step_by(ph.s)) {
+                    *d = *v;
                 }
             }
         }
@@ -558,6 +561,9 @@ mod tests {
             (2, 3, (10, 7), 3, 0, 3),
             (1, 4, (24, 23), 5, 4, 2),
             (2, 2, (3, 3), 3, 2, 2),
+            // Phases with no pixel of the input in them.
+            (2, 3, (1, 1), 3, 2, 2),
+            (1, 2, (2, 5), 5, 4, 3),
         ];
         for (i, &(n, c, (h, w), k, pad, stride)) in cases.iter().enumerate() {
             let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
