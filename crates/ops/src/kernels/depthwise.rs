@@ -569,6 +569,21 @@ mod tests {
         (0..n).map(|_| r.unit()).collect()
     }
 
+    /// Every instruction set this CPU runs the kernels in.
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Generic];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::super::direct::available() {
+                isas.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && super::super::direct::available() {
+                isas.push(Isa::Avx512);
+            }
+        }
+        isas
+    }
+
     fn geom(n: usize, c: usize, (h, w): (usize, usize), k: usize, pad: usize) -> ConvGeom {
         let (oh, ow) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
         ConvGeom { n, c_in: c, h, w, c_out: c, k, stride: 1, pad, dil: 1, groups: c, oh, ow }
@@ -580,16 +595,7 @@ mod tests {
     /// k − 1, the epilogue).
     #[test]
     fn phased_forward_matches_plain_sums_with_the_same_bits_everywhere() {
-        let mut isas = vec![Isa::Generic];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::super::direct::available() {
-                isas.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") && super::super::direct::available() {
-                isas.push(Isa::Avx512);
-            }
-        }
+        let isas = isas();
         let cases = [
             (3, 7, (9, 11), 3, 1, 2),
             (2, 5, (12, 12), 5, 2, 2),
@@ -653,16 +659,7 @@ mod tests {
     /// counts that are not whole task blocks.
     #[test]
     fn padded_kernels_same_bits_for_every_isa_and_thread_count() {
-        let mut isas = vec![Isa::Generic];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::super::direct::available() {
-                isas.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") && super::super::direct::available() {
-                isas.push(Isa::Avx512);
-            }
-        }
+        let isas = isas();
         for (i, &(n, c, hw, k, pad)) in
             [(17, 37, (9, 11), 3, 1), (3, 5, (7, 6), 5, 2), (9, 17, (13, 5), 7, 3), (2, 3, (4, 4), 3, 0)]
                 .iter()
