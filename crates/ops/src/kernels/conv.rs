@@ -459,41 +459,44 @@ pub(crate) fn sum_chunk_partials(
     dw
 }
 
+/// The convolution of `g` as plain f64 sums (any stride, padding,
+/// dilation and groups), each value passed through `ep`: the reference the
+/// kernels' tests compare with.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Direct (naive) convolution for reference.
-    fn naive(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
-        let mut y = vec![0f32; g.n * g.c_out * g.ohw()];
-        for n in 0..g.n {
-            for co in 0..g.c_out {
-                let gi = co / g.cog();
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let mut acc = 0f32;
-                        for ci in 0..g.cig() {
-                            for ki in 0..g.k {
-                                for kj in 0..g.k {
-                                    let iy = (oy * g.stride + ki * g.dil) as isize - g.pad as isize;
-                                    let ix = (ox * g.stride + kj * g.dil) as isize - g.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                        continue;
-                                    }
-                                    let xv =
-                                        x[((n * g.c_in + gi * g.cig() + ci) * g.h + iy as usize) * g.w + ix as usize];
-                                    let wv = w[((co * g.cig() + ci) * g.k + ki) * g.k + kj];
-                                    acc += xv * wv;
+pub(crate) fn plain(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
+    let (cig, cog) = (g.cig(), g.cog());
+    let mut y = vec![0f32; g.n * g.c_out * g.ohw()];
+    for n in 0..g.n {
+        for co in 0..g.c_out {
+            let gi = co / cog;
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut acc = 0f64;
+                    for ci in 0..cig {
+                        for ki in 0..g.k {
+                            for kj in 0..g.k {
+                                let iy = (oy * g.stride + ki * g.dil).wrapping_sub(g.pad);
+                                let ix = (ox * g.stride + kj * g.dil).wrapping_sub(g.pad);
+                                if iy < g.h && ix < g.w {
+                                    let xv = x[((n * g.c_in + gi * cig + ci) * g.h + iy) * g.w + ix];
+                                    acc += f64::from(xv) * f64::from(w[((co * cig + ci) * g.k + ki) * g.k + kj]);
                                 }
                             }
                         }
-                        y[((n * g.c_out + co) * g.oh + oy) * g.ow + ox] = acc;
                     }
+                    let acc =
+                        acc * ep.scale.map_or(1.0, |s| f64::from(s[co])) + ep.bias.map_or(0.0, |b| f64::from(b[co]));
+                    y[((n * g.c_out + co) * g.oh + oy) * g.ow + ox] = if ep.relu { acc.max(0.0) } else { acc } as f32;
                 }
             }
         }
-        y
     }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     /// The shifted-GEMM kernels, with and without the direct micro-kernel,
     /// against the im2col ones: forward and both gradients, several chunks
@@ -573,7 +576,7 @@ mod tests {
             let wt: Vec<f32> =
                 (0..c_out * c_in / groups * k * k).map(|i| ((i * 104729) % 17) as f32 / 8.0 - 1.0).collect();
             let got = forward(&g, &x, &wt, Epilogue::NONE);
-            let want = naive(&g, &x, &wt);
+            let want = plain(&g, &x, &wt, Epilogue::NONE);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");
             }

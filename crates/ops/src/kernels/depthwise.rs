@@ -614,28 +614,7 @@ mod tests {
             let f = rand(c * k * k, 60 + i as u64);
             let bias = rand(c, 70 + i as u64);
             let ep = Epilogue { scale: None, bias: Some(&bias), relu: true };
-            let mut want = vec![0f32; n * c * oh * ow];
-            for (plane, out) in want.chunks_exact_mut(oh * ow).enumerate() {
-                let ch = plane % c;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0f64;
-                        for ki in 0..k {
-                            for kj in 0..k {
-                                let (y, xx) = (
-                                    (oy * stride + ki) as isize - pad as isize,
-                                    (ox * stride + kj) as isize - pad as isize,
-                                );
-                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
-                                    let v = x[plane * h * w + y as usize * w + xx as usize];
-                                    acc += f64::from(f[ch * k * k + ki * k + kj]) * f64::from(v);
-                                }
-                            }
-                        }
-                        out[oy * ow + ox] = (acc as f32 + bias[ch]).max(0.0);
-                    }
-                }
-            }
+            let want = super::super::conv::plain(&g, &x, &f, ep);
             let run = |isa: Isa, threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
                 pool.install(|| forward_phased(isa, &g, &x, &f, ep))

@@ -509,42 +509,6 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f
 mod tests {
     use super::*;
 
-    /// The plain convolution (padding 1, stride 1), f64 sums.
-    fn plain(
-        g: &ConvGeom,
-        x: &[f32],
-        w: &[f32],
-        (scale, bias): (Option<&[f32]>, Option<&[f32]>),
-        relu: bool,
-    ) -> Vec<f32> {
-        let (cig, cog) = (g.cig(), g.cog());
-        let mut y = vec![0f32; g.n * g.c_out * g.ohw()];
-        for s in 0..g.n {
-            for co in 0..g.c_out {
-                let gi = co / cog;
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let mut acc = 0f64;
-                        for ci in 0..cig {
-                            for ki in 0..3 {
-                                for kj in 0..3 {
-                                    let (iy, ix) = ((oy + ki).wrapping_sub(1), (ox + kj).wrapping_sub(1));
-                                    if iy < g.h && ix < g.w {
-                                        let xv = x[((s * g.c_in + gi * cig + ci) * g.h + iy) * g.w + ix] as f64;
-                                        acc += xv * w[((co * cig + ci) * 3 + ki) * 3 + kj] as f64;
-                                    }
-                                }
-                            }
-                        }
-                        let acc = acc * scale.map_or(1.0, |s| s[co] as f64) + bias.map_or(0.0, |b| b[co] as f64);
-                        y[((s * g.c_out + co) * g.oh + oy) * g.ow + ox] = if relu { acc.max(0.0) } else { acc } as f32;
-                    }
-                }
-            }
-        }
-        y
-    }
-
     /// Inputs in [−1, 1) and filter values in [−0.5, 0.5), fixed patterns.
     fn values(len: usize) -> Vec<f32> {
         (0..len).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect()
@@ -585,7 +549,7 @@ mod tests {
                 (Some(&scale[..]), Some(&bias[..]), true),
                 (Some(&scale[..]), None, false),
             ] {
-                let want = plain(&g, &x, &w, (sc, b), relu);
+                let want = super::super::conv::plain(&g, &x, &w, Epilogue { scale: sc, bias: b, relu });
                 for avx512 in [true, false] {
                     direct::set_avx512(avx512);
                     let got = forward(&g, &x, &w, Epilogue { scale: sc, bias: b, relu });
