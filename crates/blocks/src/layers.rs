@@ -7,7 +7,7 @@
 
 use crate::Mode;
 use anytime_flops::{CountFlops, Counter, Shape4};
-use anytime_ops::conv::{Conv2dParams, conv2d, conv2d_scale_bias_act};
+use anytime_ops::conv::{Conv2dParams, conv2d, conv2d_scale_shift_packed_act};
 use anytime_ops::conv_transpose::{ConvTranspose2dParams, conv_transpose2d};
 use anytime_ops::norm::{batch_norm_eval, batch_norm_train, fold_bn_after_conv};
 use candle_core::{Module, Result, Tensor, Var};
@@ -24,9 +24,9 @@ pub struct Conv2d {
     in_channels: usize,
     out_channels: usize,
     /// The following batch norm as a per-channel scale and shift of this
-    /// convolution's output, kept from the first [`Mode::inference`] pass
-    /// until a training pass ([`Conv2d::forward_bn`]).
-    folded: Arc<Mutex<Option<(Tensor, Tensor)>>>,
+    /// convolution's output, packed `[scale; shift]`, kept from the first
+    /// [`Mode::inference`] pass until a training pass ([`Conv2d::forward_bn`]).
+    folded: Arc<Mutex<Option<Tensor>>>,
 }
 
 impl Conv2d {
@@ -100,16 +100,17 @@ impl Conv2d {
             if c != self.in_channels {
                 candle_core::bail!("conv: expected {} input channels, got {c}", self.in_channels)
             }
-            let (scale, shift) = match kept.as_ref() {
+            let scale_shift = match kept.as_ref() {
                 Some(f) => f.clone(),
                 None => {
-                    let f = bn.scale_shift_after(self.bias.as_ref())?;
+                    let (scale, shift) = bn.scale_shift_after(self.bias.as_ref())?;
+                    let f = Tensor::cat(&[&scale, &shift], 0)?;
                     *kept = Some(f.clone());
                     f
                 }
             };
             drop(kept);
-            return conv2d_scale_bias_act(xs, &self.weight, &scale, &shift, self.params, relu);
+            return conv2d_scale_shift_packed_act(xs, &self.weight, &scale_shift, self.params, relu);
         }
         if mode.trains(&bn.prefix) {
             *kept = None;
@@ -346,15 +347,6 @@ impl BatchNorm2d {
 }
 
 impl BatchNorm2d {
-    /// Folds this batch norm, in eval mode, into the convolution before it:
-    /// `(w', b')` with `conv(x, w') + b' = bn(conv(x, w) + b)`, detached
-    /// from the variables.
-    pub fn fold_into(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let (scale, b) = self.scale_shift_after(bias)?;
-        let w = weight.detach().broadcast_mul(&scale.reshape((scale.dim(0)?, 1, 1, 1))?)?;
-        Ok((w.contiguous()?, b))
-    }
-
     /// This batch norm, in eval mode, as the per-channel scale and shift
     /// of the convolution (with `bias`) before it: `conv(x, w) · scale +
     /// shift = bn(conv(x, w) + b)`, detached from the variables.

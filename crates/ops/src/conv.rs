@@ -239,13 +239,29 @@ pub fn conv2d_scale_bias_act(
             bail!("conv2d: expected a {what} of [{}], got {:?}", g.c_out, t.dims())
         }
     }
+    conv2d_scale_shift_packed_act(xs, weight, &Tensor::cat(&[scale, shift], 0)?, p, relu)
+}
+
+/// [`conv2d_scale_bias_act`] with the scale and shift packed as one tensor
+/// `[scale; shift]` (`[2·C_out]`): the form a layer keeps, packed once,
+/// instead of packing them on every call.
+pub fn conv2d_scale_shift_packed_act(
+    xs: &Tensor,
+    weight: &Tensor,
+    scale_shift: &Tensor,
+    p: Conv2dParams,
+    relu: bool,
+) -> Result<Tensor> {
+    let g = geometry(xs.dims(), weight.dims(), p)?;
+    if scale_shift.dims() != [2 * g.c_out] {
+        bail!("conv2d: expected a packed scale and shift of [{}], got {:?}", 2 * g.c_out, scale_shift.dims())
+    }
     if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && !crate::stock_ops() {
-        // The op takes three tensors: scale and shift go as one.
-        let ss = Tensor::cat(&[scale, shift], 0)?;
         let op = ConvBiasAct { p, relu, scaled: true };
-        return xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &ss, &op);
+        return xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &scale_shift.contiguous()?, &op);
     }
     let c = (1, g.c_out, 1, 1);
+    let (scale, shift) = (scale_shift.narrow(0, 0, g.c_out)?, scale_shift.narrow(0, g.c_out, g.c_out)?);
     let ys = xs
         .conv2d(weight, p.padding, p.stride, p.dilation, p.groups)?
         .broadcast_mul(&scale.reshape(c)?)?
