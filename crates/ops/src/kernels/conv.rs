@@ -207,17 +207,17 @@ impl Epilogue<'_> {
         (self.scale.map_or(1.0, |s| s[co]), self.bias.map_or(0.0, |b| b[co]))
     }
 
+    /// The epilogue of output channel `co`.
+    #[inline]
+    pub(crate) fn at(&self, co: usize) -> ChannelEpilogue {
+        let (scale, bias) = self.channel(co);
+        ChannelEpilogue { on: !self.is_none(), scale, bias, relu: self.relu }
+    }
+
     /// Applies the epilogue to values of output channel `co`, in place.
     #[inline]
     pub(crate) fn apply(&self, co: usize, v: &mut [f32]) {
-        let (s, b) = self.channel(co);
-        match (self.scale.is_some(), self.bias.is_some(), self.relu) {
-            (false, false, false) => {}
-            (false, _, false) => v.iter_mut().for_each(|x| *x += b),
-            (false, _, true) => v.iter_mut().for_each(|x| *x = (*x + b).max(0.0)),
-            (true, _, false) => v.iter_mut().for_each(|x| *x = *x * s + b),
-            (true, _, true) => v.iter_mut().for_each(|x| *x = (*x * s + b).max(0.0)),
-        }
+        self.at(co).apply(v);
     }
 
     /// Copies values of output channel `co` from `src` to `dst`, applying
@@ -227,12 +227,38 @@ impl Epilogue<'_> {
         if self.is_none() {
             return super::copy_short(dst, src);
         }
-        let (s, b) = self.channel(co);
-        match (self.scale.is_some(), self.relu) {
-            (false, true) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = (x + b).max(0.0)),
-            (false, false) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = x + b),
-            (true, true) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = (x * s + b).max(0.0)),
-            (true, false) => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = x * s + b),
+        let c = self.at(co);
+        if c.relu {
+            dst.iter_mut().zip(src).for_each(|(o, &x)| *o = (x * c.scale + c.bias).max(0.0));
+        } else {
+            dst.iter_mut().zip(src).for_each(|(o, &x)| *o = x * c.scale + c.bias);
+        }
+    }
+}
+
+/// The epilogue of one output channel: `x·scale + bias` (the scale 1 where
+/// absent: the same bits as `x + bias`), then the ReLU; nothing at all for
+/// [`Epilogue::NONE`] (`on` false). Small and `Copy`, so that a kernel body
+/// compiled for an instruction set applies it to its blocks inline.
+#[derive(Clone, Copy)]
+pub(crate) struct ChannelEpilogue {
+    on: bool,
+    scale: f32,
+    bias: f32,
+    relu: bool,
+}
+
+impl ChannelEpilogue {
+    /// Applies it to `v` in place.
+    #[inline(always)]
+    pub(crate) fn apply(self, v: &mut [f32]) {
+        if !self.on {
+            return;
+        }
+        if self.relu {
+            v.iter_mut().for_each(|x| *x = (*x * self.scale + self.bias).max(0.0));
+        } else {
+            v.iter_mut().for_each(|x| *x = *x * self.scale + self.bias);
         }
     }
 }
