@@ -554,6 +554,15 @@ fn registry_train(name: &str, n: usize) -> Result<Lazy> {
     Ok(model_with_channels(name, (e.config)(), Value::Null, n, c, h, "train", "registry"))
 }
 
+/// A training step's labels (`n` of them, cycling through 10 classes) and
+/// its optimiser (MSDNet's SGD) over every variable of `vm`.
+fn training_parts(vm: &VarMap, n: usize) -> Result<(Tensor, anytime_train::optim::Optimizer)> {
+    let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
+    let params: Vec<(String, Var)> =
+        vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok((y, anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params)))
+}
+
 /// GFNet's encoder alone, MobileNetV3-Large with its classifier, as the
 /// torch side builds it (a one-step GFNet would also hold the second encoder
 /// and the policy: 6x the weights). `mode` "train" or "forward".
@@ -575,10 +584,7 @@ fn mobilenet(label: &str, args: Value, n: usize, hw: usize, mode: &'static str) 
         c.mark_exit();
         let macs = *c.finish().flops(anytime_flops::Mode::Reference).last().context("no exits")? as f64;
         let x = rand(&[n, cfg.in_channels, hw, hw])?;
-        let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
-        let params: Vec<(String, Var)> =
-            vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut opt = anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params);
+        let (y, mut opt) = training_parts(&vm, n)?;
         let train = mode == "train";
         Ok(Case {
             spec: json!({"kind": "model", "name": name, "arch": "gfnet", "args": args, "n": n, "hw": hw, "mode": mode}),
@@ -618,10 +624,7 @@ fn model_with_channels(
         let m: Box<dyn MultiExit> = cfg.build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
         let macs = *m.exit_costs(hw, hw)?.flops(anytime_flops::Mode::Reference).last().context("no exits")? as f64;
         let x = rand(&[n, channels, hw, hw])?;
-        let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &Device::Cpu)?;
-        let params: Vec<(String, Var)> =
-            vm.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut opt = anytime_train::optim::Optimizer::new(anytime_train::optim::OptimConfig::msdnet_sgd(), params);
+        let (y, mut opt) = training_parts(&vm, n)?;
         let train = mode == "train";
         // "exit K": batch-1 latency to exit K (0-based), stopping there.
         let upto = mode.strip_prefix("exit ").map(str::parse::<usize>).transpose()?;
